@@ -1,0 +1,12 @@
+//! Generates the dnstap protobuf types from `proto/dnstap.proto` with protox (pure Rust), so a
+//! fresh machine needs no `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/dnstap.proto");
+    let descriptors = protox::compile(["proto/dnstap.proto"], ["proto"])?;
+    prost_build::Config::new()
+        // Payload fields stay zero-copy slices of the frame buffer.
+        .bytes(["."])
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,457 @@
+//! Frame Streams listener: unix socket or TCP (optionally TLS), many concurrent connections
+//! under a cap, each isolated in its own task.
+//!
+//! A connection decodes frames with the codec, drives the reader handshake and hands data
+//! frames downstream in batches over a bounded channel. When downstream is slow the send waits,
+//! so the connection stops reading and the kernel pushes back on the peer: nothing is dropped
+//! for lack of room. An oversized frame is counted and skipped; a protocol violation (bad
+//! control frame, data before START, wrong content type) closes that connection only.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::codec::{ControlFrame, DATA_FRAME_DEFAULT, DNSTAP_CONTENT_TYPE, Frame, FrameCodec, encode_control};
+use super::error::{FrameError, HandshakeError};
+use super::handshake::{ReaderHandshake, ReaderStep};
+use crate::metrics::{Counter, Gauge, Metrics, ReasonCounter, write_metric, write_reasons};
+
+/// Where to listen.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    Unix { path: PathBuf, mode: Option<u32> },
+    Tcp { addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>> },
+}
+
+/// Listener tuning; the defaults suit a sensor beside a busy resolver.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    pub content_type: Bytes,
+    /// Largest data frame accepted (never below 128 KiB).
+    pub max_frame: usize,
+    pub max_connections: usize,
+    /// Initial read buffer per connection.
+    pub read_buffer: usize,
+    /// Most frames handed downstream in one batch.
+    pub batch_frames: usize,
+    /// A handshake, or a frame once begun, must complete within this time.
+    pub stall_timeout: Duration,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            content_type: Bytes::from_static(DNSTAP_CONTENT_TYPE),
+            max_frame: DATA_FRAME_DEFAULT,
+            max_connections: 512,
+            read_buffer: 64 * 1024,
+            batch_frames: 256,
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ListenError {
+    #[error("{path}: another process is listening on this socket")]
+    InUse { path: PathBuf },
+    #[error("{path}: exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("cannot listen on {what}: {source}")]
+    Bind { what: String, source: io::Error },
+}
+
+/// Why a connection ended early.
+#[derive(Debug, Error)]
+enum ConnError {
+    #[error("framing: {0}")]
+    Frame(#[from] FrameError),
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("stalled for {0:?} inside a frame or the handshake")]
+    Stalled(Duration),
+    #[error("TLS handshake: {0}")]
+    Tls(io::Error),
+}
+
+impl ConnError {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Frame(e) => e.label(),
+            Self::Handshake(e) => e.label(),
+            Self::Stalled(_) => "stalled",
+            Self::Tls(_) => "tls_handshake",
+        }
+    }
+}
+
+/// Listener counters (Prometheus prefix `dnsledger_framestream_`).
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub connections_accepted: Counter,
+    pub connections_active: Gauge,
+    /// Connections closed by a violation or I/O error, by reason.
+    pub connections_failed: ReasonCounter,
+    /// Streams that ended with STOP.
+    pub streams_finished: Counter,
+    pub frames_received: Counter,
+    pub bytes_received: Counter,
+    /// Data frames dropped, by reason (oversized, truncated at disconnect).
+    pub frames_dropped: ReasonCounter,
+}
+
+impl Metrics for ListenerStats {
+    fn render(&self, out: &mut String) {
+        let p = "dnsledger_framestream";
+        write_metric(
+            out,
+            &format!("{p}_connections_accepted_total"),
+            "counter",
+            "Connections accepted.",
+            self.connections_accepted.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_connections_active"),
+            "gauge",
+            "Open connections.",
+            self.connections_active.get(),
+        );
+        write_reasons(
+            out,
+            &format!("{p}_connections_failed_total"),
+            "Connections closed on error, by reason.",
+            "reason",
+            &self.connections_failed,
+        );
+        write_metric(
+            out,
+            &format!("{p}_streams_finished_total"),
+            "counter",
+            "Streams ended by STOP.",
+            self.streams_finished.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_frames_received_total"),
+            "counter",
+            "Data frames received.",
+            self.frames_received.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_bytes_received_total"),
+            "counter",
+            "Data frame payload bytes received.",
+            self.bytes_received.get(),
+        );
+        write_reasons(
+            out,
+            &format!("{p}_frames_dropped_total"),
+            "Data frames dropped, by reason.",
+            "reason",
+            &self.frames_dropped,
+        );
+    }
+}
+
+enum Socket {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener, Option<TlsAcceptor>),
+}
+
+/// A bound listening socket.
+pub struct Listener {
+    socket: Socket,
+}
+
+/// Removes a stale unix socket left by a dead process; refuses to touch a live socket or a
+/// file that is not a socket.
+fn clear_stale_socket(path: &Path) -> Result<(), ListenError> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
+    if !meta.file_type().is_socket() {
+        return Err(ListenError::NotASocket { path: path.into() });
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(ListenError::InUse { path: path.into() }),
+        Err(_) => {
+            tracing::info!(path = %path.display(), "replacing stale socket");
+            std::fs::remove_file(path).map_err(|source| ListenError::Bind { what: path.display().to_string(), source })
+        }
+    }
+}
+
+impl Listener {
+    pub async fn bind(endpoint: &Endpoint) -> Result<Self, ListenError> {
+        let socket = match endpoint {
+            Endpoint::Unix { path, mode } => {
+                clear_stale_socket(path)?;
+                let bind_err = |source| ListenError::Bind { what: path.display().to_string(), source };
+                let listener = UnixListener::bind(path).map_err(bind_err)?;
+                if let Some(mode) = mode {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode)).map_err(bind_err)?;
+                }
+                Socket::Unix(listener, path.clone())
+            }
+            Endpoint::Tcp { addr, tls } => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ListenError::Bind { what: addr.to_string(), source })?;
+                Socket::Tcp(listener, tls.clone().map(TlsAcceptor::from))
+            }
+        };
+        Ok(Self { socket })
+    }
+
+    /// Where the listener is, for logs and tests (`unix:PATH` or `tcp:ADDR`).
+    pub fn describe(&self) -> String {
+        match &self.socket {
+            Socket::Unix(_, path) => format!("unix:{}", path.display()),
+            Socket::Tcp(l, tls) => {
+                let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                if tls.is_some() { format!("tls:{addr}") } else { format!("tcp:{addr}") }
+            }
+        }
+    }
+
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match &self.socket {
+            Socket::Tcp(l, _) => l.local_addr().ok(),
+            Socket::Unix(..) => None,
+        }
+    }
+}
+
+/// Accepts connections until `shutdown`, then waits for open connections to hand over what
+/// they have read. Data frames go to `out` in batches, in order per connection.
+pub async fn run(
+    listener: Listener,
+    config: Arc<ListenerConfig>,
+    out: mpsc::Sender<Vec<Bytes>>,
+    stats: Arc<ListenerStats>,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let tracker = TaskTracker::new();
+    tracing::info!(listen = %listener.describe(), "frame streams listener ready");
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        macro_rules! spawn_conn {
+            ($stream:expr, $peer:expr) => {{
+                let (config, out, stats, shutdown) = (config.clone(), out.clone(), stats.clone(), shutdown.clone());
+                stats.connections_accepted.inc();
+                stats.connections_active.inc();
+                let peer: String = $peer;
+                tracker.spawn(async move {
+                    let result = $stream.await;
+                    let result = match result {
+                        Ok(stream) => serve_connection(stream, &config, &out, &stats, &shutdown).await,
+                        Err(e) => Err(e),
+                    };
+                    match result {
+                        Ok(()) => tracing::debug!(%peer, "frame stream closed"),
+                        Err(e) => {
+                            stats.connections_failed.inc(e.label());
+                            tracing::warn!(%peer, error = %e, "frame stream connection closed");
+                        }
+                    }
+                    stats.connections_active.dec();
+                    drop(permit);
+                });
+            }};
+        }
+        match &listener.socket {
+            Socket::Unix(l, _) => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = l.accept() => match accepted {
+                    Ok((stream, _)) => spawn_conn!(async { Ok::<_, ConnError>(stream) }, "unix".to_string()),
+                    Err(e) => accept_failed(e).await,
+                },
+            },
+            Socket::Tcp(l, tls) => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = l.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        match tls.clone() {
+                            None => spawn_conn!(async { Ok::<_, ConnError>(stream) }, peer.to_string()),
+                            Some(acceptor) => {
+                                let stall = config.stall_timeout;
+                                spawn_conn!(
+                                    async move {
+                                        match tokio::time::timeout(stall, acceptor.accept(stream)).await {
+                                            Ok(Ok(s)) => Ok(s),
+                                            Ok(Err(e)) => Err(ConnError::Tls(e)),
+                                            Err(_) => Err(ConnError::Stalled(stall)),
+                                        }
+                                    },
+                                    peer.to_string()
+                                )
+                            }
+                        }
+                    }
+                    Err(e) => accept_failed(e).await,
+                },
+            },
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    if let Socket::Unix(_, path) = &listener.socket {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!(listen = %listener.describe(), "frame streams listener stopped");
+}
+
+async fn accept_failed(e: io::Error) {
+    // Out of file descriptors and the like: back off rather than spin.
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn send_control<S: AsyncWrite + Unpin>(stream: &mut S, frame: &ControlFrame) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(64);
+    encode_control(frame, &mut buf).map_err(io::Error::other)?;
+    stream.write_all(&buf).await?;
+    stream.flush().await
+}
+
+/// Reads one connection to its end. Returns Ok on STOP, on a peer that closes between
+/// frames, and on shutdown.
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    config: &ListenerConfig,
+    out: &mpsc::Sender<Vec<Bytes>>,
+    stats: &ListenerStats,
+    shutdown: &CancellationToken,
+) -> Result<(), ConnError> {
+    let mut codec = FrameCodec::new(config.max_frame);
+    let mut handshake = ReaderHandshake::new(&config.content_type);
+    let mut buf = BytesMut::with_capacity(config.read_buffer);
+    let mut batch: Vec<Bytes> = Vec::new();
+    loop {
+        // Decode everything already buffered.
+        loop {
+            let frame = match codec.decode(&mut buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    deliver(&mut batch, out, stats).await;
+                    return Err(e.into());
+                }
+            };
+            match frame {
+                Frame::Data(payload) => {
+                    if let Err(e) = handshake.on_data() {
+                        deliver(&mut batch, out, stats).await;
+                        return Err(e.into());
+                    }
+                    batch.push(payload);
+                    if batch.len() >= config.batch_frames && !deliver(&mut batch, out, stats).await {
+                        return Ok(());
+                    }
+                }
+                Frame::Oversized { len } => {
+                    stats.frames_dropped.inc("oversized");
+                    tracing::warn!(len, limit = codec.max_data(), "oversized data frame dropped");
+                }
+                Frame::Control(control) => {
+                    let step = handshake.on_control(&control);
+                    let step = match step {
+                        Ok(step) => step,
+                        Err(e) => {
+                            deliver(&mut batch, out, stats).await;
+                            return Err(e.into());
+                        }
+                    };
+                    match step {
+                        ReaderStep::Continue => {}
+                        ReaderStep::Reply(reply) => {
+                            if let Err(e) = send_control(&mut stream, &reply).await {
+                                return Err(ConnError::Frame(e.into()));
+                            }
+                        }
+                        ReaderStep::Finished(finish) => {
+                            deliver(&mut batch, out, stats).await;
+                            stats.streams_finished.inc();
+                            if let Some(finish) = finish {
+                                // unbound closes right after STOP: a failed FINISH is normal.
+                                let _ = send_control(&mut stream, &finish).await;
+                            }
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() && !deliver(&mut batch, out, stats).await {
+            return Ok(());
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(config.read_buffer);
+        }
+        // Between frames of a started stream a quiet peer may wait forever; inside a frame or
+        // the handshake it must make progress.
+        let between_frames = codec.is_idle(&buf) && handshake.is_started();
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = async {
+                if between_frames {
+                    Ok(stream.read_buf(&mut buf).await)
+                } else {
+                    tokio::time::timeout(config.stall_timeout, stream.read_buf(&mut buf)).await
+                }
+            } => r,
+        };
+        match read {
+            Err(_) => {
+                if !codec.is_idle(&buf) {
+                    stats.frames_dropped.inc("truncated");
+                }
+                return Err(ConnError::Stalled(config.stall_timeout));
+            }
+            Ok(Ok(0)) => {
+                if !codec.is_idle(&buf) {
+                    stats.frames_dropped.inc("truncated");
+                    return Err(ConnError::Frame(FrameError::Io(io::ErrorKind::UnexpectedEof.into())));
+                }
+                tracing::debug!(started = handshake.is_started(), "peer closed without STOP");
+                return Ok(());
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                if !codec.is_idle(&buf) {
+                    stats.frames_dropped.inc("truncated");
+                }
+                return Err(ConnError::Frame(e.into()));
+            }
+        }
+    }
+}
+
+/// Hands the batch downstream, waiting for room. False when downstream has gone away.
+async fn deliver(batch: &mut Vec<Bytes>, out: &mpsc::Sender<Vec<Bytes>>, stats: &ListenerStats) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let frames = std::mem::take(batch);
+    stats.frames_received.add(frames.len() as u64);
+    stats.bytes_received.add(frames.iter().map(|f| f.len() as u64).sum());
+    out.send(frames).await.is_ok()
+}

@@ -1,0 +1,24 @@
+//! dnsledger: a passive DNS system.
+//!
+//! Data flows from resolvers to the central database:
+//!
+//! ```text
+//! unbound / BIND / Knot / dnsledger resolver
+//!     | dnstap over Frame Streams (unix, TCP, TLS)
+//!     v
+//! framestream::listener -> dnstap::decode -> (sensor pipeline: classify -> bailiwick -> scrub
+//!     -> RRsets -> aggregate -> sled) -> forward -> relay -> collector -> API
+//! ```
+//!
+//! Modules, in the order data passes through them:
+//! - [`framestream`]: the Frame Streams codec, handshake, listener, writer and file format.
+//! - [`dnstap`]: dnstap protobuf types, decoding to our own types, rendering.
+//! - [`tap`]: the `dnsledger tap` debugging tool built on the two above.
+//! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
+//! - [`tls`]: rustls configuration from PEM files.
+
+pub mod dnstap;
+pub mod framestream;
+pub mod metrics;
+pub mod tap;
+pub mod tls;

@@ -1,0 +1,230 @@
+//! The `dnsledger` command line: parse arguments, set up logging, call into the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use dnsledger::dnstap::OutputFormat;
+use dnsledger::framestream::{Endpoint, ListenerConfig, Target};
+use dnsledger::metrics::Registry;
+use dnsledger::tap;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "dnsledger", version, about = "Passive DNS: dnstap sensor, resolver, relay and collector")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Frame Streams / dnstap tools: capture, print, replay.
+    #[command(subcommand)]
+    Tap(TapCommand),
+}
+
+#[derive(Subcommand)]
+enum TapCommand {
+    /// Listen for dnstap like fstrm_capture; write an fstrm file or print messages.
+    Listen(ListenArgs),
+    /// Print the messages of an fstrm dnstap file.
+    Read(ReadArgs),
+    /// Send an fstrm file to a Frame Streams listener, like fstrm_replay.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+#[group(id = "where", required = true, multiple = false)]
+struct Where {
+    /// Unix socket path.
+    #[arg(long, group = "where")]
+    unix: Option<PathBuf>,
+    /// TCP address (host:port).
+    #[arg(long, group = "where")]
+    tcp: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct ListenArgs {
+    #[command(flatten)]
+    at: Where,
+    /// Write frames to this fstrm file instead of printing them.
+    #[arg(long, short = 'w')]
+    write: Option<PathBuf>,
+    /// Output format when printing: text, yaml or json.
+    #[arg(long, default_value = "text")]
+    format: OutputFormat,
+    /// Unix socket file mode, octal (e.g. 660).
+    #[arg(long, value_parser = parse_mode)]
+    mode: Option<u32>,
+    /// TLS certificate (PEM) for a TCP listener; needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Largest data frame accepted, bytes (at least 131072).
+    #[arg(long, default_value_t = dnsledger::framestream::DATA_FRAME_DEFAULT)]
+    max_frame: usize,
+    /// Most concurrent connections.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// Exit after this many frames.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ReadArgs {
+    file: PathBuf,
+    /// Output format: text, yaml or json.
+    #[arg(long, default_value = "text")]
+    format: OutputFormat,
+    /// Decode and parse everything, print only the totals (a throughput check).
+    #[arg(long)]
+    count_only: bool,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    file: PathBuf,
+    #[command(flatten)]
+    to: Where,
+    /// Frames per second (default: as fast as the listener takes them).
+    #[arg(long)]
+    rate: Option<u64>,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .map_err(|e| format!("not an octal mode: {e}"))
+        .and_then(|m| if m > 0o777 { Err("mode above 777".to_string()) } else { Ok(m) })
+}
+
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down");
+        t.cancel();
+    });
+    token
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Tap(TapCommand::Listen(a)) => {
+            let endpoint = match (a.at.unix, a.at.tcp) {
+                (Some(path), _) => Endpoint::Unix { path, mode: a.mode },
+                (None, Some(addr)) => {
+                    let tls = match (&a.tls_cert, &a.tls_key) {
+                        (Some(cert), Some(key)) => {
+                            Some(dnsledger::tls::server_config(cert, key, a.tls_client_ca.as_deref())?)
+                        }
+                        _ => None,
+                    };
+                    Endpoint::Tcp { addr, tls }
+                }
+                (None, None) => bail!("--unix or --tcp is required"),
+            };
+            let listener = ListenerConfig {
+                max_frame: a.max_frame.max(dnsledger::framestream::DATA_FRAME_MIN_LIMIT),
+                max_connections: a.max_connections,
+                ..ListenerConfig::default()
+            };
+            let output = match a.write {
+                Some(path) => tap::ListenOutput::File(path),
+                None => tap::ListenOutput::Print(a.format),
+            };
+            let shutdown = shutdown_on_signals();
+            let registry = Registry::default();
+            if let Some(addr) = a.metrics {
+                dnsledger::metrics::spawn_endpoint(addr, registry.clone(), shutdown.clone())
+                    .await
+                    .with_context(|| format!("metrics on {addr}"))?;
+            }
+            let opts = tap::ListenOptions { endpoint, output, listener, count: a.count, progress: !a.quiet };
+            tap::listen(opts, &registry, shutdown).await?;
+        }
+        Command::Tap(TapCommand::Read(a)) => {
+            let totals = if a.count_only {
+                let start = std::time::Instant::now();
+                let t = tap::scan(&a.file)?;
+                let secs = start.elapsed().as_secs_f64();
+                eprintln!(
+                    "tap read: {} frames in {secs:.3}s ({:.0} frames/s decoded), {} DNS messages parsed ({:.0}/s), {} malformed",
+                    t.frames,
+                    t.frames as f64 / secs,
+                    t.dns_parsed,
+                    t.dns_parsed as f64 / secs,
+                    t.dns_malformed
+                );
+                t
+            } else {
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                tap::read(&a.file, a.format, &mut out)?
+            };
+            eprintln!(
+                "tap read: {} frames, {} decoded, {} undecodable",
+                totals.frames, totals.decoded, totals.undecodable
+            );
+        }
+        Command::Tap(TapCommand::Replay(a)) => {
+            let target = match (a.to.unix, a.to.tcp) {
+                (Some(p), _) => Target::Unix(p),
+                (None, Some(addr)) => Target::Tcp(addr),
+                (None, None) => bail!("--unix or --tcp is required"),
+            };
+            let shutdown = shutdown_on_signals();
+            tap::replay(&a.file, target, a.rate, &Registry::default(), shutdown).await?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DNSLEDGER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dnsledger: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dnsledger: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

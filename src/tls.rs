@@ -1,0 +1,62 @@
+//! TLS configuration from PEM files (rustls with the ring provider), shared by the dnstap
+//! listener (unbound can send dnstap over TLS) and, later, the forwarding link.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("{path}: cannot read PEM: {reason}")]
+    Pem { path: PathBuf, reason: String },
+    #[error("{path}: no certificate found")]
+    NoCertificate { path: PathBuf },
+    #[error("TLS configuration rejected: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("client CA {path}: {reason}")]
+    ClientCa { path: PathBuf, reason: String },
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Loads every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Pem { path: path.into(), reason: e.to_string() })?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem { path: path.into(), reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate { path: path.into() });
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Pem { path: path.into(), reason: e.to_string() })
+}
+
+/// A TLS server configuration; with `client_ca`, clients must present a certificate it signed.
+pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in load_certs(ca)? {
+                roots.add(c).map_err(|e| TlsError::ClientCa { path: ca.into(), reason: e.to_string() })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| TlsError::ClientCa { path: ca.into(), reason: e.to_string() })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(builder.with_single_cert(load_certs(cert)?, load_key(key)?)?))
+}
