@@ -13,10 +13,12 @@
 //! Modules, in the order data passes through them:
 //! - [`framestream`]: the Frame Streams codec, handshake, listener, writer and file format.
 //! - [`dnstap`]: dnstap protobuf types, decoding to our own types, rendering.
+//! - [`dns`]: presentation-format helpers (mnemonics, rdata text).
 //! - [`tap`]: the `dnsledger tap` debugging tool built on the two above.
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
 //! - [`tls`]: rustls configuration from PEM files.
 
+pub mod dns;
 pub mod dnstap;
 pub mod framestream;
 pub mod metrics;

@@ -7,6 +7,7 @@ use hickory_proto::op::Message;
 use serde_json::{Value, json};
 
 use super::decode::{DnstapEvent, Timestamp, parse_dns};
+use crate::dns::{opcode_name, rcode_name, rdata_text, rrtype_name};
 
 /// How `tap` prints events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -42,45 +43,16 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
-/// `YYYY-MM-DD HH:MM:SS.ffffff` (UTC), as `dnstap -y` prints.
+/// `YYYY-MM-DD HH:MM:SS[.fffffffff]` (UTC) with trailing zeros of the fraction trimmed, exactly as
+/// `dnstap -y` prints it.
 pub fn format_time(t: Timestamp, sep: char) -> String {
     let secs = t.sec as i64;
     let (y, mo, d) = civil(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
-    format!("{y:04}-{mo:02}-{d:02}{sep}{:02}:{:02}:{:02}.{:06}", rem / 3600, rem / 60 % 60, rem % 60, t.nsec / 1000)
-}
-
-/// RCODE mnemonic as dig and the dnstap tools print it (IANA names; numbers when unassigned).
-pub fn rcode_name(rcode: hickory_proto::op::ResponseCode) -> String {
-    let n = u16::from(rcode);
-    let name = match n {
-        0 => "NOERROR",
-        1 => "FORMERR",
-        2 => "SERVFAIL",
-        3 => "NXDOMAIN",
-        4 => "NOTIMP",
-        5 => "REFUSED",
-        6 => "YXDOMAIN",
-        7 => "YXRRSET",
-        8 => "NXRRSET",
-        9 => "NOTAUTH",
-        10 => "NOTZONE",
-        16 => "BADVERS",
-        23 => "BADCOOKIE",
-        _ => return format!("RCODE{n}"),
-    };
-    name.to_string()
-}
-
-fn opcode_name(op: hickory_proto::op::OpCode) -> String {
-    match u8::from(op) {
-        0 => "QUERY".into(),
-        1 => "IQUERY".into(),
-        2 => "STATUS".into(),
-        4 => "NOTIFY".into(),
-        5 => "UPDATE".into(),
-        n => format!("OPCODE{n}"),
-    }
+    let nanos = format!("{:09}", t.nsec);
+    let fraction = nanos.trim_end_matches('0');
+    let dot = if fraction.is_empty() { "" } else { "." };
+    format!("{y:04}-{mo:02}-{d:02}{sep}{:02}:{:02}:{:02}{dot}{fraction}", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 fn flags(m: &Message) -> Vec<&'static str> {
@@ -112,8 +84,8 @@ pub fn dns_text(m: &Message) -> String {
         writeln!(s, ";; opcode: {}, status: {}, id: {}", opcode_name(md.op_code), rcode_name(md.response_code), md.id);
     let _ = writeln!(
         s,
-        ";; flags: {}; QUERY: {}, ANSWER: {}, AUTHORITY: {}, ADDITIONAL: {}",
-        flags(m).join(" "),
+        ";; flags:{}; QUERY: {}, ANSWER: {}, AUTHORITY: {}, ADDITIONAL: {}",
+        flags(m).iter().map(|f| format!(" {f}")).collect::<String>(),
         m.queries.len(),
         m.answers.len(),
         m.authorities.len(),
@@ -130,7 +102,7 @@ pub fn dns_text(m: &Message) -> String {
     }
     let _ = writeln!(s, "\n;; QUESTION SECTION:");
     for q in &m.queries {
-        let _ = writeln!(s, ";{}\t{}\t {}", q.name, q.query_class, q.query_type);
+        let _ = writeln!(s, ";{}\t{}\t {}", q.name, q.query_class, rrtype_name(q.query_type));
     }
     for (title, records) in [("ANSWER", &m.answers), ("AUTHORITY", &m.authorities), ("ADDITIONAL", &m.additionals)] {
         if records.is_empty() {
@@ -138,7 +110,15 @@ pub fn dns_text(m: &Message) -> String {
         }
         let _ = writeln!(s, "\n;; {title} SECTION:");
         for r in records {
-            let _ = writeln!(s, "{}\t{}\t{}\t{}\t{}", r.name, r.ttl, r.dns_class, r.record_type(), r.data);
+            let _ = writeln!(
+                s,
+                "{}\t{}\t{}\t{}\t{}",
+                r.name,
+                r.ttl,
+                r.dns_class,
+                rrtype_name(r.record_type()),
+                rdata_text(&r.data)
+            );
         }
     }
     s
@@ -154,7 +134,7 @@ fn dns_json(wire: &[u8]) -> Value {
             .iter()
             .map(|r| {
                 json!({ "name": r.name.to_string(), "ttl": r.ttl, "class": r.dns_class.to_string(),
-                        "type": r.record_type().to_string(), "rdata": r.data.to_string() })
+                        "type": rrtype_name(r.record_type()), "rdata": rdata_text(&r.data) })
             })
             .collect()
     };
@@ -163,7 +143,7 @@ fn dns_json(wire: &[u8]) -> Value {
         "opcode": opcode_name(m.metadata.op_code),
         "rcode": rcode_name(m.metadata.response_code),
         "flags": flags(&m),
-        "question": m.queries.iter().map(|q| json!({ "name": q.name.to_string(), "class": q.query_class.to_string(), "type": q.query_type.to_string() })).collect::<Vec<_>>(),
+        "question": m.queries.iter().map(|q| json!({ "name": q.name.to_string(), "class": q.query_class.to_string(), "type": rrtype_name(q.query_type) })).collect::<Vec<_>>(),
         "answer": rrs(&m.answers),
         "authority": rrs(&m.authorities),
         "additional": rrs(&m.additionals),
@@ -260,7 +240,6 @@ pub fn render(ev: &DnstapEvent, format: OutputFormat, out: &mut String) {
             }
             for (field, wire) in [("query_message", &m.query_message), ("response_message", &m.response_message)] {
                 let Some(wire) = wire else { continue };
-                let _ = writeln!(out, "  {field}_size: {}b", wire.len());
                 let text = match parse_dns(wire) {
                     Ok(msg) => dns_text(&msg),
                     Err(e) => format!("; {e}\n"),
@@ -304,6 +283,7 @@ mod tests {
         // 2026-11-28 04:24:18.580356 UTC, from the unbound capture.
         let t = Timestamp { sec: 1_795_839_858, nsec: 580_356_000 };
         assert_eq!(format_time(t, ' '), "2026-11-28 04:24:18.580356");
-        assert_eq!(format_time(Timestamp { sec: 951_782_400, nsec: 0 }, 'T'), "2000-02-29T00:00:00.000000");
+        assert_eq!(format_time(Timestamp { sec: 951_782_400, nsec: 0 }, 'T'), "2000-02-29T00:00:00");
+        assert_eq!(format_time(Timestamp { sec: 0, nsec: 580_940_000 }, ' '), "1970-01-01 00:00:00.58094");
     }
 }
