@@ -196,7 +196,8 @@ mod tests {
             .map(|f| f.unwrap())
             .collect();
         assert_eq!(frames.len(), 1000);
-        assert_eq!(frames[999].as_ref(), 1000u32.to_be_bytes().repeat(1));
+        assert_eq!(frames[998].as_ref(), 999u32.to_be_bytes().repeat(50));
+        assert_eq!(frames[999].as_ref(), 1000u32.to_be_bytes());
     }
 
     #[test]

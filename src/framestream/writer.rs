@@ -261,10 +261,8 @@ async fn run(
     let mut closing = false;
     loop {
         // Connect, unless there is nothing left to send.
-        if pending.is_none() {
-            if closing && rx.is_empty() {
-                break;
-            }
+        if pending.is_none() && closing && rx.is_empty() {
+            break;
         }
         let connected = tokio::select! {
             r = connect(&config) => r,
