@@ -22,5 +22,8 @@ pub mod dns;
 pub mod dnstap;
 pub mod framestream;
 pub mod metrics;
+pub mod query;
+pub mod sensor;
+pub mod store;
 pub mod tap;
 pub mod tls;

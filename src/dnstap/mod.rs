@@ -12,6 +12,6 @@ mod decode;
 mod format;
 
 pub use decode::{DecodeError, DnsParseError, DnstapEvent, DnstapMessage, Timestamp, decode, encode, parse_dns};
-pub use format::{OutputFormat, render};
+pub use format::{OutputFormat, format_time, render};
 pub use pb::message::Type as MessageType;
 pub use pb::{SocketFamily, SocketProtocol};

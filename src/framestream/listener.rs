@@ -7,6 +7,7 @@
 //! for lack of room. An oversized frame is counted and skipped; a protocol violation (bad
 //! control frame, data before START, wrong content type) closes that connection only.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -400,11 +401,20 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-        if !batch.is_empty() && !deliver(&mut batch, out, stats).await {
-            return Ok(());
-        }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(config.read_buffer);
+        }
+        if !batch.is_empty() {
+            // Senders such as fstrm_replay write one frame per syscall: keep reading what is
+            // already in the socket and hand over only when it is empty (or the batch full),
+            // so that downstream is woken once per batch, not once per frame.
+            match read_ready(&mut stream, &mut buf).await {
+                Some(Ok(n)) if n > 0 => continue,
+                Some(Ok(_)) | Some(Err(_)) | None => {}
+            }
+            if !deliver(&mut batch, out, stats).await {
+                return Ok(());
+            }
         }
         // Between frames of a started stream a quiet peer may wait forever; inside a frame or
         // the handshake it must make progress.
@@ -443,6 +453,19 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// Reads only if data is already waiting: `None` when the read would block. (Dropping a
+/// pending `read_buf` loses nothing: it is cancel-safe.)
+async fn read_ready<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+    let mut read = std::pin::pin!(stream.read_buf(buf));
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match read.as_mut().poll(cx) {
+            std::task::Poll::Ready(r) => Some(r),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
 }
 
 /// Hands the batch downstream, waiting for room. False when downstream has gone away.

@@ -1,0 +1,240 @@
+//! `sensor.toml`: unknown keys are rejected, and every problem is reported at once with the
+//! key named. See docs/CONFIGURATION.md.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hickory_proto::rr::Name;
+use serde::Deserialize;
+
+use super::filter::{Cidr, PRIVATE_NETWORKS};
+use super::zones::IANA_ROOT_SERVERS;
+use crate::framestream::DATA_FRAME_MIN_LIMIT;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    db: Option<PathBuf>,
+    sensor_id: Option<String>,
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    pipeline: RawPipeline,
+    #[serde(default)]
+    privacy: RawPrivacy,
+    #[serde(default)]
+    aggregate: RawAggregate,
+    metrics: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    #[serde(default)]
+    unix: Vec<PathBuf>,
+    #[serde(default)]
+    tcp: Vec<String>,
+    unix_mode: Option<String>,
+    max_frame: Option<usize>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    auth_responses: Option<bool>,
+    negative: Option<bool>,
+    root_hints: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    internal_zones: Option<Vec<String>>,
+    exclude_special_use: Option<bool>,
+    private_networks: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAggregate {
+    window_seconds: Option<u64>,
+    window_keys: Option<usize>,
+    outbox: Option<bool>,
+}
+
+/// The validated sensor configuration.
+#[derive(Clone, Debug)]
+pub struct SensorConfig {
+    pub db: PathBuf,
+    pub sensor_id: String,
+    pub unix: Vec<PathBuf>,
+    pub tcp: Vec<SocketAddr>,
+    pub unix_mode: Option<u32>,
+    pub max_frame: usize,
+    pub max_connections: usize,
+    pub auth_responses: bool,
+    pub negative: bool,
+    pub root_hints: Vec<IpAddr>,
+    pub internal_zones: Vec<Name>,
+    pub exclude_special_use: bool,
+    pub private_networks: Vec<Cidr>,
+    pub window: Duration,
+    pub window_keys: usize,
+    pub outbox: bool,
+    pub metrics: Option<SocketAddr>,
+}
+
+impl SensorConfig {
+    /// Parses TOML text; `Err` lists every problem, one per line, each naming its key.
+    pub fn parse(text: &str) -> Result<Self, Vec<String>> {
+        let raw: Raw = toml::from_str(text).map_err(|e| vec![e.to_string().trim_end().to_string()])?;
+        let mut errors = Vec::new();
+        let mut err = |key: &str, msg: String| errors.push(format!("{key}: {msg}"));
+
+        let db = raw.db.unwrap_or_else(|| PathBuf::from("dnsledger-sensor.db"));
+        let sensor_id = raw.sensor_id.unwrap_or_else(|| "sensor".into());
+        if sensor_id.is_empty() || sensor_id.len() > 64 {
+            err("sensor_id", "1 to 64 characters".into());
+        }
+        let mut tcp = Vec::new();
+        for (i, a) in raw.listen.tcp.iter().enumerate() {
+            match a.parse() {
+                Ok(a) => tcp.push(a),
+                Err(_) => err(&format!("listen.tcp[{i}]"), format!("`{a}` is not host:port")),
+            }
+        }
+        let unix_mode = raw.listen.unix_mode.as_ref().and_then(|m| match u32::from_str_radix(m, 8) {
+            Ok(v) if v <= 0o777 => Some(v),
+            _ => {
+                err("listen.unix_mode", format!("`{m}` is not an octal file mode like \"660\""));
+                None
+            }
+        });
+        let max_frame = raw.listen.max_frame.unwrap_or(crate::framestream::DATA_FRAME_DEFAULT);
+        if max_frame < DATA_FRAME_MIN_LIMIT {
+            err("listen.max_frame", format!("{max_frame} is below the minimum {DATA_FRAME_MIN_LIMIT}"));
+        }
+        let max_connections = raw.listen.max_connections.unwrap_or(512);
+        if max_connections == 0 {
+            err("listen.max_connections", "must be at least 1".into());
+        }
+        let mut root_hints = Vec::new();
+        let hints =
+            raw.pipeline.root_hints.unwrap_or_else(|| IANA_ROOT_SERVERS.iter().map(|s| s.to_string()).collect());
+        for (i, h) in hints.iter().enumerate() {
+            match h.parse() {
+                Ok(a) => root_hints.push(a),
+                Err(_) => err(&format!("pipeline.root_hints[{i}]"), format!("`{h}` is not an IP address")),
+            }
+        }
+        let mut internal_zones = Vec::new();
+        for (i, z) in raw.privacy.internal_zones.unwrap_or_default().iter().enumerate() {
+            match Name::from_ascii(z) {
+                Ok(mut n) => {
+                    n.set_fqdn(true);
+                    internal_zones.push(n)
+                }
+                Err(e) => err(&format!("privacy.internal_zones[{i}]"), format!("`{z}`: {e}")),
+            }
+        }
+        let mut private_networks = Vec::new();
+        let nets =
+            raw.privacy.private_networks.unwrap_or_else(|| PRIVATE_NETWORKS.iter().map(|s| s.to_string()).collect());
+        for (i, n) in nets.iter().enumerate() {
+            match n.parse() {
+                Ok(c) => private_networks.push(c),
+                Err(e) => err(&format!("privacy.private_networks[{i}]"), format!("{e}")),
+            }
+        }
+        let window_seconds = raw.aggregate.window_seconds.unwrap_or(10);
+        if window_seconds == 0 || window_seconds > 3600 {
+            err("aggregate.window_seconds", format!("{window_seconds}: between 1 and 3600"));
+        }
+        let window_keys = raw.aggregate.window_keys.unwrap_or(200_000);
+        if window_keys == 0 {
+            err("aggregate.window_keys", "must be at least 1".into());
+        }
+        let metrics = raw.metrics.as_ref().and_then(|m| match m.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                err("metrics", format!("`{m}` is not host:port"));
+                None
+            }
+        });
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(SensorConfig {
+            db,
+            sensor_id,
+            unix: raw.listen.unix,
+            tcp,
+            unix_mode,
+            max_frame,
+            max_connections,
+            auth_responses: raw.pipeline.auth_responses.unwrap_or(false),
+            negative: raw.pipeline.negative.unwrap_or(false),
+            root_hints,
+            internal_zones,
+            exclude_special_use: raw.privacy.exclude_special_use.unwrap_or(true),
+            private_networks,
+            window: Duration::from_secs(window_seconds),
+            window_keys,
+            outbox: raw.aggregate.outbox.unwrap_or(false),
+            metrics,
+        })
+    }
+
+    /// The defaults (as if the file were empty).
+    pub fn defaults() -> Self {
+        Self::parse("").expect("defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_is_reported_with_its_key() {
+        let errs = SensorConfig::parse(
+            r#"
+            [listen]
+            tcp = ["127.0.0.1:6000", "nonsense"]
+            unix_mode = "999"
+            max_frame = 1000
+            [privacy]
+            private_networks = ["10.0.0.0/33"]
+            [aggregate]
+            window_seconds = 0
+            "#,
+        )
+        .unwrap_err();
+        let text = errs.join("\n");
+        for key in [
+            "listen.tcp[1]",
+            "listen.unix_mode",
+            "listen.max_frame",
+            "privacy.private_networks[0]",
+            "aggregate.window_seconds",
+        ] {
+            assert!(text.contains(key), "{key} missing from:\n{text}");
+        }
+        assert_eq!(errs.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let errs = SensorConfig::parse("[listen]\nunixx = [\"/tmp/x\"]\n").unwrap_err();
+        assert!(errs[0].contains("unixx"), "{errs:?}");
+    }
+
+    #[test]
+    fn defaults_are_private() {
+        let c = SensorConfig::defaults();
+        assert!(c.exclude_special_use && !c.private_networks.is_empty() && !c.outbox);
+        assert_eq!(c.root_hints.len(), IANA_ROOT_SERVERS.len());
+    }
+}

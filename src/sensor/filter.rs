@@ -1,0 +1,206 @@
+//! Privacy filters of the scrub stage: zones that are never recorded (an organisation's
+//! internal zones; special-use names and private reverse zones by default) and rdata pointing
+//! into private networks.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use hickory_proto::rr::{Name, RData};
+use thiserror::Error;
+
+use super::extract::address_of;
+
+/// RFC 6761 / RFC 6762 / RFC 8375 / RFC 9476 special-use names and the reverse zones of
+/// private, loopback and link-local space: local by nature, never worth sharing. `test.` and
+/// `example.` are left out on purpose: they never occur on the Internet and tests use them.
+pub const SPECIAL_USE_ZONES: &[&str] = &[
+    "localhost.",
+    "invalid.",
+    "local.",
+    "onion.",
+    "home.arpa.",
+    "internal.",
+    "alt.",
+    "0.in-addr.arpa.",
+    "10.in-addr.arpa.",
+    "127.in-addr.arpa.",
+    "254.169.in-addr.arpa.",
+    "168.192.in-addr.arpa.",
+    "16.172.in-addr.arpa.",
+    "17.172.in-addr.arpa.",
+    "18.172.in-addr.arpa.",
+    "19.172.in-addr.arpa.",
+    "20.172.in-addr.arpa.",
+    "21.172.in-addr.arpa.",
+    "22.172.in-addr.arpa.",
+    "23.172.in-addr.arpa.",
+    "24.172.in-addr.arpa.",
+    "25.172.in-addr.arpa.",
+    "26.172.in-addr.arpa.",
+    "27.172.in-addr.arpa.",
+    "28.172.in-addr.arpa.",
+    "29.172.in-addr.arpa.",
+    "30.172.in-addr.arpa.",
+    "31.172.in-addr.arpa.",
+    "d.f.ip6.arpa.",
+    "8.e.f.ip6.arpa.",
+    "9.e.f.ip6.arpa.",
+    "a.e.f.ip6.arpa.",
+    "b.e.f.ip6.arpa.",
+    "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa.",
+];
+
+/// Networks whose addresses are private by default: RFC 1918, shared address space, loopback,
+/// link-local, unique local and the IPv6 loopback.
+pub const PRIVATE_NETWORKS: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "fc00::/7",
+    "fe80::/10",
+    "::1/128",
+];
+
+/// An address prefix, `addr/len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+#[derive(Debug, Error, PartialEq)]
+#[error("`{0}` is not an address prefix like 10.0.0.0/8 or fc00::/7")]
+pub struct CidrError(pub String);
+
+impl FromStr for Cidr {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, CidrError> {
+        let err = || CidrError(s.to_string());
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a.parse::<IpAddr>().map_err(|_| err())?, l.parse::<u8>().map_err(|_| err())?),
+            None => {
+                let a = s.parse::<IpAddr>().map_err(|_| err())?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(err());
+        }
+        Ok(Cidr { addr, len })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.len),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.len),
+            _ => false,
+        }
+    }
+
+    /// The first and last address of the prefix, as 16-byte keys (IPv4 mapped into IPv6).
+    pub fn range(&self) -> ([u8; 16], [u8; 16]) {
+        let (bytes, len) = match self.addr {
+            IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), self.len as u32 + 96),
+            IpAddr::V6(a) => (a.octets(), self.len as u32),
+        };
+        let mut lo = bytes;
+        let mut hi = bytes;
+        for bit in len..128 {
+            let (byte, mask) = ((bit / 8) as usize, 0x80u8 >> (bit % 8));
+            lo[byte] &= !mask;
+            hi[byte] |= mask;
+        }
+        (lo, hi)
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], len: u8) -> bool {
+    let full = (len / 8) as usize;
+    if a[..full] != b[..full] {
+        return false;
+    }
+    let rest = len % 8;
+    rest == 0 || (a[full] ^ b[full]) & (0xffu8 << (8 - rest)) == 0
+}
+
+/// The scrub stage's filters.
+#[derive(Clone, Debug, Default)]
+pub struct PrivacyFilter {
+    excluded: Vec<Name>,
+    private: Vec<Cidr>,
+}
+
+impl PrivacyFilter {
+    /// `internal` zones are never recorded; with `special_use`, nor are [`SPECIAL_USE_ZONES`].
+    /// A/AAAA rdata inside `private` networks drops its RRset.
+    pub fn new(internal: &[Name], special_use: bool, private: Vec<Cidr>) -> Self {
+        let mut excluded: Vec<Name> = internal.iter().map(|n| n.to_lowercase()).collect();
+        if special_use {
+            excluded.extend(SPECIAL_USE_ZONES.iter().map(|z| Name::from_ascii(z).expect("valid built-in zone")));
+        }
+        Self { excluded, private }
+    }
+
+    /// Whether a name is in a zone that must not be recorded.
+    pub fn excluded_name(&self, name: &Name) -> bool {
+        self.excluded.iter().any(|z| z.zone_of(name))
+    }
+
+    /// Whether rdata reveals something private: an address in a private network, or a name
+    /// (CNAME, NS, PTR, MX, SRV target) inside an excluded zone.
+    pub fn private_rdata(&self, data: &RData) -> bool {
+        if let Some(ip) = address_of(data) {
+            return self.private.iter().any(|c| c.contains(ip));
+        }
+        let target = match data {
+            RData::CNAME(n) => &n.0,
+            RData::NS(n) => &n.0,
+            RData::PTR(n) => &n.0,
+            RData::MX(mx) => &mx.exchange,
+            RData::SRV(srv) => &srv.target,
+            _ => return false,
+        };
+        self.excluded_name(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_contains_and_ranges() {
+        let c: Cidr = "172.16.0.0/12".parse().unwrap();
+        assert!(c.contains(ip("172.31.255.255")) && !c.contains(ip("172.32.0.0")) && !c.contains(ip("::1")));
+        let c: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(c.contains(ip("2001:db8:ffff::1")) && !c.contains(ip("2001:db9::")));
+        let (lo, hi) = "192.0.2.0/24".parse::<Cidr>().unwrap().range();
+        assert_eq!(IpAddr::from(lo).to_string(), "::ffff:192.0.2.0");
+        assert_eq!(IpAddr::from(hi).to_string(), "::ffff:192.0.2.255");
+        assert_eq!("192.0.2.7".parse::<Cidr>().unwrap().len, 32);
+        for bad in ["10.0.0.0/33", "fc00::/129", "nonsense", "10.0.0.0/x"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn special_use_and_internal_zones_are_excluded() {
+        let f = PrivacyFilter::new(&[Name::from_ascii("Corp.Example.com.").unwrap()], true, vec![]);
+        for name in ["printer.corp.example.com.", "1.0.168.192.in-addr.arpa.", "x.localhost.", "mac.local."] {
+            assert!(f.excluded_name(&Name::from_ascii(name).unwrap()), "{name}");
+        }
+        for name in ["www.example.com.", "1.2.0.192.in-addr.arpa.", "www.test."] {
+            assert!(!f.excluded_name(&Name::from_ascii(name).unwrap()), "{name}");
+        }
+    }
+}

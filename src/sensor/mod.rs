@@ -1,0 +1,411 @@
+//! `dnsledger sensor`: dnstap in, authoritative in-bailiwick client-free RRsets out, aggregated
+//! into sled.
+//!
+//! ```text
+//! listeners (unix, TCP) --bounded channel--> pipeline thread:
+//!     decode -> classify/authoritative/bailiwick/scrub/RRsets (extract) -> aggregate window
+//!     -> flush: Store::merge (RRsets, indexes, outbox) -> sync
+//! ```
+//!
+//! The pipeline runs on one thread of its own; the listeners apply backpressure when it falls
+//! behind. A window is flushed when it holds `window_keys` distinct RRsets or is
+//! `window_seconds` old, and on shutdown.
+
+pub mod config;
+pub mod extract;
+pub mod filter;
+pub mod zones;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use config::SensorConfig;
+pub use extract::{ExtractConfig, Extractor, Kind, Observation, Rrset, RrsetDrops};
+pub use filter::{Cidr, PrivacyFilter};
+pub use zones::ZoneMap;
+
+use crate::dnstap;
+use crate::framestream::{DNSTAP_CONTENT_TYPE, Endpoint, FileReader, Listener, ListenerConfig, ListenerStats};
+use crate::metrics::{Counter, Gauge, Metrics, ReasonCounter, Registry, write_metric, write_reasons};
+use crate::store::{Delta, Store, StoreError};
+
+/// Pipeline counters (Prometheus prefix `dnsledger_sensor_`).
+#[derive(Debug, Default)]
+pub struct SensorStats {
+    pub frames_in: Counter,
+    /// Frames by dnstap message type (only those that decoded).
+    pub frames_by_type: ReasonCounter,
+    pub frames_kept: Counter,
+    /// Frames that contributed nothing, by reason (message type, rcode, not authoritative...).
+    pub frames_dropped: ReasonCounter,
+    pub rrsets_observed: Counter,
+    pub rrsets_dropped: ReasonCounter,
+    pub window_keys: Gauge,
+    pub flushes: Counter,
+    pub flush_errors: Counter,
+    pub keys_new: Counter,
+    pub keys_updated: Counter,
+    pub outbox_batches: Gauge,
+}
+
+impl Metrics for SensorStats {
+    fn render(&self, out: &mut String) {
+        let p = "dnsledger_sensor";
+        write_metric(
+            out,
+            &format!("{p}_frames_in_total"),
+            "counter",
+            "Frames into the pipeline.",
+            self.frames_in.get(),
+        );
+        write_reasons(
+            out,
+            &format!("{p}_frames_by_type_total"),
+            "Decoded frames by dnstap type.",
+            "type",
+            &self.frames_by_type,
+        );
+        write_metric(
+            out,
+            &format!("{p}_frames_kept_total"),
+            "counter",
+            "Frames that gave RRsets.",
+            self.frames_kept.get(),
+        );
+        write_reasons(
+            out,
+            &format!("{p}_frames_dropped_total"),
+            "Frames dropped, by reason.",
+            "reason",
+            &self.frames_dropped,
+        );
+        write_metric(
+            out,
+            &format!("{p}_rrsets_observed_total"),
+            "counter",
+            "RRset observations accepted.",
+            self.rrsets_observed.get(),
+        );
+        write_reasons(
+            out,
+            &format!("{p}_rrsets_dropped_total"),
+            "RRsets dropped, by reason.",
+            "reason",
+            &self.rrsets_dropped,
+        );
+        write_metric(
+            out,
+            &format!("{p}_window_keys"),
+            "gauge",
+            "Distinct RRsets in the open window.",
+            self.window_keys.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_flushes_total"),
+            "counter",
+            "Windows flushed to the store.",
+            self.flushes.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_flush_errors_total"),
+            "counter",
+            "Failed flushes (retried).",
+            self.flush_errors.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_keys_new_total"),
+            "counter",
+            "RRsets stored for the first time.",
+            self.keys_new.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_keys_updated_total"),
+            "counter",
+            "Stored RRsets updated.",
+            self.keys_updated.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_outbox_batches"),
+            "gauge",
+            "Batches waiting in the outbox.",
+            self.outbox_batches.get(),
+        );
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Agg {
+    first: u64,
+    last: u64,
+    count: u64,
+}
+
+/// The pipeline state: extractor, open window, store.
+pub struct Pipeline {
+    extractor: Extractor,
+    window: HashMap<(Kind, Rrset), Agg>,
+    opened: Instant,
+    window_age: Duration,
+    window_keys: usize,
+    outbox: bool,
+    store: Store,
+    stats: Arc<SensorStats>,
+    scratch: Vec<Observation>,
+    drops: RrsetDrops,
+}
+
+impl Pipeline {
+    pub fn new(config: &SensorConfig, store: Store, stats: Arc<SensorStats>) -> Self {
+        let filter =
+            PrivacyFilter::new(&config.internal_zones, config.exclude_special_use, config.private_networks.clone());
+        let zones = ZoneMap::with_roots(1_000_000, &config.root_hints);
+        let extract = ExtractConfig { auth_responses: config.auth_responses, negative: config.negative };
+        stats.outbox_batches.set(store.outbox_len() as i64);
+        Self {
+            extractor: Extractor::new(extract, filter, zones),
+            window: HashMap::new(),
+            opened: Instant::now(),
+            window_age: config.window,
+            window_keys: config.window_keys,
+            outbox: config.outbox,
+            store,
+            stats,
+            scratch: Vec::new(),
+            drops: RrsetDrops::default(),
+        }
+    }
+
+    /// Runs one frame through the stages into the open window.
+    pub fn frame(&mut self, frame: Bytes) -> Result<(), StoreError> {
+        self.stats.frames_in.inc();
+        let ev = match dnstap::decode(frame) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.stats.frames_dropped.inc(e.label());
+                return Ok(());
+            }
+        };
+        self.stats.frames_by_type.inc(extract::type_label(ev.message.kind));
+        self.scratch.clear();
+        match self.extractor.extract(&ev, &mut self.scratch, &mut self.drops) {
+            Ok(()) => self.stats.frames_kept.inc(),
+            Err(reason) => self.stats.frames_dropped.inc(reason),
+        }
+        for (reason, n) in self.drops.counts.drain(..) {
+            self.stats.rrsets_dropped.add(reason, n);
+        }
+        self.stats.rrsets_observed.add(self.scratch.len() as u64);
+        for o in self.scratch.drain(..) {
+            self.window
+                .entry((o.kind, o.rrset))
+                .and_modify(|a| {
+                    a.first = a.first.min(o.time);
+                    a.last = a.last.max(o.time);
+                    a.count += 1;
+                })
+                .or_insert(Agg { first: o.time, last: o.time, count: 1 });
+        }
+        self.stats.window_keys.set(self.window.len() as i64);
+        if self.window.len() >= self.window_keys {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes if the window is old enough.
+    pub fn tick(&mut self) -> Result<(), StoreError> {
+        if !self.window.is_empty() && self.opened.elapsed() >= self.window_age {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the open window to the store (durably) and opens a new one. On error the window
+    /// is kept, so nothing accepted is lost; the caller retries.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        if self.window.is_empty() {
+            self.opened = Instant::now();
+            return Ok(());
+        }
+        let deltas: Vec<Delta> = self
+            .window
+            .iter()
+            .map(|((kind, rrset), a)| Delta {
+                kind: *kind,
+                rrset: rrset.clone(),
+                first: a.first,
+                last: a.last,
+                count: a.count,
+            })
+            .collect();
+        match self.store.merge(&deltas, self.outbox) {
+            Ok(st) => {
+                self.window.clear();
+                self.opened = Instant::now();
+                self.stats.flushes.inc();
+                self.stats.keys_new.add(st.new_keys);
+                self.stats.keys_updated.add(st.updated_keys);
+                self.stats.window_keys.set(0);
+                self.stats.outbox_batches.set(self.store.outbox_len() as i64);
+                tracing::debug!(rrsets = deltas.len(), new = st.new_keys, "window flushed");
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.flush_errors.inc();
+                Err(e)
+            }
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// Counts of a finished run, for the totals line.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub frames: u64,
+    pub kept: u64,
+    pub rrsets: u64,
+    pub stored: usize,
+}
+
+fn totals(stats: &SensorStats, store: &Store) -> Totals {
+    Totals {
+        frames: stats.frames_in.get(),
+        kept: stats.frames_kept.get(),
+        rrsets: stats.rrsets_observed.get(),
+        stored: store.len(),
+    }
+}
+
+/// Runs the pipeline over an fstrm file (what `--read` does), then flushes.
+pub fn run_file(config: &SensorConfig, path: &Path, stats: Arc<SensorStats>) -> anyhow::Result<Totals> {
+    let store = Store::open(&config.db)?;
+    let mut p = Pipeline::new(config, store, stats.clone());
+    for frame in FileReader::open(path, DNSTAP_CONTENT_TYPE)? {
+        p.frame(frame?)?;
+    }
+    p.flush()?;
+    Ok(totals(&stats, p.store()))
+}
+
+/// Runs the sensor until `shutdown`: listeners, pipeline thread, periodic summary line.
+pub async fn run(
+    config: SensorConfig,
+    registry: &Registry,
+    shutdown: CancellationToken,
+    progress: bool,
+) -> anyhow::Result<Totals> {
+    if config.unix.is_empty() && config.tcp.is_empty() {
+        anyhow::bail!("no listener: set listen.unix or listen.tcp (or --unix/--tcp)");
+    }
+    let store = Store::open(&config.db)?;
+    let stats = Arc::new(SensorStats::default());
+    let lstats = Arc::new(ListenerStats::default());
+    registry.register(stats.clone());
+    registry.register(lstats.clone());
+    let lconfig = Arc::new(ListenerConfig {
+        max_frame: config.max_frame,
+        max_connections: config.max_connections,
+        ..ListenerConfig::default()
+    });
+    let mut endpoints: Vec<Endpoint> =
+        config.unix.iter().map(|p| Endpoint::Unix { path: p.clone(), mode: config.unix_mode }).collect();
+    endpoints.extend(config.tcp.iter().map(|a| Endpoint::Tcp { addr: *a, tls: None }));
+    let mut listeners = Vec::new();
+    for e in &endpoints {
+        let l = Listener::bind(e).await?;
+        tracing::info!(listen = %l.describe(), "sensor listening");
+        listeners.push(l);
+    }
+
+    // Empty batches are ticks: they let the pipeline thread close old windows while idle.
+    let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(64);
+    let ticker = {
+        let (tx, shutdown) = (tx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = t.tick() => { let _ = tx.send(Vec::new()).await; }
+                }
+            }
+        })
+    };
+    let pipeline = {
+        let (config, stats) = (config.clone(), stats.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Totals> {
+            let mut p = Pipeline::new(&config, store, stats.clone());
+            while let Some(batch) = rx.blocking_recv() {
+                let result = if batch.is_empty() { p.tick() } else { batch.into_iter().try_for_each(|f| p.frame(f)) };
+                if let Err(e) = result {
+                    // The window is kept; the next tick retries. Backpressure holds senders.
+                    tracing::error!(error = %e, "flush failed; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            let mut attempts = 0;
+            while let Err(e) = p.flush() {
+                attempts += 1;
+                tracing::error!(error = %e, attempts, "final flush failed");
+                if attempts >= 5 {
+                    return Err(e.into());
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Ok(totals(&stats, p.store()))
+        })
+    };
+    if progress {
+        let (stats, shutdown) = (stats.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(10));
+            t.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = t.tick() => {}
+                }
+                tracing::info!(
+                    frames = stats.frames_in.get(),
+                    kept = stats.frames_kept.get(),
+                    rrsets = stats.rrsets_observed.get(),
+                    new = stats.keys_new.get(),
+                    dropped = stats.frames_dropped.total(),
+                    window = stats.window_keys.get(),
+                    "sensor summary"
+                );
+            }
+        });
+    }
+    let mut tasks = Vec::new();
+    for l in listeners {
+        tasks.push(tokio::spawn(crate::framestream::listener::run(
+            l,
+            lconfig.clone(),
+            tx.clone(),
+            lstats.clone(),
+            shutdown.clone(),
+        )));
+    }
+    drop(tx);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = ticker.await;
+    pipeline.await?
+}

@@ -1,0 +1,122 @@
+//! Bailiwick reconstruction for frames without `query_zone`: which zones each server address
+//! is known to serve, learned from accepted delegations and seeded by the root hints.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use hickory_proto::rr::{Name, RecordType};
+
+use super::extract::{Kind, Observation};
+
+/// The IANA root servers' addresses (root hints, as of 2024).
+pub const IANA_ROOT_SERVERS: &[&str] = &[
+    "198.41.0.4",
+    "2001:503:ba3e::2:30",
+    "170.247.170.2",
+    "2801:1b8:10::b",
+    "192.33.4.12",
+    "2001:500:2::c",
+    "199.7.91.13",
+    "2001:500:2d::d",
+    "192.203.230.10",
+    "2001:500:a8::e",
+    "192.5.5.241",
+    "2001:500:2f::f",
+    "192.112.36.4",
+    "2001:500:12::d0d",
+    "198.97.190.53",
+    "2001:500:1::53",
+    "192.36.148.17",
+    "2001:7fe::53",
+    "192.58.128.30",
+    "2001:503:c27::2:30",
+    "193.0.14.129",
+    "2001:7fd::1",
+    "199.7.83.42",
+    "2001:500:9f::42",
+    "202.12.27.33",
+    "2001:dc3::35",
+];
+
+/// Server address -> zones, bounded. Lookups take the closest enclosing zone of a name.
+#[derive(Debug)]
+pub struct ZoneMap {
+    servers: HashMap<IpAddr, Vec<Name>>,
+    /// Name server names of delegations whose addresses were not in the referral (glueless).
+    pending: HashMap<Name, Vec<Name>>,
+    limit: usize,
+    /// Entries not added because the map was full.
+    pub full: u64,
+}
+
+impl ZoneMap {
+    /// An empty map holding at most `limit` servers and as many pending names.
+    pub fn new(limit: usize) -> Self {
+        Self { servers: HashMap::new(), pending: HashMap::new(), limit, full: 0 }
+    }
+
+    /// Seeds the root zone's servers.
+    pub fn with_roots(limit: usize, roots: &[IpAddr]) -> Self {
+        let mut m = Self::new(limit);
+        for r in roots {
+            m.add(*r, Name::root());
+        }
+        m
+    }
+
+    pub fn add(&mut self, server: IpAddr, zone: Name) {
+        if !self.servers.contains_key(&server) && self.servers.len() >= self.limit {
+            self.full += 1;
+            return;
+        }
+        let zones = self.servers.entry(server).or_default();
+        if !zones.contains(&zone) {
+            zones.push(zone);
+        }
+    }
+
+    /// Remembers that `target` serves `zone`, until an answer gives its address.
+    pub fn add_server_name(&mut self, target: &Name, zone: &Name) {
+        if !self.pending.contains_key(target) && self.pending.len() >= self.limit {
+            self.full += 1;
+            return;
+        }
+        let zones = self.pending.entry(target.clone()).or_default();
+        if !zones.contains(zone) {
+            zones.push(zone.clone());
+        }
+    }
+
+    /// Accepted A/AAAA answers for name server names map their addresses to the zones.
+    pub fn learn_addresses(&mut self, accepted: &[Observation]) {
+        if self.pending.is_empty() {
+            return;
+        }
+        for o in accepted {
+            let rtype = RecordType::from(o.rrset.rrtype);
+            if o.kind != Kind::Positive || !matches!(rtype, RecordType::A | RecordType::AAAA) {
+                continue;
+            }
+            let Ok(owner) = Name::from_ascii(&o.rrset.rrname) else { continue };
+            let Some(zones) = self.pending.get(&owner).cloned() else { continue };
+            for addr in o.rrset.rdata.iter().filter_map(|r| r.parse::<IpAddr>().ok()) {
+                for z in &zones {
+                    self.add(addr, z.clone());
+                }
+            }
+        }
+    }
+
+    /// The deepest zone served by `server` that contains `name`.
+    pub fn enclosing_zone(&self, server: IpAddr, name: &Name) -> Option<Name> {
+        self.servers.get(&server)?.iter().filter(|z| z.zone_of(name)).max_by_key(|z| z.num_labels()).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+}

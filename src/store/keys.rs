@@ -1,0 +1,193 @@
+//! Key and value encodings of the store. Stable across versions: hashing is our own FNV-1a,
+//! not std's (which may change between releases).
+//!
+//! - RRset key: `rev(owner) 0x00 rrtype(2, BE) bailiwick 0x00 digest(16)` where `rev` writes
+//!   the labels right to left, each followed by a dot (`www.example.com.` ->
+//!   `com.example.www.`), so that every name under a zone shares the zone's prefix, and the
+//!   digest is of the canonical rdata set.
+//! - Value: `first(8) last(8) count(8)` then the owner, the bailiwick and the rdata strings,
+//!   each as `len(4, BE) bytes`.
+
+use super::Entry;
+use crate::sensor::Rrset;
+
+/// `www.example.com.` -> `com.example.www.`; the root is the empty string. Labels are taken
+/// from presentation format, where a dot inside a label is escaped (`\.`).
+pub fn reverse_name(name: &str) -> String {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return String::new();
+    }
+    let labels = split_labels(name);
+    let mut out = String::with_capacity(name.len() + 1);
+    for l in labels.iter().rev() {
+        out.push_str(l);
+        out.push('.');
+    }
+    out
+}
+
+/// Splits presentation-format labels on unescaped dots.
+fn split_labels(name: &str) -> Vec<&str> {
+    let bytes = name.as_bytes();
+    let mut labels = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'.' => {
+                labels.push(&name[start..i]);
+                i += 1;
+                start = i;
+            }
+            _ => i += 1,
+        }
+    }
+    labels.push(&name[start..]);
+    labels
+}
+
+fn fnv1a(seed: u64, parts: &[String]) -> u64 {
+    let mut h = seed;
+    for p in parts {
+        for b in p.as_bytes().iter().chain(std::iter::once(&0xffu8)) {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+/// 128-bit digest of an rdata set (two FNV-1a passes with different offsets).
+pub fn rdata_digest(rdata: &[String]) -> [u8; 16] {
+    let a = fnv1a(0xcbf29ce484222325, rdata);
+    let b = fnv1a(0x84222325cbf29ce4, rdata);
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&a.to_be_bytes());
+    out[8..].copy_from_slice(&b.to_be_bytes());
+    out
+}
+
+pub fn rrset_key(r: &Rrset) -> Vec<u8> {
+    let rev = reverse_name(&r.rrname);
+    let mut k = Vec::with_capacity(rev.len() + r.bailiwick.len() + 22);
+    k.extend_from_slice(rev.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&r.rrtype.to_be_bytes());
+    k.extend_from_slice(r.bailiwick.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&rdata_digest(&r.rdata));
+    k
+}
+
+/// The key prefix of every RRset owned by exactly `name`.
+pub fn owner_prefix(name: &str) -> Vec<u8> {
+    let mut k = reverse_name(name).into_bytes();
+    k.push(0);
+    k
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+pub fn encode_value(first: u64, last: u64, count: u64, r: &Rrset) -> Vec<u8> {
+    let mut v = Vec::with_capacity(40 + r.rrname.len() + r.rdata.iter().map(|d| d.len() + 4).sum::<usize>());
+    v.extend_from_slice(&first.to_be_bytes());
+    v.extend_from_slice(&last.to_be_bytes());
+    v.extend_from_slice(&count.to_be_bytes());
+    v.extend_from_slice(&r.rrtype.to_be_bytes());
+    put_str(&mut v, &r.rrname);
+    put_str(&mut v, &r.bailiwick);
+    v.extend_from_slice(&(r.rdata.len() as u32).to_be_bytes());
+    for d in &r.rdata {
+        put_str(&mut v, d);
+    }
+    v
+}
+
+/// Reads a value back; `None` if it is not one of ours (never written by this code).
+pub fn decode_value(v: &[u8]) -> Option<Entry> {
+    let mut p = Parser { v, at: 0 };
+    let first = p.u64()?;
+    let last = p.u64()?;
+    let count = p.u64()?;
+    let rrtype = u16::from_be_bytes(p.take(2)?.try_into().ok()?);
+    let rrname = p.string()?;
+    let bailiwick = p.string()?;
+    let n = p.u32()? as usize;
+    let mut rdata = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        rdata.push(p.string()?);
+    }
+    Some(Entry { rrset: Rrset { rrname, rrtype, bailiwick, rdata }, first, last, count })
+}
+
+/// Only the counters of a value, for merging without decoding the strings.
+pub fn value_counters(v: &[u8]) -> Option<(u64, u64, u64)> {
+    let mut p = Parser { v, at: 0 };
+    Some((p.u64()?, p.u64()?, p.u64()?))
+}
+
+/// Rewrites the counters of a value in place.
+pub fn set_counters(v: &mut [u8], first: u64, last: u64, count: u64) {
+    v[0..8].copy_from_slice(&first.to_be_bytes());
+    v[8..16].copy_from_slice(&last.to_be_bytes());
+    v[16..24].copy_from_slice(&count.to_be_bytes());
+}
+
+struct Parser<'a> {
+    v: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.v.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reversed_names_group_zones() {
+        assert_eq!(reverse_name("www.example.com."), "com.example.www.");
+        assert_eq!(reverse_name("."), "");
+        assert_eq!(reverse_name("a\\.b.example."), "example.a\\.b.");
+        let zone = reverse_name("example.com.");
+        assert!(reverse_name("deep.www.example.com.").starts_with(&zone));
+        assert!(!reverse_name("www.badexample.com.").starts_with(&zone));
+    }
+
+    #[test]
+    fn values_round_trip_and_counters_update_in_place() {
+        let r = Rrset {
+            rrname: "www.example.com.".into(),
+            rrtype: 1,
+            bailiwick: "example.com.".into(),
+            rdata: vec!["192.0.2.1".into(), "192.0.2.2".into()],
+        };
+        let mut v = encode_value(10, 20, 3, &r);
+        set_counters(&mut v, 5, 25, 7);
+        let e = decode_value(&v).unwrap();
+        assert_eq!((e.first, e.last, e.count), (5, 25, 7));
+        assert_eq!(e.rrset, r);
+        assert!(decode_value(&v[..v.len() - 1]).is_none());
+        assert_ne!(rdata_digest(&r.rdata), rdata_digest(&["192.0.2.1192.0.2.2".to_string()]));
+    }
+}

@@ -1,0 +1,624 @@
+//! The passive DNS store on sled, shared by the sensor (its local database) and the collector.
+//!
+//! Trees:
+//! - `rrset`: cumulative RRsets, key and value as in [`keys`]; `negative`: NXDOMAIN/NODATA
+//!   observations, same layout.
+//! - `by_name`: forward owner name, `0x00`, RRset key (for right wildcards `www.example.*`).
+//! - `by_ip`: 16-byte address (IPv4 mapped), RRset key (A/AAAA rdata, prefix/range scans).
+//! - `by_target`: reversed target name, `0x00`, RRset key (NS, CNAME, PTR, DNAME, MX, SRV).
+//! - `outbox`: sequence number -> the deltas of one flush, for the next hop.
+//! - `meta`: the outbox sequence.
+//!
+//! A flush writes the (idempotent) index entries, then the counters and the outbox batch in
+//! one transaction, then syncs: after [`Store::merge`] returns, the batch is on disk and its
+//! counts are in exactly once.
+
+pub mod keys;
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use thiserror::Error;
+
+use crate::dns::rrtype_name;
+use crate::sensor::{Kind, Rrset};
+use keys::{decode_value, encode_value, owner_prefix, reverse_name, rrset_key, set_counters, value_counters};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("store at {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store: corrupt value under key {0:02x?}")]
+    Corrupt(Vec<u8>),
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+/// One stored RRset with its counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub rrset: Rrset,
+    pub first: u64,
+    pub last: u64,
+    pub count: u64,
+}
+
+impl Entry {
+    /// Passive DNS Common Output Format (one NDJSON object).
+    pub fn to_cof(&self) -> serde_json::Value {
+        serde_json::json!({
+            "rrname": self.rrset.rrname,
+            "rrtype": rrtype_name(self.rrset.rrtype.into()),
+            "rdata": self.rrset.rdata,
+            "time_first": self.first,
+            "time_last": self.last,
+            "count": self.count,
+            "bailiwick": self.rrset.bailiwick,
+        })
+    }
+}
+
+/// One aggregated delta of a flush.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delta {
+    pub kind: Kind,
+    pub rrset: Rrset,
+    pub first: u64,
+    pub last: u64,
+    pub count: u64,
+}
+
+/// DNSDB-style time fences, each an independent predicate (epoch seconds).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fences {
+    pub first_before: Option<u64>,
+    pub first_after: Option<u64>,
+    pub last_before: Option<u64>,
+    pub last_after: Option<u64>,
+}
+
+impl Fences {
+    pub fn admit(&self, e: &Entry) -> bool {
+        self.first_before.is_none_or(|t| e.first < t)
+            && self.first_after.is_none_or(|t| e.first > t)
+            && self.last_before.is_none_or(|t| e.last < t)
+            && self.last_after.is_none_or(|t| e.last > t)
+    }
+}
+
+/// An owner-name pattern: exact, `*.zone` (names strictly below), or `prefix.*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamePattern {
+    Exact(String),
+    Below(String),
+    RightWildcard(String),
+}
+
+impl NamePattern {
+    /// Parses `www.example.com`, `*.example.com` or `www.example.*` (case-insensitive; the
+    /// trailing dot is optional).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        if s.is_empty() {
+            return Err("empty name".into());
+        }
+        let fqdn = |n: &str| if n.ends_with('.') { n.to_string() } else { format!("{n}.") };
+        if let Some(zone) = s.strip_prefix("*.") {
+            if zone.contains('*') {
+                return Err(format!("`{s}`: one wildcard, at one end"));
+            }
+            return Ok(Self::Below(fqdn(zone)));
+        }
+        if let Some(prefix) = s.strip_suffix(".*") {
+            if prefix.contains('*') || prefix.is_empty() {
+                return Err(format!("`{s}`: one wildcard, at one end"));
+            }
+            return Ok(Self::RightWildcard(format!("{prefix}.")));
+        }
+        if s.contains('*') {
+            return Err(format!("`{s}`: wildcards go at the start (*.example.com) or the end (www.example.*)"));
+        }
+        Ok(Self::Exact(fqdn(&s)))
+    }
+}
+
+/// Counts of one merge.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MergeStats {
+    pub new_keys: u64,
+    pub updated_keys: u64,
+    pub outbox_seq: Option<u64>,
+}
+
+pub struct Store {
+    db: sled::Db,
+    rrset: sled::Tree,
+    negative: sled::Tree,
+    by_name: sled::Tree,
+    by_ip: sled::Tree,
+    by_target: sled::Tree,
+    outbox: sled::Tree,
+    meta: sled::Tree,
+}
+
+const OUTBOX_SEQ: &[u8] = b"outbox_seq";
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. `compression` turns on sled's zstd compression.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open { path: dir.display().to_string(), source };
+        let db = sled::Config::new().path(dir).cache_capacity(64 << 20).open().map_err(open_err)?;
+        let tree = |name: &str| db.open_tree(name).map_err(StoreError::Sled);
+        Ok(Self {
+            rrset: tree("rrset")?,
+            negative: tree("negative")?,
+            by_name: tree("by_name")?,
+            by_ip: tree("by_ip")?,
+            by_target: tree("by_target")?,
+            outbox: tree("outbox")?,
+            meta: tree("meta")?,
+            db,
+        })
+    }
+
+    /// Adds a flush's deltas: counters summed, first/last widened; with `outbox`, the deltas are
+    /// also queued for the next hop in the same transaction. Durable when it returns.
+    pub fn merge(&self, deltas: &[Delta], outbox: bool) -> Result<MergeStats, StoreError> {
+        // Indexes first: they are sets, so writing them twice (after a crash) is harmless, and a
+        // dangling entry (crash before the transaction) is skipped by lookups.
+        let (mut by_name, mut by_ip, mut by_target) =
+            (sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
+        let keys: Vec<Vec<u8>> = deltas.iter().map(|d| rrset_key(&d.rrset)).collect();
+        for (d, key) in deltas.iter().zip(&keys) {
+            if d.kind != Kind::Positive {
+                continue;
+            }
+            let mut k = d.rrset.rrname.as_bytes().to_vec();
+            k.push(0);
+            k.extend_from_slice(key);
+            by_name.insert(k, &[]);
+            for rdata in &d.rrset.rdata {
+                if let Some(ip) = rdata_ip(d.rrset.rrtype, rdata) {
+                    let mut k = ip_key(ip).to_vec();
+                    k.extend_from_slice(key);
+                    by_ip.insert(k, &[]);
+                }
+                if let Some(target) = rdata_target(d.rrset.rrtype, rdata) {
+                    let mut k = owner_prefix(&target.to_ascii_lowercase());
+                    k.extend_from_slice(key);
+                    by_target.insert(k, &[]);
+                }
+            }
+        }
+        self.by_name.apply_batch(by_name)?;
+        self.by_ip.apply_batch(by_ip)?;
+        self.by_target.apply_batch(by_target)?;
+
+        let payload = if outbox { Some(encode_deltas(deltas)) } else { None };
+        let stats =
+            (&self.rrset, &self.negative, &self.outbox, &self.meta).transaction(|(rrset, negative, ob, meta)| {
+                let mut stats = MergeStats::default();
+                for (d, key) in deltas.iter().zip(&keys) {
+                    let tree = if d.kind == Kind::Positive { rrset } else { negative };
+                    match tree.get(key)? {
+                        Some(old) => {
+                            let (f, l, c) = value_counters(&old)
+                                .ok_or_else(|| ConflictableTransactionError::Abort(StoreError::Corrupt(key.clone())))?;
+                            let mut v = old.to_vec();
+                            set_counters(&mut v, f.min(d.first), l.max(d.last), c + d.count);
+                            tree.insert(key.as_slice(), v)?;
+                            stats.updated_keys += 1;
+                        }
+                        None => {
+                            tree.insert(key.as_slice(), encode_value(d.first, d.last, d.count, &d.rrset))?;
+                            stats.new_keys += 1;
+                        }
+                    }
+                }
+                if let Some(payload) = &payload {
+                    let seq = meta.get(OUTBOX_SEQ)?.map(|v| u64_of(&v)).unwrap_or(0) + 1;
+                    ob.insert(&seq.to_be_bytes(), payload.as_slice())?;
+                    meta.insert(OUTBOX_SEQ, &seq.to_be_bytes())?;
+                    stats.outbox_seq = Some(seq);
+                }
+                Ok(stats)
+            })?;
+        self.db.flush()?;
+        Ok(stats)
+    }
+
+    /// Number of stored RRsets (positive).
+    pub fn len(&self) -> usize {
+        self.rrset.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rrset.is_empty()
+    }
+
+    /// Batches waiting in the outbox.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Outbox batches in order, decoded.
+    pub fn outbox_batches(&self) -> Result<Vec<(u64, Vec<Delta>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.outbox.iter() {
+            let (k, v) = item?;
+            out.push((u64_of(&k), decode_deltas(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?));
+        }
+        Ok(out)
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// Every stored RRset (positive or negative tree), in key order.
+    pub fn all(&self, negative: bool) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
+        let tree = if negative { &self.negative } else { &self.rrset };
+        tree.iter().map(|r| {
+            let (k, v) = r?;
+            decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))
+        })
+    }
+
+    /// RRsets by owner (exact or wildcard), optionally one type and one bailiwick.
+    pub fn lookup_rrset(
+        &self,
+        pattern: &NamePattern,
+        rrtype: Option<u16>,
+        bailiwick: Option<&str>,
+        fences: &Fences,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let bailiwick = bailiwick.map(|b| {
+            let b = b.to_ascii_lowercase();
+            if b.ends_with('.') { b } else { format!("{b}.") }
+        });
+        let keep = |e: &Entry| {
+            rrtype.is_none_or(|t| e.rrset.rrtype == t)
+                && bailiwick.as_ref().is_none_or(|b| &e.rrset.bailiwick == b)
+                && fences.admit(e)
+        };
+        let mut out = Vec::new();
+        match pattern {
+            NamePattern::Exact(name) => self.scan(&self.rrset, &owner_prefix(name), None, keep, limit, &mut out)?,
+            NamePattern::Below(zone) => {
+                let prefix = reverse_name(zone).into_bytes();
+                self.scan(&self.rrset, &prefix, Some(prefix.len()), keep, limit, &mut out)?
+            }
+            NamePattern::RightWildcard(prefix) => self.via_index(
+                &self.by_name,
+                prefix.as_bytes(),
+                |k| k.iter().position(|b| *b == 0),
+                keep,
+                limit,
+                &mut out,
+            )?,
+        }
+        Ok(out)
+    }
+
+    /// RRsets whose rdata holds an address in `[lo, hi]` (16-byte, IPv4 mapped).
+    pub fn lookup_rdata_ip(
+        &self,
+        lo: [u8; 16],
+        hi: [u8; 16],
+        fences: &Fences,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::new();
+        let mut end = hi.to_vec();
+        end.push(0xff);
+        for item in self.by_ip.range(lo.to_vec()..=end) {
+            let (k, _) = item?;
+            if k.len() < 16 || k[..16] > hi[..] {
+                break;
+            }
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(e) = self.get(&k[16..])?
+                && fences.admit(&e)
+                && !out.contains(&e)
+            {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// RRsets whose rdata names `pattern` (NS, CNAME, PTR, DNAME, MX, SRV targets).
+    pub fn lookup_rdata_name(
+        &self,
+        pattern: &NamePattern,
+        rrtype: Option<u16>,
+        fences: &Fences,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let keep = |e: &Entry| rrtype.is_none_or(|t| e.rrset.rrtype == t) && fences.admit(e);
+        let mut out = Vec::new();
+        let key_at = |k: &[u8]| k.iter().position(|b| *b == 0).map(|p| p + 1);
+        match pattern {
+            NamePattern::Exact(name) => self.via_index(
+                &self.by_target,
+                &owner_prefix(name),
+                |k| key_at(k).map(|p| p - 1),
+                keep,
+                limit,
+                &mut out,
+            )?,
+            NamePattern::Below(zone) => {
+                let prefix = reverse_name(zone).into_bytes();
+                let n = prefix.len();
+                self.via_index(
+                    &self.by_target,
+                    &prefix,
+                    |k| if k.get(n) == Some(&0) { None } else { key_at(k).map(|p| p - 1) },
+                    keep,
+                    limit,
+                    &mut out,
+                )?
+            }
+            NamePattern::RightWildcard(_) => {
+                // Targets are indexed right to left; a right wildcard needs a full scan.
+                for e in self.all(false) {
+                    let e = e?;
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let hit = e.rrset.rdata.iter().any(|d| {
+                        rdata_target(e.rrset.rrtype, d)
+                            .is_some_and(|t| NamePattern::parse(&t).ok().as_ref().is_some_and(|p| pattern.matches(p)))
+                    });
+                    if hit && keep(&e) {
+                        out.push(e);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+        match self.rrset.get(key)? {
+            Some(v) => Ok(Some(decode_value(&v).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Scans `tree` by prefix; with `strictly_below = Some(n)`, skips keys whose byte `n` is
+    /// the owner terminator (the zone's own name).
+    fn scan(
+        &self,
+        tree: &sled::Tree,
+        prefix: &[u8],
+        strictly_below: Option<usize>,
+        keep: impl Fn(&Entry) -> bool,
+        limit: usize,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), StoreError> {
+        for item in tree.scan_prefix(prefix) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            if strictly_below.is_some_and(|n| k.get(n) == Some(&0)) {
+                continue;
+            }
+            let e = decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
+            if keep(&e) {
+                out.push(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Scans an index by prefix; `split` gives where the RRset key starts inside the index key
+    /// (at the 0x00 separator, which is skipped) or `None` to skip the entry.
+    fn via_index(
+        &self,
+        index: &sled::Tree,
+        prefix: &[u8],
+        split: impl Fn(&[u8]) -> Option<usize>,
+        keep: impl Fn(&Entry) -> bool,
+        limit: usize,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), StoreError> {
+        for item in index.scan_prefix(prefix) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = item?;
+            let Some(at) = split(&k) else { continue };
+            if let Some(e) = self.get(&k[at + 1..])?
+                && keep(&e)
+                && !out.contains(&e)
+            {
+                out.push(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NamePattern {
+    /// Whether an exact name (given as a pattern) matches this pattern.
+    fn matches(&self, name: &NamePattern) -> bool {
+        let NamePattern::Exact(n) = name else { return false };
+        match self {
+            NamePattern::Exact(e) => e == n,
+            NamePattern::Below(z) => {
+                n.len() > z.len() && n.ends_with(z.as_str()) && n[..n.len() - z.len()].ends_with('.')
+            }
+            NamePattern::RightWildcard(p) => n.starts_with(p.as_str()),
+        }
+    }
+}
+
+fn u64_of(v: &[u8]) -> u64 {
+    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+fn ip_key(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The address of A/AAAA rdata.
+fn rdata_ip(rrtype: u16, rdata: &str) -> Option<IpAddr> {
+    match rrtype {
+        1 | 28 => rdata.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The name a record points at: NS, CNAME, PTR, DNAME (whole rdata), MX (exchange), SRV
+/// (target).
+pub fn rdata_target(rrtype: u16, rdata: &str) -> Option<String> {
+    let t = match rrtype {
+        2 | 5 | 12 | 39 => rdata,
+        15 => rdata.split_whitespace().nth(1)?,
+        33 => rdata.split_whitespace().nth(3)?,
+        _ => return None,
+    };
+    Some(t.to_ascii_lowercase())
+}
+
+fn encode_deltas(deltas: &[Delta]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(deltas.len() as u32).to_be_bytes());
+    for d in deltas {
+        out.push(match d.kind {
+            Kind::Positive => 0,
+            Kind::NxDomain => 1,
+            Kind::NoData => 2,
+        });
+        let v = encode_value(d.first, d.last, d.count, &d.rrset);
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(&v);
+    }
+    out
+}
+
+fn decode_deltas(mut b: &[u8]) -> Option<Vec<Delta>> {
+    let take = |b: &mut &[u8], n: usize| -> Option<Vec<u8>> {
+        let (h, t) = b.split_at_checked(n)?;
+        *b = t;
+        Some(h.to_vec())
+    };
+    let n = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?) as usize;
+    let mut out = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        let kind = match take(&mut b, 1)?[0] {
+            0 => Kind::Positive,
+            1 => Kind::NxDomain,
+            2 => Kind::NoData,
+            _ => return None,
+        };
+        let len = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?) as usize;
+        let e = decode_value(&take(&mut b, len)?)?;
+        out.push(Delta { kind, rrset: e.rrset, first: e.first, last: e.last, count: e.count });
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rr(name: &str, t: u16, bw: &str, rdata: &[&str]) -> Rrset {
+        Rrset {
+            rrname: name.into(),
+            rrtype: t,
+            bailiwick: bw.into(),
+            rdata: rdata.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn delta(r: Rrset, first: u64, last: u64, count: u64) -> Delta {
+        Delta { kind: Kind::Positive, rrset: r, first, last, count }
+    }
+
+    #[test]
+    fn merges_sum_counts_and_widen_times_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let www = rr("www.example.com.", 1, "example.com.", &["192.0.2.80"]);
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let st = s.merge(&[delta(www.clone(), 100, 200, 3)], true).unwrap();
+            assert_eq!((st.new_keys, st.outbox_seq), (1, Some(1)));
+        }
+        let s = Store::open(dir.path()).unwrap();
+        s.merge(&[delta(www.clone(), 50, 150, 2)], true).unwrap();
+        let got = s
+            .lookup_rrset(&NamePattern::parse("WWW.example.com").unwrap(), None, None, &Fences::default(), 10)
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].first, got[0].last, got[0].count), (50, 200, 5));
+        let batches = s.outbox_batches().unwrap();
+        assert_eq!(batches.iter().map(|(seq, d)| (*seq, d[0].count)).collect::<Vec<_>>(), [(1, 3), (2, 2)]);
+    }
+
+    #[test]
+    fn wildcards_indexes_and_fences() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.merge(
+            &[
+                delta(rr("example.com.", 15, "example.com.", &["10 mail.example.com.", "20 mx.bank.com."]), 10, 20, 1),
+                delta(rr("www.example.com.", 1, "example.com.", &["192.0.2.80"]), 10, 20, 1),
+                delta(rr("a.b.example.com.", 28, "example.com.", &["2001:db8::1"]), 30, 40, 1),
+                delta(rr("www.example.net.", 1, "example.net.", &["192.0.2.81"]), 30, 40, 1),
+                delta(rr("www.badexample.com.", 5, "badexample.com.", &["www.example.com."]), 30, 40, 1),
+            ],
+            false,
+        )
+        .unwrap();
+        let all = Fences::default();
+        let names = |v: Vec<Entry>| {
+            let mut n: Vec<String> = v.into_iter().map(|e| e.rrset.rrname).collect();
+            n.sort();
+            n
+        };
+        let below = s.lookup_rrset(&NamePattern::parse("*.example.com").unwrap(), None, None, &all, 100).unwrap();
+        assert_eq!(names(below), ["a.b.example.com.", "www.example.com."]);
+        let right = s.lookup_rrset(&NamePattern::parse("www.example.*").unwrap(), None, None, &all, 100).unwrap();
+        assert_eq!(names(right), ["www.example.com.", "www.example.net."]);
+        let (lo, hi) = "192.0.2.0/24".parse::<crate::sensor::Cidr>().unwrap().range();
+        assert_eq!(names(s.lookup_rdata_ip(lo, hi, &all, 100).unwrap()), ["www.example.com.", "www.example.net."]);
+        let target = s.lookup_rdata_name(&NamePattern::parse("mx.bank.com").unwrap(), None, &all, 100).unwrap();
+        assert_eq!(names(target), ["example.com."]);
+        let target = s.lookup_rdata_name(&NamePattern::parse("*.example.com").unwrap(), None, &all, 100).unwrap();
+        assert_eq!(names(target), ["example.com.", "www.badexample.com."]);
+        let late = Fences { first_after: Some(25), ..Fences::default() };
+        let got = s.lookup_rrset(&NamePattern::parse("*.example.com").unwrap(), None, None, &late, 100).unwrap();
+        assert_eq!(names(got), ["a.b.example.com."]);
+        let typed =
+            s.lookup_rrset(&NamePattern::parse("example.com").unwrap(), Some(15), Some("example.com"), &all, 100);
+        assert_eq!(typed.unwrap().len(), 1);
+        assert_eq!(
+            s.lookup_rrset(&NamePattern::parse("*.example.com").unwrap(), None, None, &all, 1).unwrap().len(),
+            1
+        );
+        for bad in ["", "w*w.example.com", "*.example.*"] {
+            assert!(NamePattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
