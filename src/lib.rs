@@ -21,6 +21,7 @@
 pub mod dns;
 pub mod dnstap;
 pub mod framestream;
+pub mod generate;
 pub mod metrics;
 pub mod query;
 pub mod sensor;

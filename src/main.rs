@@ -68,6 +68,29 @@ enum TapCommand {
     Read(ReadArgs),
     /// Send an fstrm file to a Frame Streams listener, like fstrm_replay.
     Replay(ReplayArgs),
+    /// Write synthetic RESOLVER_RESPONSE frames (Zipf-like name repetition) to an fstrm file.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Output fstrm file.
+    file: PathBuf,
+    /// Number of frames.
+    #[arg(long, default_value_t = 2_000_000)]
+    frames: u64,
+    /// Size of the name population.
+    #[arg(long, default_value_t = 200_000)]
+    names: u64,
+    /// Number of zones the names are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    zones: u64,
+    /// Random seed (same seed, same file).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Time of the first frame, epoch seconds.
+    #[arg(long, default_value_t = 1_767_225_600)]
+    start: u64,
 }
 
 #[derive(Args)]
@@ -195,6 +218,19 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<dnsledger::sensor::Sens
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Tap(TapCommand::Generate(a)) => {
+            anyhow::ensure!(a.names > 0 && a.zones > 0, "--names and --zones must be positive");
+            let spec = dnsledger::generate::GenerateSpec {
+                frames: a.frames,
+                names: a.names,
+                zones: a.zones,
+                seed: a.seed,
+                start: a.start,
+            };
+            let n =
+                dnsledger::generate::generate(&spec, &a.file).with_context(|| format!("write {}", a.file.display()))?;
+            eprintln!("tap generate: {n} frames written to {}", a.file.display());
+        }
         Command::CheckConfig { file } => {
             load_config(&file)?;
             println!("{}: ok", file.display());

@@ -51,6 +51,8 @@ pub struct SensorStats {
     pub flush_errors: Counter,
     pub keys_new: Counter,
     pub keys_updated: Counter,
+    /// Observations written to the store (the sum of the flushed counts).
+    pub observations_flushed: Counter,
     pub outbox_batches: Gauge,
 }
 
@@ -133,6 +135,13 @@ impl Metrics for SensorStats {
             "counter",
             "Stored RRsets updated.",
             self.keys_updated.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_observations_flushed_total"),
+            "counter",
+            "Observations durably in the store.",
+            self.observations_flushed.get(),
         );
         write_metric(
             out,
@@ -256,6 +265,7 @@ impl Pipeline {
                 self.stats.flushes.inc();
                 self.stats.keys_new.add(st.new_keys);
                 self.stats.keys_updated.add(st.updated_keys);
+                self.stats.observations_flushed.add(deltas.iter().map(|d| d.count).sum());
                 self.stats.window_keys.set(0);
                 self.stats.outbox_batches.set(self.store.outbox_len() as i64);
                 tracing::debug!(rrsets = deltas.len(), new = st.new_keys, "window flushed");
