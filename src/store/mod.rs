@@ -1,25 +1,22 @@
 //! The passive DNS store on sled, shared by the sensor (its local database) and the collector.
 //!
-//! Trees:
-//! - `rrset`: cumulative RRsets, key and value as in [`keys`]; `negative`: NXDOMAIN/NODATA
-//!   observations, same layout.
-//! - `by_name`: forward owner name, `0x00`, RRset key (for right wildcards `www.example.*`).
-//! - `by_ip`: 16-byte address (IPv4 mapped), RRset key (A/AAAA rdata, prefix/range scans).
-//! - `by_target`: reversed target name, `0x00`, RRset key (NS, CNAME, PTR, DNAME, MX, SRV).
-//! - `outbox`: sequence number -> the deltas of one flush, for the next hop.
-//! - `meta`: the outbox sequence.
+//! One sled tree, keys tagged by their first byte:
+//! - `R` + RRset key: cumulative RRsets (key and value as in [`keys`]); `N`: NXDOMAIN/NODATA.
+//! - `F` + forward owner name, `0x00`, RRset key: for right wildcards (`www.example.*`).
+//! - `I` + 16-byte address (IPv4 mapped) + RRset key: A/AAAA rdata, for prefix/range scans.
+//! - `T` + reversed target name, `0x00`, RRset key: NS, CNAME, PTR, DNAME, MX, SRV targets.
+//! - `O` + sequence number: the deltas of one flush, for the next hop (opt-in).
+//! - `M...`: counters (stored RRsets, outbox sequence).
 //!
-//! A flush writes the (idempotent) index entries, then the counters and the outbox batch in
-//! one transaction, then syncs: after [`Store::merge`] returns, the batch is on disk and its
-//! counts are in exactly once.
+//! A flush is one atomic sled batch (counters, index entries of new RRsets, outbox batch),
+//! then a sync: after [`Store::merge`] returns the batch is on disk and its counts are in
+//! exactly once; a crash before leaves none of it.
 
 pub mod keys;
 
 use std::net::IpAddr;
 use std::path::Path;
 
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 use thiserror::Error;
 
 use crate::dns::rrtype_name;
@@ -34,15 +31,6 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("store: corrupt value under key {0:02x?}")]
     Corrupt(Vec<u8>),
-}
-
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(e: TransactionError<StoreError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        }
-    }
 }
 
 /// One stored RRset with its counters.
@@ -143,121 +131,105 @@ pub struct MergeStats {
 
 pub struct Store {
     db: sled::Db,
-    rrset: sled::Tree,
-    negative: sled::Tree,
-    by_name: sled::Tree,
-    by_ip: sled::Tree,
-    by_target: sled::Tree,
-    outbox: sled::Tree,
-    meta: sled::Tree,
+    /// Everything lives in this one tree under a one-byte tag, so that a flush is a single
+    /// atomic batch.
+    t: sled::Tree,
 }
 
-const OUTBOX_SEQ: &[u8] = b"outbox_seq";
+const TAG_RRSET: u8 = b'R';
+const TAG_NEGATIVE: u8 = b'N';
+const TAG_BY_NAME: u8 = b'F';
+const TAG_BY_IP: u8 = b'I';
+const TAG_BY_TARGET: u8 = b'T';
+const TAG_OUTBOX: u8 = b'O';
+const META_OUTBOX_SEQ: &[u8] = b"Moutbox_seq";
+const META_RRSETS: &[u8] = b"Mrrsets";
+
+fn tagged(tag: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(rest.len() + 1);
+    k.push(tag);
+    k.extend_from_slice(rest);
+    k
+}
 
 impl Store {
-    /// Opens (or creates) the store in `dir`. `compression` turns on sled's zstd compression.
+    /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open { path: dir.display().to_string(), source };
-        let db = sled::Config::new().path(dir).cache_capacity(64 << 20).open().map_err(open_err)?;
-        let tree = |name: &str| db.open_tree(name).map_err(StoreError::Sled);
-        Ok(Self {
-            rrset: tree("rrset")?,
-            negative: tree("negative")?,
-            by_name: tree("by_name")?,
-            by_ip: tree("by_ip")?,
-            by_target: tree("by_target")?,
-            outbox: tree("outbox")?,
-            meta: tree("meta")?,
-            db,
-        })
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(256 << 20)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(open_err)?;
+        let t = db.open_tree("pdns").map_err(StoreError::Sled)?;
+        Ok(Self { db, t })
     }
 
-    /// Adds a flush's deltas: counters summed, first/last widened; with `outbox`, the deltas are
-    /// also queued for the next hop in the same transaction. Durable when it returns.
+    /// Adds a flush's deltas (each RRset at most once): counters summed, first/last widened,
+    /// index entries for RRsets seen for the first time; with `outbox`, the deltas are also
+    /// queued for the next hop. One atomic batch, synced to disk before this returns.
     pub fn merge(&self, deltas: &[Delta], outbox: bool) -> Result<MergeStats, StoreError> {
-        // Indexes first: they are sets, so writing them twice (after a crash) is harmless, and a
-        // dangling entry (crash before the transaction) is skipped by lookups.
-        let (mut by_name, mut by_ip, mut by_target) =
-            (sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
-        let keys: Vec<Vec<u8>> = deltas.iter().map(|d| rrset_key(&d.rrset)).collect();
-        for (d, key) in deltas.iter().zip(&keys) {
-            if d.kind != Kind::Positive {
-                continue;
-            }
-            let mut k = d.rrset.rrname.as_bytes().to_vec();
-            k.push(0);
-            k.extend_from_slice(key);
-            by_name.insert(k, &[]);
-            for rdata in &d.rrset.rdata {
-                if let Some(ip) = rdata_ip(d.rrset.rrtype, rdata) {
-                    let mut k = ip_key(ip).to_vec();
-                    k.extend_from_slice(key);
-                    by_ip.insert(k, &[]);
+        let mut batch = sled::Batch::default();
+        let mut stats = MergeStats::default();
+        let mut new_positive = 0u64;
+        for d in deltas {
+            let positive = d.kind == Kind::Positive;
+            let rkey = rrset_key(&d.rrset);
+            let key = tagged(if positive { TAG_RRSET } else { TAG_NEGATIVE }, &rkey);
+            match self.t.get(&key)? {
+                Some(old) => {
+                    let (f, l, c) = value_counters(&old).ok_or_else(|| StoreError::Corrupt(key.clone()))?;
+                    let mut v = old.to_vec();
+                    set_counters(&mut v, f.min(d.first), l.max(d.last), c + d.count);
+                    batch.insert(key, v);
+                    stats.updated_keys += 1;
                 }
-                if let Some(target) = rdata_target(d.rrset.rrtype, rdata) {
-                    let mut k = owner_prefix(&target.to_ascii_lowercase());
-                    k.extend_from_slice(key);
-                    by_target.insert(k, &[]);
+                None => {
+                    batch.insert(key, encode_value(d.first, d.last, d.count, &d.rrset));
+                    stats.new_keys += 1;
+                    if positive {
+                        new_positive += 1;
+                        index(&mut batch, &d.rrset, &rkey);
+                    }
                 }
             }
         }
-        self.by_name.apply_batch(by_name)?;
-        self.by_ip.apply_batch(by_ip)?;
-        self.by_target.apply_batch(by_target)?;
-
-        let payload = if outbox { Some(encode_deltas(deltas)) } else { None };
-        let stats =
-            (&self.rrset, &self.negative, &self.outbox, &self.meta).transaction(|(rrset, negative, ob, meta)| {
-                let mut stats = MergeStats::default();
-                for (d, key) in deltas.iter().zip(&keys) {
-                    let tree = if d.kind == Kind::Positive { rrset } else { negative };
-                    match tree.get(key)? {
-                        Some(old) => {
-                            let (f, l, c) = value_counters(&old)
-                                .ok_or_else(|| ConflictableTransactionError::Abort(StoreError::Corrupt(key.clone())))?;
-                            let mut v = old.to_vec();
-                            set_counters(&mut v, f.min(d.first), l.max(d.last), c + d.count);
-                            tree.insert(key.as_slice(), v)?;
-                            stats.updated_keys += 1;
-                        }
-                        None => {
-                            tree.insert(key.as_slice(), encode_value(d.first, d.last, d.count, &d.rrset))?;
-                            stats.new_keys += 1;
-                        }
-                    }
-                }
-                if let Some(payload) = &payload {
-                    let seq = meta.get(OUTBOX_SEQ)?.map(|v| u64_of(&v)).unwrap_or(0) + 1;
-                    ob.insert(&seq.to_be_bytes(), payload.as_slice())?;
-                    meta.insert(OUTBOX_SEQ, &seq.to_be_bytes())?;
-                    stats.outbox_seq = Some(seq);
-                }
-                Ok(stats)
-            })?;
+        if new_positive > 0 {
+            let n = self.t.get(META_RRSETS)?.map(|v| u64_of(&v)).unwrap_or(0) + new_positive;
+            batch.insert(META_RRSETS, &n.to_be_bytes());
+        }
+        if outbox {
+            let seq = self.t.get(META_OUTBOX_SEQ)?.map(|v| u64_of(&v)).unwrap_or(0) + 1;
+            batch.insert(tagged(TAG_OUTBOX, &seq.to_be_bytes()), encode_deltas(deltas));
+            batch.insert(META_OUTBOX_SEQ, &seq.to_be_bytes());
+            stats.outbox_seq = Some(seq);
+        }
+        self.t.apply_batch(batch)?;
         self.db.flush()?;
         Ok(stats)
     }
 
     /// Number of stored RRsets (positive).
     pub fn len(&self) -> usize {
-        self.rrset.len()
+        self.t.get(META_RRSETS).ok().flatten().map(|v| u64_of(&v) as usize).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rrset.is_empty()
+        self.len() == 0
     }
 
     /// Batches waiting in the outbox.
     pub fn outbox_len(&self) -> usize {
-        self.outbox.len()
+        self.t.scan_prefix([TAG_OUTBOX]).count()
     }
 
     /// Outbox batches in order, decoded.
     pub fn outbox_batches(&self) -> Result<Vec<(u64, Vec<Delta>)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.outbox.iter() {
+        for item in self.t.scan_prefix([TAG_OUTBOX]) {
             let (k, v) = item?;
-            out.push((u64_of(&k), decode_deltas(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?));
+            out.push((u64_of(&k[1..]), decode_deltas(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?));
         }
         Ok(out)
     }
@@ -269,8 +241,7 @@ impl Store {
 
     /// Every stored RRset (positive or negative tree), in key order.
     pub fn all(&self, negative: bool) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
-        let tree = if negative { &self.negative } else { &self.rrset };
-        tree.iter().map(|r| {
+        self.t.scan_prefix([if negative { TAG_NEGATIVE } else { TAG_RRSET }]).map(|r| {
             let (k, v) = r?;
             decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))
         })
@@ -296,14 +267,15 @@ impl Store {
         };
         let mut out = Vec::new();
         match pattern {
-            NamePattern::Exact(name) => self.scan(&self.rrset, &owner_prefix(name), None, keep, limit, &mut out)?,
+            NamePattern::Exact(name) => {
+                self.scan(&tagged(TAG_RRSET, &owner_prefix(name)), None, keep, limit, &mut out)?
+            }
             NamePattern::Below(zone) => {
-                let prefix = reverse_name(zone).into_bytes();
-                self.scan(&self.rrset, &prefix, Some(prefix.len()), keep, limit, &mut out)?
+                let prefix = tagged(TAG_RRSET, reverse_name(zone).as_bytes());
+                self.scan(&prefix, Some(prefix.len()), keep, limit, &mut out)?
             }
             NamePattern::RightWildcard(prefix) => self.via_index(
-                &self.by_name,
-                prefix.as_bytes(),
+                &tagged(TAG_BY_NAME, prefix.as_bytes()),
                 |k| k.iter().position(|b| *b == 0),
                 keep,
                 limit,
@@ -322,17 +294,17 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::new();
-        let mut end = hi.to_vec();
+        let mut end = tagged(TAG_BY_IP, &hi);
         end.push(0xff);
-        for item in self.by_ip.range(lo.to_vec()..=end) {
+        for item in self.t.range(tagged(TAG_BY_IP, &lo)..=end) {
             let (k, _) = item?;
-            if k.len() < 16 || k[..16] > hi[..] {
+            if k.len() < 17 || k[1..17] > hi[..] {
                 break;
             }
             if out.len() >= limit {
                 break;
             }
-            if let Some(e) = self.get(&k[16..])?
+            if let Some(e) = self.get(&k[17..])?
                 && fences.admit(&e)
                 && !out.contains(&e)
             {
@@ -355,18 +327,16 @@ impl Store {
         let key_at = |k: &[u8]| k.iter().position(|b| *b == 0).map(|p| p + 1);
         match pattern {
             NamePattern::Exact(name) => self.via_index(
-                &self.by_target,
-                &owner_prefix(name),
+                &tagged(TAG_BY_TARGET, &owner_prefix(name)),
                 |k| key_at(k).map(|p| p - 1),
                 keep,
                 limit,
                 &mut out,
             )?,
             NamePattern::Below(zone) => {
-                let prefix = reverse_name(zone).into_bytes();
+                let prefix = tagged(TAG_BY_TARGET, reverse_name(zone).as_bytes());
                 let n = prefix.len();
                 self.via_index(
-                    &self.by_target,
                     &prefix,
                     |k| if k.get(n) == Some(&0) { None } else { key_at(k).map(|p| p - 1) },
                     keep,
@@ -394,25 +364,25 @@ impl Store {
         Ok(out)
     }
 
+    /// The positive RRset under `key` (untagged).
     fn get(&self, key: &[u8]) -> Result<Option<Entry>, StoreError> {
-        match self.rrset.get(key)? {
+        match self.t.get(tagged(TAG_RRSET, key))? {
             Some(v) => Ok(Some(decode_value(&v).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?)),
             None => Ok(None),
         }
     }
 
-    /// Scans `tree` by prefix; with `strictly_below = Some(n)`, skips keys whose byte `n` is
-    /// the owner terminator (the zone's own name).
+    /// Scans RRsets by (tagged) prefix; with `strictly_below = Some(n)`, skips keys whose byte
+    /// `n` is the owner terminator (the zone's own name).
     fn scan(
         &self,
-        tree: &sled::Tree,
         prefix: &[u8],
         strictly_below: Option<usize>,
         keep: impl Fn(&Entry) -> bool,
         limit: usize,
         out: &mut Vec<Entry>,
     ) -> Result<(), StoreError> {
-        for item in tree.scan_prefix(prefix) {
+        for item in self.t.scan_prefix(prefix) {
             if out.len() >= limit {
                 break;
             }
@@ -428,18 +398,17 @@ impl Store {
         Ok(())
     }
 
-    /// Scans an index by prefix; `split` gives where the RRset key starts inside the index key
-    /// (at the 0x00 separator, which is skipped) or `None` to skip the entry.
+    /// Scans an index by (tagged) prefix; `split` gives where the RRset key starts inside the
+    /// index key (at the 0x00 separator, which is skipped) or `None` to skip the entry.
     fn via_index(
         &self,
-        index: &sled::Tree,
         prefix: &[u8],
         split: impl Fn(&[u8]) -> Option<usize>,
         keep: impl Fn(&Entry) -> bool,
         limit: usize,
         out: &mut Vec<Entry>,
     ) -> Result<(), StoreError> {
-        for item in index.scan_prefix(prefix) {
+        for item in self.t.scan_prefix(prefix) {
             if out.len() >= limit {
                 break;
             }
@@ -466,6 +435,26 @@ impl NamePattern {
                 n.len() > z.len() && n.ends_with(z.as_str()) && n[..n.len() - z.len()].ends_with('.')
             }
             NamePattern::RightWildcard(p) => n.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// Index entries of a new positive RRset: forward owner, rdata addresses, rdata names.
+fn index(batch: &mut sled::Batch, r: &Rrset, rkey: &[u8]) {
+    let mut k = tagged(TAG_BY_NAME, r.rrname.as_bytes());
+    k.push(0);
+    k.extend_from_slice(rkey);
+    batch.insert(k, &[]);
+    for rdata in &r.rdata {
+        if let Some(ip) = rdata_ip(r.rrtype, rdata) {
+            let mut k = tagged(TAG_BY_IP, &ip_key(ip));
+            k.extend_from_slice(rkey);
+            batch.insert(k, &[]);
+        }
+        if let Some(target) = rdata_target(r.rrtype, rdata) {
+            let mut k = tagged(TAG_BY_TARGET, &owner_prefix(&target));
+            k.extend_from_slice(rkey);
+            batch.insert(k, &[]);
         }
     }
 }
