@@ -104,46 +104,52 @@ fn print_frame(frame: Bytes, format: OutputFormat, stats: &TapStats, text: &mut 
 }
 
 /// Consumes batches on a blocking thread (file and stdout writes are blocking I/O).
-fn consume(
+async fn write_file(
     mut rx: mpsc::Receiver<Vec<Bytes>>,
-    output: ListenOutput,
+    path: PathBuf,
+    stats: Arc<TapStats>,
+    count: Option<u64>,
+    shutdown: CancellationToken,
+) -> Result<(), TapError> {
+    let what = path.display().to_string();
+    let mut w = FileWriter::create(&path, DNSTAP_CONTENT_TYPE).map_err(io_err(what.clone()))?;
+    let mut seen = 0u64;
+    while let Some(batch) = rx.recv().await {
+        for f in &batch {
+            w.write_frame(f).map_err(io_err(what.clone()))?;
+        }
+        stats.frames_written.add(batch.len() as u64);
+        seen += batch.len() as u64;
+        if count.is_some_and(|c| seen >= c) {
+            shutdown.cancel();
+        }
+    }
+    w.finish().map_err(io_err(what))?;
+    Ok(())
+}
+
+/// Prints the messages of every frame on stdout (on a blocking thread: stdout may be slow).
+fn print_frames(
+    mut rx: mpsc::Receiver<Vec<Bytes>>,
+    format: OutputFormat,
     stats: Arc<TapStats>,
     count: Option<u64>,
     shutdown: CancellationToken,
 ) -> Result<(), TapError> {
     let mut seen = 0u64;
-    match output {
-        ListenOutput::File(path) => {
-            let what = path.display().to_string();
-            let mut w = FileWriter::create(&path, DNSTAP_CONTENT_TYPE).map_err(io_err(what.clone()))?;
-            while let Some(batch) = rx.blocking_recv() {
-                for f in &batch {
-                    w.write_frame(f).map_err(io_err(what.clone()))?;
-                }
-                stats.frames_written.add(batch.len() as u64);
-                seen += batch.len() as u64;
-                if count.is_some_and(|c| seen >= c) {
-                    shutdown.cancel();
-                }
-            }
-            w.finish().map_err(io_err(what))?;
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let mut text = String::new();
+    while let Some(batch) = rx.blocking_recv() {
+        seen += batch.len() as u64;
+        for f in batch {
+            print_frame(f, format, &stats, &mut text);
         }
-        ListenOutput::Print(format) => {
-            let stdout = io::stdout();
-            let mut out = io::BufWriter::new(stdout.lock());
-            let mut text = String::new();
-            while let Some(batch) = rx.blocking_recv() {
-                seen += batch.len() as u64;
-                for f in batch {
-                    print_frame(f, format, &stats, &mut text);
-                }
-                out.write_all(text.as_bytes()).map_err(io_err("stdout"))?;
-                out.flush().map_err(io_err("stdout"))?;
-                text.clear();
-                if count.is_some_and(|c| seen >= c) {
-                    shutdown.cancel();
-                }
-            }
+        out.write_all(text.as_bytes()).map_err(io_err("stdout"))?;
+        out.flush().map_err(io_err("stdout"))?;
+        text.clear();
+        if count.is_some_and(|c| seen >= c) {
+            shutdown.cancel();
         }
     }
     Ok(())
@@ -186,8 +192,15 @@ pub async fn listen(
     let (tx, rx) = mpsc::channel(64);
     let consumer = {
         let (stats, shutdown, count) = (tap_stats.clone(), shutdown.clone(), opts.count);
-        let output = opts.output;
-        tokio::task::spawn_blocking(move || consume(rx, output, stats, count, shutdown))
+        match opts.output {
+            // Writing a file is appends into the page cache through a 1 MiB buffer: done on the
+            // I/O thread itself, like fstrm_capture, it saves a cross-thread wake-up per batch
+            // (measured: ~0.75x fstrm_capture's rate with a separate writer thread).
+            ListenOutput::File(path) => tokio::spawn(write_file(rx, path, stats, count, shutdown)),
+            ListenOutput::Print(format) => {
+                tokio::task::spawn_blocking(move || print_frames(rx, format, stats, count, shutdown))
+            }
+        }
     };
     if opts.progress {
         let s = listener_stats.clone();

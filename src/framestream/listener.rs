@@ -58,7 +58,7 @@ impl Default for ListenerConfig {
             content_type: Bytes::from_static(DNSTAP_CONTENT_TYPE),
             max_frame: DATA_FRAME_DEFAULT,
             max_connections: 512,
-            read_buffer: 64 * 1024,
+            read_buffer: 256 * 1024,
             batch_frames: 256,
             stall_timeout: Duration::from_secs(30),
         }

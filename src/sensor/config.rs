@@ -232,6 +232,17 @@ mod tests {
     }
 
     #[test]
+    fn every_example_in_the_docs_parses() {
+        let doc = include_str!("../../docs/CONFIGURATION.md");
+        let blocks: Vec<&str> = doc.split("```toml").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+        assert!(blocks.len() >= 2);
+        for b in blocks {
+            let c = SensorConfig::parse(b).unwrap_or_else(|e| panic!("{e:?} in:\n{b}"));
+            assert!(!c.unix.is_empty(), "{b}");
+        }
+    }
+
+    #[test]
     fn defaults_are_private() {
         let c = SensorConfig::defaults();
         assert!(c.exclude_special_use && !c.private_networks.is_empty() && !c.outbox);

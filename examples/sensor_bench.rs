@@ -1,0 +1,175 @@
+//! Benchmark of the sensor pipeline (see docs/BENCHMARKS.md).
+//!
+//! ```sh
+//! cargo build --release --examples && target/release/examples/sensor_bench [FRAMES] [NAMES]
+//! ```
+//!
+//! Generates FRAMES (default 2,000,000) synthetic RESOLVER_RESPONSE frames over NAMES (default
+//! 200,000) names with Zipf-like repetition (`dnsledger tap generate`), then, in one thread:
+//! 1. the full pipeline from the file, store included (default configuration): frames/s, peak
+//!    RSS, stored RRsets, bytes on disk per RRset;
+//! 2. the stages alone (decode, classify, bailiwick, scrub, RRsets, aggregate) with one final
+//!    flush timed apart: frames/s of the stages, RRsets/s of the store;
+//! 3. over a unix socket: `fstrm_replay` into `dnsledger sensor` (release binary, or
+//!    `DNSLEDGER_BIN`) against `fstrm_capture` on the same input: frames/s and loss.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dnsledger::framestream::{DNSTAP_CONTENT_TYPE, FileReader};
+use dnsledger::generate::{GenerateSpec, generate};
+use dnsledger::sensor::{Pipeline, SensorConfig, SensorStats};
+use dnsledger::store::Store;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let frames: u64 = args.next().map(|a| a.parse().expect("FRAMES")).unwrap_or(2_000_000);
+    let names: u64 = args.next().map(|a| a.parse().expect("NAMES")).unwrap_or(200_000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("input.dnstap");
+    let spec = GenerateSpec { frames, names, zones: 1_000, seed: 1, start: 1_767_225_600 };
+    generate(&spec, &input).expect("generate");
+    println!("input: {frames} frames over {names} names, {:.1} MB", size(&input) as f64 / 1e6);
+
+    // 1. Full pipeline, default configuration.
+    let db = dir.path().join("full");
+    let cfg_full = config(&db, "");
+    let stats = Arc::new(SensorStats::default());
+    let start = Instant::now();
+    let mut p = Pipeline::new(&cfg_full, Store::open(&db).expect("store"), stats.clone());
+    for f in FileReader::open(&input, DNSTAP_CONTENT_TYPE).expect("input") {
+        p.frame(f.expect("frame")).expect("pipeline");
+    }
+    p.flush().expect("flush");
+    let elapsed = start.elapsed();
+    let stored = p.store().len();
+    let disk = p.store().size_on_disk().expect("size");
+    drop(p);
+    println!(
+        "full pipeline, one thread: {:.0} frames/s ({:.1}s), {} observations, {} RRsets stored, \
+         {} flushes, peak RSS {} MiB, {:.0} bytes on disk per RRset ({:.1} MB)",
+        frames as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        stats.rrsets_observed.get(),
+        stored,
+        stats.flushes.get(),
+        peak_rss_mib(),
+        disk as f64 / stored.max(1) as f64,
+        disk as f64 / 1e6
+    );
+
+    // 2. The stages alone: one window for the whole input, flushed once at the end.
+    let db = dir.path().join("stages");
+    let cfg_stages = config(&db, "[aggregate]\nwindow_seconds = 3600\nwindow_keys = 100000000\n");
+    let stats = Arc::new(SensorStats::default());
+    let mut p = Pipeline::new(&cfg_stages, Store::open(&db).expect("store"), stats.clone());
+    let start = Instant::now();
+    for f in FileReader::open(&input, DNSTAP_CONTENT_TYPE).expect("input") {
+        p.frame(f.expect("frame")).expect("pipeline");
+    }
+    let stages = start.elapsed();
+    let keys = stats.window_keys.get();
+    let start = Instant::now();
+    p.flush().expect("flush");
+    let flush = start.elapsed();
+    println!(
+        "stages only: {:.0} frames/s; one flush of {keys} RRsets: {:.1}s ({:.0} RRsets/s into sled)",
+        frames as f64 / stages.as_secs_f64(),
+        flush.as_secs_f64(),
+        keys as f64 / flush.as_secs_f64()
+    );
+    drop(p);
+
+    // 3. Over a unix socket, against fstrm_capture.
+    let bin = std::env::var_os("DNSLEDGER_BIN").map(PathBuf::from).unwrap_or_else(|| "target/release/dnsledger".into());
+    if !bin.exists() {
+        println!("socket: skipped, {} not built", bin.display());
+        return;
+    }
+    let sock = dir.path().join("bench.sock");
+    let capture = Command::new("fstrm_capture")
+        .args(["-t", "protobuf:dnstap.Dnstap", "-u"])
+        .arg(&sock)
+        .arg("-w")
+        .arg(dir.path().join("capture.dnstap"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fstrm_capture (fstrm-bin)");
+    let theirs = replay(&sock, &input, capture);
+    let cfg = dir.path().join("sensor.toml");
+    std::fs::write(
+        &cfg,
+        format!("db = \"{}\"\n[listen]\nunix = [\"{}\"]\n", dir.path().join("sock-db").display(), sock.display()),
+    )
+    .expect("config");
+    let sensor =
+        Command::new(&bin).args(["sensor", "-q", "-c"]).arg(&cfg).stderr(Stdio::piped()).spawn().expect("sensor");
+    let (ours, log) = replay_sensor(&sock, &input, sensor);
+    println!(
+        "socket: fstrm_capture {:.0} frames/s, sensor {:.0} frames/s (replay start to sensor exit); sensor says: {}",
+        frames as f64 / theirs.as_secs_f64(),
+        frames as f64 / ours.as_secs_f64(),
+        log.lines().find(|l| l.starts_with("sensor:")).unwrap_or("(no totals line)")
+    );
+}
+
+fn config(db: &Path, extra: &str) -> SensorConfig {
+    SensorConfig::parse(&format!("db = \"{}\"\n{extra}", db.display())).expect("config")
+}
+
+fn size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}
+
+fn wait_socket(sock: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
+        assert!(Instant::now() < deadline, "listener did not come up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn fstrm_replay(sock: &Path, input: &Path) {
+    let ok = Command::new("fstrm_replay")
+        .args(["-t", "protobuf:dnstap.Dnstap", "-u"])
+        .arg(sock)
+        .arg("-r")
+        .arg(input)
+        .stderr(Stdio::null())
+        .status()
+        .expect("fstrm_replay")
+        .success();
+    assert!(ok, "fstrm_replay failed");
+}
+
+fn replay(sock: &Path, input: &Path, mut listener: std::process::Child) -> Duration {
+    wait_socket(sock);
+    let start = Instant::now();
+    fstrm_replay(sock, input);
+    let t = start.elapsed();
+    let _ = Command::new("kill").arg(listener.id().to_string()).status();
+    let _ = listener.wait();
+    let _ = std::fs::remove_file(sock);
+    t
+}
+
+fn replay_sensor(sock: &Path, input: &Path, sensor: std::process::Child) -> (Duration, String) {
+    wait_socket(sock);
+    let start = Instant::now();
+    fstrm_replay(sock, input);
+    let _ = Command::new("kill").arg(sensor.id().to_string()).status();
+    let out = sensor.wait_with_output().expect("sensor");
+    (start.elapsed(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
