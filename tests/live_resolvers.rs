@@ -109,6 +109,7 @@ fn capture_both(
     let mut capture = match &out {
         DnstapOut::Unix(sock) => FstrmCapture::unix(sock, &theirs),
         DnstapOut::Tcp(addr) => FstrmCapture::tcp(*addr, &theirs),
+        DnstapOut::Tls { .. } => unreachable!("fstrm_capture has no TLS"),
     };
     traffic(&h, &reference, out, work);
     capture.stop();

@@ -23,6 +23,9 @@ pub enum DnstapOut {
     Unix(PathBuf),
     /// Plain TCP (unbound's `dnstap-ip`, TLS off).
     Tcp(SocketAddr),
+    /// TCP with TLS: the server is authenticated as `server_name` against the CA bundle `ca`;
+    /// with `client`, unbound presents that (certificate, key) pair.
+    Tls { addr: SocketAddr, server_name: String, ca: PathBuf, client: Option<(PathBuf, PathBuf)> },
 }
 
 /// Everything about an unbound instance a test may want to vary.
@@ -168,6 +171,22 @@ fn unbound_conf(listen: Ipv4Addr, dir: &Path, hints: &Path, options: &UnboundOpt
                 addr.ip(),
                 addr.port()
             )),
+            DnstapOut::Tls { addr, server_name, ca, client } => {
+                conf.push_str(&format!(
+                    "    dnstap-socket-path: \"\"\n    dnstap-ip: \"{}@{}\"\n    dnstap-tls: yes\n\
+                     \x20   dnstap-tls-server-name: \"{server_name}\"\n    dnstap-tls-cert-bundle: \"{}\"\n",
+                    addr.ip(),
+                    addr.port(),
+                    ca.display()
+                ));
+                if let Some((cert, key)) = client {
+                    conf.push_str(&format!(
+                        "    dnstap-tls-client-cert-file: \"{}\"\n    dnstap-tls-client-key-file: \"{}\"\n",
+                        cert.display(),
+                        key.display()
+                    ));
+                }
+            }
         }
         conf.push_str(&format!(
             "    dnstap-bidirectional: {}\n\
