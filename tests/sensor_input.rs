@@ -63,6 +63,25 @@ fn captures_give_the_same_store_from_file_and_socket() {
         assert!(a.len() > 20, "{capture}: {} RRsets", a.len());
         assert!(a == b, "{capture}: file and socket stores differ");
         assert!(a.iter().all(|e| !e.rrset.rdata.contains(&"6.6.6.6".to_string())), "forged record stored");
+
+        // The query tool reads the same store: COF lines, wildcard owners, address prefixes.
+        let cof = |args: &[&str]| -> Vec<serde_json::Value> {
+            let mut q = dnsledger();
+            q.args(["query", "--db"]).arg(by_file.path().join("db")).arg("--json").args(args);
+            String::from_utf8(run(q).stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        };
+        let bank = cof(&["rrset", "*.bank.com"]);
+        assert!(!bank.is_empty(), "{capture}: nothing under bank.com");
+        for o in &bank {
+            assert!(o["rrname"].as_str().unwrap().ends_with(".bank.com."), "{o}");
+            assert!(o["time_first"].is_u64() && o["time_last"].is_u64() && o["count"].is_u64(), "{o}");
+            assert!(o["rdata"].is_array() && o["rrtype"].is_string() && o["bailiwick"].is_string(), "{o}");
+        }
+        let www = a.iter().find(|e| e.rrset.rrname == "www.bank.com." && e.rrset.rrtype == 1).expect("www.bank.com A");
+        let ip = &www.rrset.rdata[0];
+        let by_ip = cof(&["rdata", "ip", &format!("{ip}/32")]);
+        assert!(by_ip.iter().any(|o| o["rrname"] == "www.bank.com."), "{capture}: rdata ip {ip}: {by_ip:?}");
+        assert!(cof(&["rdata", "ip", "6.6.6.0/24"]).is_empty(), "forged address findable");
     }
 }
 
