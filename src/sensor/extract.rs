@@ -223,8 +223,9 @@ impl Extractor {
                 drops.add("negative");
             }
         }
-        if out.len() > before {
-            // Accepted answers for name server names complete glueless delegations.
+        if m.query_zone.is_none() && out.len() > before {
+            // Only needed where bailiwicks are reconstructed: accepted answers for name server
+            // names complete glueless delegations.
             self.zones.learn_addresses(&out[before..]);
         }
         Ok(())

@@ -16,7 +16,7 @@ pub mod extract;
 pub mod filter;
 pub mod zones;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ pub use extract::{ExtractConfig, Extractor, Kind, Observation, Rrset, RrsetDrops
 pub use filter::{Cidr, PrivacyFilter};
 pub use zones::ZoneMap;
 
-use crate::dnstap;
+use crate::dnstap::{self, DnstapEvent};
 use crate::framestream::{DNSTAP_CONTENT_TYPE, Endpoint, FileReader, Listener, ListenerConfig, ListenerStats};
 use crate::metrics::{Counter, Gauge, Metrics, ReasonCounter, Registry, write_metric, write_reasons};
 use crate::store::{Delta, Store, StoreError};
@@ -47,6 +47,8 @@ pub struct SensorStats {
     pub rrsets_observed: Counter,
     pub rrsets_dropped: ReasonCounter,
     pub window_keys: Gauge,
+    /// Frames without `query_zone` waiting for the delegation that places them.
+    pub frames_deferred: Gauge,
     pub flushes: Counter,
     pub flush_errors: Counter,
     pub keys_new: Counter,
@@ -107,6 +109,13 @@ impl Metrics for SensorStats {
             "gauge",
             "Distinct RRsets in the open window.",
             self.window_keys.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_frames_deferred"),
+            "gauge",
+            "Frames without query_zone waiting for a delegation.",
+            self.frames_deferred.get(),
         );
         write_metric(
             out,
@@ -172,7 +181,12 @@ pub struct Pipeline {
     stats: Arc<SensorStats>,
     scratch: Vec<Observation>,
     drops: RrsetDrops,
+    deferred: VecDeque<(Instant, DnstapEvent)>,
 }
+
+/// At most this many frames wait for a delegation, for at most `DEFER_AGE`.
+const DEFER_MAX: usize = 10_000;
+const DEFER_AGE: Duration = Duration::from_secs(5);
 
 impl Pipeline {
     pub fn new(config: &SensorConfig, store: Store, stats: Arc<SensorStats>) -> Self {
@@ -192,6 +206,7 @@ impl Pipeline {
             stats,
             scratch: Vec::new(),
             drops: RrsetDrops::default(),
+            deferred: VecDeque::new(),
         }
     }
 
@@ -206,9 +221,26 @@ impl Pipeline {
             }
         };
         self.stats.frames_by_type.inc(extract::type_label(ev.message.kind));
+        let generation = self.extractor.zones.generation;
+        self.process(ev, Instant::now())?;
+        if self.extractor.zones.generation != generation && !self.deferred.is_empty() {
+            self.retry_deferred()?;
+        }
+        Ok(())
+    }
+
+    /// Extracts and aggregates one event. A frame without `query_zone` whose server is not
+    /// known yet is deferred (bounded): resolvers such as BIND log out of order, so the
+    /// delegation that places it may arrive just after it.
+    fn process(&mut self, ev: DnstapEvent, since: Instant) -> Result<(), StoreError> {
         self.scratch.clear();
         match self.extractor.extract(&ev, &mut self.scratch, &mut self.drops) {
             Ok(()) => self.stats.frames_kept.inc(),
+            Err("no_bailiwick") if ev.message.query_zone.is_none() && self.deferred.len() < DEFER_MAX => {
+                self.stats.frames_deferred.set(self.deferred.len() as i64 + 1);
+                self.deferred.push_back((since, ev));
+                return Ok(());
+            }
             Err(reason) => self.stats.frames_dropped.inc(reason),
         }
         for (reason, n) in self.drops.counts.drain(..) {
@@ -232,8 +264,39 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Tries the deferred frames again, as long as doing so teaches new delegations.
+    fn retry_deferred(&mut self) -> Result<(), StoreError> {
+        loop {
+            let generation = self.extractor.zones.generation;
+            let pending = std::mem::take(&mut self.deferred);
+            for (since, ev) in pending {
+                self.process(ev, since)?;
+            }
+            self.stats.frames_deferred.set(self.deferred.len() as i64);
+            if self.extractor.zones.generation == generation || self.deferred.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Drops deferred frames older than `age` (all of them with `Duration::ZERO`).
+    fn expire_deferred(&mut self, age: Duration) {
+        while self.deferred.front().is_some_and(|(since, _)| since.elapsed() >= age) {
+            self.deferred.pop_front();
+            self.stats.frames_dropped.inc("no_bailiwick");
+        }
+        self.stats.frames_deferred.set(self.deferred.len() as i64);
+    }
+
+    /// End of input: what still has no bailiwick is dropped, the window flushed.
+    pub fn finish(&mut self) -> Result<(), StoreError> {
+        self.expire_deferred(Duration::ZERO);
+        self.flush()
+    }
+
     /// Flushes if the window is old enough.
     pub fn tick(&mut self) -> Result<(), StoreError> {
+        self.expire_deferred(DEFER_AGE);
         if !self.window.is_empty() && self.opened.elapsed() >= self.window_age {
             self.flush()?;
         }
@@ -308,7 +371,7 @@ pub fn run_file(config: &SensorConfig, path: &Path, stats: Arc<SensorStats>) -> 
     for frame in FileReader::open(path, DNSTAP_CONTENT_TYPE)? {
         p.frame(frame?)?;
     }
-    p.flush()?;
+    p.finish()?;
     Ok(totals(&stats, p.store()))
 }
 
@@ -369,7 +432,7 @@ pub async fn run(
                 }
             }
             let mut attempts = 0;
-            while let Err(e) = p.flush() {
+            while let Err(e) = p.finish() {
                 attempts += 1;
                 tracing::error!(error = %e, attempts, "final flush failed");
                 if attempts >= 5 {

@@ -44,15 +44,20 @@ pub struct ZoneMap {
     servers: HashMap<IpAddr, Vec<Name>>,
     /// Name server names of delegations whose addresses were not in the referral (glueless).
     pending: HashMap<Name, Vec<Name>>,
+    /// Addresses recently answered, by name: the answer for a glueless server's address may
+    /// be logged before the referral that names it (BIND logs out of order). Cleared when full.
+    recent: HashMap<Name, Vec<IpAddr>>,
     limit: usize,
     /// Entries not added because the map was full.
     pub full: u64,
+    /// Bumped whenever a server gains a zone: frames waiting for a bailiwick may now place.
+    pub generation: u64,
 }
 
 impl ZoneMap {
     /// An empty map holding at most `limit` servers and as many pending names.
     pub fn new(limit: usize) -> Self {
-        Self { servers: HashMap::new(), pending: HashMap::new(), limit, full: 0 }
+        Self { servers: HashMap::new(), pending: HashMap::new(), recent: HashMap::new(), limit, full: 0, generation: 0 }
     }
 
     /// Seeds the root zone's servers.
@@ -72,11 +77,18 @@ impl ZoneMap {
         let zones = self.servers.entry(server).or_default();
         if !zones.contains(&zone) {
             zones.push(zone);
+            self.generation += 1;
         }
     }
 
-    /// Remembers that `target` serves `zone`, until an answer gives its address.
+    /// Remembers that `target` serves `zone`, until an answer gives its address (or maps the
+    /// addresses already answered for it).
     pub fn add_server_name(&mut self, target: &Name, zone: &Name) {
+        if let Some(addrs) = self.recent.get(target).cloned() {
+            for a in addrs {
+                self.add(a, zone.clone());
+            }
+        }
         if !self.pending.contains_key(target) && self.pending.len() >= self.limit {
             self.full += 1;
             return;
@@ -87,23 +99,27 @@ impl ZoneMap {
         }
     }
 
-    /// Accepted A/AAAA answers for name server names map their addresses to the zones.
+    /// Accepted A/AAAA answers: addresses of name server names map to their zones, and are
+    /// remembered for delegations logged later.
     pub fn learn_addresses(&mut self, accepted: &[Observation]) {
-        if self.pending.is_empty() {
-            return;
-        }
         for o in accepted {
             let rtype = RecordType::from(o.rrset.rrtype);
             if o.kind != Kind::Positive || !matches!(rtype, RecordType::A | RecordType::AAAA) {
                 continue;
             }
             let Ok(owner) = Name::from_ascii(&o.rrset.rrname) else { continue };
-            let Some(zones) = self.pending.get(&owner).cloned() else { continue };
-            for addr in o.rrset.rdata.iter().filter_map(|r| r.parse::<IpAddr>().ok()) {
-                for z in &zones {
-                    self.add(addr, z.clone());
+            let addrs: Vec<IpAddr> = o.rrset.rdata.iter().filter_map(|r| r.parse().ok()).collect();
+            if let Some(zones) = self.pending.get(&owner).cloned() {
+                for addr in &addrs {
+                    for z in &zones {
+                        self.add(*addr, z.clone());
+                    }
                 }
             }
+            if self.recent.len() >= self.limit {
+                self.recent.clear();
+            }
+            self.recent.insert(owner, addrs);
         }
     }
 
