@@ -144,6 +144,7 @@ struct Run {
     db: PathBuf,
     entries: Vec<Entry>,
     observations: u64,
+    outbox: u64,
     client: Ipv4Addr,
     ports: Vec<u16>,
     ids: Vec<u16>,
@@ -161,7 +162,8 @@ fn run(block: u8, resolver: Resolver) -> Run {
         &config,
         format!(
             "db = \"{}\"\n[listen]\nunix = [\"{}\"]\n[pipeline]\nroot_hints = [\"{}\"]\n\
-             [privacy]\nprivate_networks = []\ninternal_zones = [\"other.test\"]\n",
+             [privacy]\nprivate_networks = []\ninternal_zones = [\"other.test\"]\n\
+             [aggregate]\noutbox = true\n",
             db.display(),
             sock.display(),
             h.root()
@@ -211,8 +213,10 @@ fn run(block: u8, resolver: Resolver) -> Run {
         .unwrap_or_else(|| panic!("no totals line:\n{log}"));
     let store = Store::open(&db).unwrap();
     let entries: Vec<Entry> = store.all(false).map(|e| e.unwrap()).collect();
+    // The outbox holds what would go upstream: the same observations, once.
+    let outbox: u64 = store.outbox_batches().unwrap().iter().flat_map(|(_, d)| d.iter().map(|d| d.count)).sum();
     drop(store);
-    Run { _tmp: tmp, db, entries, observations, client, ports, ids, block }
+    Run { _tmp: tmp, db, entries, observations, outbox, client, ports, ids, block }
 }
 
 fn check(r: &Run) {
@@ -236,6 +240,7 @@ fn check(r: &Run) {
     // Exact counts: every accepted observation is in the store once.
     let total: u64 = r.entries.iter().map(|e| e.count).sum();
     assert_eq!(total, r.observations, "stored counts vs observations the sensor accepted");
+    assert_eq!(r.outbox, r.observations, "outbox deltas vs observations");
     // Asked once, answered once (the resolver caches): counted once. The big TXT arrives
     // twice, truncated over UDP (dropped) and whole over TCP.
     let count = |name: &str, t: &str| {
@@ -256,10 +261,11 @@ fn check(r: &Run) {
     privacy(r);
 }
 
-/// Every byte under the store directory, searched for the client's address (text, reverse,
-/// binary, IPv4-mapped), the client's ports next to its address or as text, and the DNS ids.
-/// A decimal string that legitimately occurs in the stored data (say an id that is also part
-/// of an SOA serial) cannot prove anything and is skipped.
+/// Every byte under the store directory (RRsets, indexes and the outbox payloads), searched
+/// for the client's address (text, reverse, binary, IPv4-mapped), the client's ports next to
+/// its address or as text, and the DNS ids. A decimal string that legitimately occurs in the
+/// stored data (say an id that is also part of an SOA serial) cannot prove anything and is
+/// skipped.
 fn privacy(r: &Run) {
     let mut bytes = Vec::new();
     read_all(&r.db, &mut bytes);
