@@ -12,6 +12,8 @@
 //!    flush timed apart: frames/s of the stages, RRsets/s of the store;
 //! 3. over a unix socket: `fstrm_replay` into `dnsledger sensor` (release binary, or
 //!    `DNSLEDGER_BIN`) against `fstrm_capture` on the same input: frames/s and loss.
+//!
+//! `BENCH_COMPRESSION=1` with `--features compression` measures sled's zstd compression.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -38,7 +40,7 @@ fn main() {
     let cfg_full = config(&db, "");
     let stats = Arc::new(SensorStats::default());
     let start = Instant::now();
-    let mut p = Pipeline::new(&cfg_full, Store::open(&db).expect("store"), stats.clone());
+    let mut p = Pipeline::new(&cfg_full, Store::open_with(&db, cfg_full.compression).expect("store"), stats.clone());
     for f in FileReader::open(&input, DNSTAP_CONTENT_TYPE).expect("input") {
         p.frame(f.expect("frame")).expect("pipeline");
     }
@@ -64,7 +66,8 @@ fn main() {
     let db = dir.path().join("stages");
     let cfg_stages = config(&db, "[aggregate]\nwindow_seconds = 3600\nwindow_keys = 100000000\n");
     let stats = Arc::new(SensorStats::default());
-    let mut p = Pipeline::new(&cfg_stages, Store::open(&db).expect("store"), stats.clone());
+    let mut p =
+        Pipeline::new(&cfg_stages, Store::open_with(&db, cfg_stages.compression).expect("store"), stats.clone());
     let start = Instant::now();
     for f in FileReader::open(&input, DNSTAP_CONTENT_TYPE).expect("input") {
         p.frame(f.expect("frame")).expect("pipeline");
@@ -115,8 +118,10 @@ fn main() {
     );
 }
 
+/// With `BENCH_COMPRESSION=1` (and `--features compression`) the stores are compressed.
 fn config(db: &Path, extra: &str) -> SensorConfig {
-    SensorConfig::parse(&format!("db = \"{}\"\n{extra}", db.display())).expect("config")
+    let store = if std::env::var_os("BENCH_COMPRESSION").is_some() { "[store]\ncompression = true\n" } else { "" };
+    SensorConfig::parse(&format!("db = \"{}\"\n{extra}\n{store}", db.display())).expect("config")
 }
 
 fn size(p: &Path) -> u64 {

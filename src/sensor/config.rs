@@ -25,6 +25,8 @@ struct Raw {
     privacy: RawPrivacy,
     #[serde(default)]
     aggregate: RawAggregate,
+    #[serde(default)]
+    store: RawStore,
     metrics: Option<String>,
 }
 
@@ -58,6 +60,12 @@ struct RawPrivacy {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawStore {
+    compression: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawAggregate {
     window_seconds: Option<u64>,
     window_keys: Option<usize>,
@@ -83,6 +91,7 @@ pub struct SensorConfig {
     pub window: Duration,
     pub window_keys: usize,
     pub outbox: bool,
+    pub compression: bool,
     pub metrics: Option<SocketAddr>,
 }
 
@@ -156,6 +165,10 @@ impl SensorConfig {
         if window_keys == 0 {
             err("aggregate.window_keys", "must be at least 1".into());
         }
+        let compression = raw.store.compression.unwrap_or(false);
+        if compression && !cfg!(feature = "compression") {
+            err("store.compression", "this build has no compression: build with `--features compression`".into());
+        }
         let metrics = raw.metrics.as_ref().and_then(|m| match m.parse() {
             Ok(a) => Some(a),
             Err(_) => {
@@ -183,6 +196,7 @@ impl SensorConfig {
             window: Duration::from_secs(window_seconds),
             window_keys,
             outbox: raw.aggregate.outbox.unwrap_or(false),
+            compression,
             metrics,
         })
     }
@@ -223,6 +237,13 @@ mod tests {
             assert!(text.contains(key), "{key} missing from:\n{text}");
         }
         assert_eq!(errs.len(), 5, "{text}");
+    }
+
+    #[test]
+    #[cfg(not(feature = "compression"))]
+    fn compression_needs_the_feature() {
+        let errs = SensorConfig::parse("[store]\ncompression = true\n").unwrap_err();
+        assert!(errs[0].starts_with("store.compression:"), "{errs:?}");
     }
 
     #[test]

@@ -366,7 +366,7 @@ fn totals(stats: &SensorStats, store: &Store) -> Totals {
 
 /// Runs the pipeline over an fstrm file (what `--read` does), then flushes.
 pub fn run_file(config: &SensorConfig, path: &Path, stats: Arc<SensorStats>) -> anyhow::Result<Totals> {
-    let store = Store::open(&config.db)?;
+    let store = Store::open_with(&config.db, config.compression)?;
     let mut p = Pipeline::new(config, store, stats.clone());
     for frame in FileReader::open(path, DNSTAP_CONTENT_TYPE)? {
         p.frame(frame?)?;
@@ -385,7 +385,7 @@ pub async fn run(
     if config.unix.is_empty() && config.tcp.is_empty() {
         anyhow::bail!("no listener: set listen.unix or listen.tcp (or --unix/--tcp)");
     }
-    let store = Store::open(&config.db)?;
+    let store = Store::open_with(&config.db, config.compression)?;
     let stats = Arc::new(SensorStats::default());
     let lstats = Arc::new(ListenerStats::default());
     registry.register(stats.clone());

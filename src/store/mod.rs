@@ -153,13 +153,26 @@ fn tagged(tag: u8, rest: &[u8]) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, compressed if it was created so.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let compressed = std::fs::read_to_string(dir.join("conf")).is_ok_and(|c| c.contains("use_compression: true"));
+        Self::open_with(dir, compressed)
+    }
+
+    /// Opens (or creates) the store; `compression` (zstd, needs the `compression` feature) must
+    /// match how an existing store was created.
+    pub fn open_with(dir: &Path, compression: bool) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open { path: dir.display().to_string(), source };
+        if compression && !cfg!(feature = "compression") {
+            return Err(open_err(sled::Error::Unsupported(
+                "this store is compressed; build dnsledger with `--features compression`".into(),
+            )));
+        }
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(256 << 20)
             .mode(sled::Mode::HighThroughput)
+            .use_compression(compression)
             .open()
             .map_err(open_err)?;
         let t = db.open_tree("pdns").map_err(StoreError::Sled)?;

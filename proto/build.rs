@@ -3,6 +3,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/dnstap.proto");
+    println!("cargo:rerun-if-changed=proto/build.rs");
     let descriptors = protox::compile(["proto/dnstap.proto"], ["proto"])?;
     prost_build::Config::new()
         // Payload fields stay zero-copy slices of the frame buffer.
