@@ -9,7 +9,7 @@
 //!
 //! The pipeline runs on one thread of its own; the listeners apply backpressure when it falls
 //! behind. A window is flushed when it holds `window_keys` distinct RRsets or is
-//! `window_seconds` old, and on shutdown.
+//! `window_seconds` old, and on shutdown, in atomic store batches of `FLUSH_CHUNK` RRsets.
 
 pub mod config;
 pub mod extract;
@@ -187,6 +187,8 @@ pub struct Pipeline {
 /// At most this many frames wait for a delegation, for at most `DEFER_AGE`.
 const DEFER_MAX: usize = 10_000;
 const DEFER_AGE: Duration = Duration::from_secs(5);
+/// RRsets per store batch.
+const FLUSH_CHUNK: usize = 2_000;
 
 impl Pipeline {
     pub fn new(config: &SensorConfig, store: Store, stats: Arc<SensorStats>) -> Self {
@@ -310,35 +312,39 @@ impl Pipeline {
             self.opened = Instant::now();
             return Ok(());
         }
-        let deltas: Vec<Delta> = self
+        let mut deltas: Vec<Delta> = self
             .window
-            .iter()
-            .map(|((kind, rrset), a)| Delta {
-                kind: *kind,
-                rrset: rrset.clone(),
-                first: a.first,
-                last: a.last,
-                count: a.count,
-            })
+            .drain()
+            .map(|((kind, rrset), a)| Delta { kind, rrset, first: a.first, last: a.last, count: a.count })
             .collect();
-        match self.store.merge(&deltas, self.outbox) {
-            Ok(st) => {
-                self.window.clear();
-                self.opened = Instant::now();
-                self.stats.flushes.inc();
-                self.stats.keys_new.add(st.new_keys);
-                self.stats.keys_updated.add(st.updated_keys);
-                self.stats.observations_flushed.add(deltas.iter().map(|d| d.count).sum());
-                self.stats.window_keys.set(0);
-                self.stats.outbox_batches.set(self.store.outbox_len() as i64);
-                tracing::debug!(rrsets = deltas.len(), new = st.new_keys, "window flushed");
-                Ok(())
-            }
-            Err(e) => {
-                self.stats.flush_errors.inc();
-                Err(e)
+        // In chunks, each one atomic and durable: sled's memory grows with the size of a batch.
+        // A chunk that fails is put back with the rest, so a retry never applies one twice.
+        let mut done = 0;
+        while done < deltas.len() {
+            let chunk = &deltas[done..(done + FLUSH_CHUNK).min(deltas.len())];
+            match self.store.merge(chunk, self.outbox) {
+                Ok(st) => {
+                    self.stats.keys_new.add(st.new_keys);
+                    self.stats.keys_updated.add(st.updated_keys);
+                    self.stats.observations_flushed.add(chunk.iter().map(|d| d.count).sum());
+                    done += chunk.len();
+                }
+                Err(e) => {
+                    self.stats.flush_errors.inc();
+                    for d in deltas.drain(done..) {
+                        self.window.insert((d.kind, d.rrset), Agg { first: d.first, last: d.last, count: d.count });
+                    }
+                    self.stats.window_keys.set(self.window.len() as i64);
+                    return Err(e);
+                }
             }
         }
+        self.opened = Instant::now();
+        self.stats.flushes.inc();
+        self.stats.window_keys.set(0);
+        self.stats.outbox_batches.set(self.store.outbox_len() as i64);
+        tracing::debug!(rrsets = deltas.len(), "window flushed");
+        Ok(())
     }
 
     pub fn store(&self) -> &Store {

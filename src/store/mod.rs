@@ -8,9 +8,10 @@
 //! - `O` + sequence number: the deltas of one flush, for the next hop (opt-in).
 //! - `M...`: counters (stored RRsets, outbox sequence).
 //!
-//! A flush is one atomic sled batch (counters, index entries of new RRsets, outbox batch),
+//! A merge is one atomic sled batch (counters, index entries of new RRsets, outbox batch),
 //! then a sync: after [`Store::merge`] returns the batch is on disk and its counts are in
-//! exactly once; a crash before leaves none of it.
+//! exactly once; a crash before leaves none of it. Keep batches small (the sensor uses 2,000
+//! RRsets): sled's memory grows with the batch.
 
 pub mod keys;
 
@@ -170,7 +171,7 @@ impl Store {
         }
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(256 << 20)
+            .cache_capacity(32 << 20)
             .mode(sled::Mode::HighThroughput)
             .use_compression(compression)
             .open()
