@@ -5,8 +5,9 @@
 //! ```
 //!
 //! Generates FRAMES (default 2,000,000) synthetic RESOLVER_RESPONSE frames over NAMES (default
-//! 200,000) names with Zipf-like repetition (`dnsledger tap generate`), then, in one thread:
-//! 1. the full pipeline from the file, store included (default configuration): frames/s, peak
+//! 200,000) names with Zipf-like repetition (`dnsledger tap generate`), then:
+//! 1. the full pipeline from the file, store included (default configuration; the store is
+//!    written on a second thread): frames/s, peak
 //!    RSS, stored RRsets, bytes on disk per RRset;
 //! 2. the stages alone (decode, classify, bailiwick, scrub, RRsets, aggregate) with one final
 //!    flush timed apart: frames/s of the stages, RRsets/s of the store;
@@ -44,13 +45,13 @@ fn main() {
     for f in FileReader::open(&input, DNSTAP_CONTENT_TYPE).expect("input") {
         p.frame(f.expect("frame")).expect("pipeline");
     }
-    p.flush().expect("flush");
+    p.finish().expect("flush");
     let elapsed = start.elapsed();
     let stored = p.store().len();
     let disk = p.store().size_on_disk().expect("size");
     drop(p);
     println!(
-        "full pipeline, one thread: {:.0} frames/s ({:.1}s), {} observations, {} RRsets stored, \
+        "full pipeline (stages and store writes on two threads): {:.0} frames/s ({:.1}s), {} observations, {} RRsets stored, \
          {} flushes, peak RSS {} MiB, {:.0} bytes on disk per RRset ({:.1} MB)",
         frames as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
@@ -75,7 +76,7 @@ fn main() {
     let stages = start.elapsed();
     let keys = stats.window_keys.get();
     let start = Instant::now();
-    p.flush().expect("flush");
+    p.finish().expect("flush");
     let flush = start.elapsed();
     println!(
         "stages only: {:.0} frames/s; one flush of {keys} RRsets: {:.1}s ({:.0} RRsets/s into sled)",

@@ -171,7 +171,7 @@ fn broken_dns_inside_valid_frames_is_counted_never_fatal() {
     }
     p.frame(Bytes::from_static(b"\xff\xff garbage protobuf")).unwrap();
     p.frame(frame(unknown)).unwrap();
-    p.flush().unwrap();
+    p.finish().unwrap();
 
     assert_eq!(stats.frames_in.get(), 9);
     assert_eq!(stats.frames_dropped.get("dns_malformed"), broken.len() as u64, "{:?}", stats.frames_dropped.snapshot());

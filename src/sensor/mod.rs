@@ -176,8 +176,8 @@ pub struct Pipeline {
     opened: Instant,
     window_age: Duration,
     window_keys: usize,
-    outbox: bool,
     store: Store,
+    flusher: Flusher,
     stats: Arc<SensorStats>,
     scratch: Vec<Observation>,
     drops: RrsetDrops,
@@ -203,7 +203,7 @@ impl Pipeline {
             opened: Instant::now(),
             window_age: config.window,
             window_keys: config.window_keys,
-            outbox: config.outbox,
+            flusher: Flusher::start(store.clone(), config.outbox, stats.clone()),
             store,
             stats,
             scratch: Vec::new(),
@@ -290,12 +290,6 @@ impl Pipeline {
         self.stats.frames_deferred.set(self.deferred.len() as i64);
     }
 
-    /// End of input: what still has no bailiwick is dropped, the window flushed.
-    pub fn finish(&mut self) -> Result<(), StoreError> {
-        self.expire_deferred(Duration::ZERO);
-        self.flush()
-    }
-
     /// Flushes if the window is old enough.
     pub fn tick(&mut self) -> Result<(), StoreError> {
         self.expire_deferred(DEFER_AGE);
@@ -305,51 +299,132 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Writes the open window to the store (durably) and opens a new one. On error the window
-    /// is kept, so nothing accepted is lost; the caller retries.
+    /// Hands the open window to the flusher thread and opens a new one. The flusher writes it
+    /// while the stages go on (the two cores overlap); at most one more window waits for it, so
+    /// a slow store holds the pipeline back, and with it the senders. Errors are retried there.
     pub fn flush(&mut self) -> Result<(), StoreError> {
+        self.opened = Instant::now();
         if self.window.is_empty() {
-            self.opened = Instant::now();
             return Ok(());
         }
-        let mut deltas: Vec<Delta> = self
+        let deltas: Vec<Delta> = self
             .window
             .drain()
             .map(|((kind, rrset), a)| Delta { kind, rrset, first: a.first, last: a.last, count: a.count })
             .collect();
-        // In chunks, each one atomic and durable: sled's memory grows with the size of a batch.
-        // A chunk that fails is put back with the rest, so a retry never applies one twice.
-        let mut done = 0;
-        while done < deltas.len() {
-            let chunk = &deltas[done..(done + FLUSH_CHUNK).min(deltas.len())];
-            match self.store.merge(chunk, self.outbox) {
-                Ok(st) => {
-                    self.stats.keys_new.add(st.new_keys);
-                    self.stats.keys_updated.add(st.updated_keys);
-                    self.stats.observations_flushed.add(chunk.iter().map(|d| d.count).sum());
-                    done += chunk.len();
-                }
-                Err(e) => {
-                    self.stats.flush_errors.inc();
-                    for d in deltas.drain(done..) {
-                        self.window.insert((d.kind, d.rrset), Agg { first: d.first, last: d.last, count: d.count });
-                    }
-                    self.stats.window_keys.set(self.window.len() as i64);
-                    return Err(e);
-                }
-            }
-        }
-        self.opened = Instant::now();
-        self.stats.flushes.inc();
         self.stats.window_keys.set(0);
-        self.stats.outbox_batches.set(self.store.outbox_len() as i64);
-        tracing::debug!(rrsets = deltas.len(), "window flushed");
-        Ok(())
+        self.flusher.send(deltas)
+    }
+
+    /// End of input: what still has no bailiwick is dropped, the window written, and this
+    /// returns once everything is on disk.
+    pub fn finish(&mut self) -> Result<(), StoreError> {
+        self.expire_deferred(Duration::ZERO);
+        self.flush()?;
+        self.flusher.close()
     }
 
     pub fn store(&self) -> &Store {
         &self.store
     }
+}
+
+/// The thread that writes windows to the store, in order, in atomic batches of
+/// `FLUSH_CHUNK` RRsets. A failed batch is retried (every second) until it succeeds; once
+/// closing, after 5 attempts the error is returned and what was not written is lost with the
+/// process, as an unflushed window would be.
+struct Flusher {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<Delta>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
+    store: Store,
+    outbox: bool,
+    stats: Arc<SensorStats>,
+}
+
+impl Flusher {
+    fn start(store: Store, outbox: bool, stats: Arc<SensorStats>) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Delta>>(1);
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (store, stats, closing) = (store.clone(), stats.clone(), closing.clone());
+            std::thread::Builder::new()
+                .name("sensor-flush".into())
+                .spawn(move || {
+                    for deltas in rx {
+                        write_window(&store, &deltas, outbox, &stats, &closing)?;
+                    }
+                    Ok(())
+                })
+                .expect("spawn the flush thread")
+        };
+        Self { tx: Some(tx), thread: Some(thread), closing, store, outbox, stats }
+    }
+
+    fn send(&mut self, deltas: Vec<Delta>) -> Result<(), StoreError> {
+        match &self.tx {
+            Some(tx) => match tx.send(deltas) {
+                Ok(()) => Ok(()),
+                // The thread has given up (only when closing): report why.
+                Err(std::sync::mpsc::SendError(_)) => self.close(),
+            },
+            // After close: write synchronously.
+            None => write_window(&self.store, &deltas, self.outbox, &self.stats, &self.closing),
+        }
+    }
+
+    /// Waits until everything sent is written.
+    fn close(&mut self) -> Result<(), StoreError> {
+        self.closing.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.tx = None;
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| Err(StoreError::FlushPanicked)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "store writes lost at shutdown");
+        }
+    }
+}
+
+fn write_window(
+    store: &Store,
+    deltas: &[Delta],
+    outbox: bool,
+    stats: &SensorStats,
+    closing: &std::sync::atomic::AtomicBool,
+) -> Result<(), StoreError> {
+    for chunk in deltas.chunks(FLUSH_CHUNK) {
+        let mut attempts = 0;
+        loop {
+            match store.merge(chunk, outbox) {
+                Ok(st) => {
+                    stats.keys_new.add(st.new_keys);
+                    stats.keys_updated.add(st.updated_keys);
+                    stats.observations_flushed.add(chunk.iter().map(|d| d.count).sum());
+                    break;
+                }
+                Err(e) => {
+                    stats.flush_errors.inc();
+                    attempts += 1;
+                    tracing::error!(error = %e, attempts, "store write failed; retrying");
+                    if closing.load(std::sync::atomic::Ordering::Relaxed) && attempts >= 5 {
+                        return Err(e);
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+    stats.flushes.inc();
+    stats.outbox_batches.set(store.outbox_len() as i64);
+    tracing::debug!(rrsets = deltas.len(), "window written");
+    Ok(())
 }
 
 /// Counts of a finished run, for the totals line.

@@ -32,6 +32,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("store: corrupt value under key {0:02x?}")]
     Corrupt(Vec<u8>),
+    #[error("store: the flush thread panicked")]
+    FlushPanicked,
 }
 
 /// One stored RRset with its counters.
@@ -130,6 +132,8 @@ pub struct MergeStats {
     pub outbox_seq: Option<u64>,
 }
 
+/// A handle on the store; clones share it (sled is internally synchronised).
+#[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     /// Everything lives in this one tree under a one-byte tag, so that a flush is a single
