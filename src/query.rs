@@ -74,7 +74,11 @@ pub fn parse_ip_range(s: &str) -> anyhow::Result<([u8; 16], [u8; 16])> {
         if lo.addr.is_ipv4() != hi.addr.is_ipv4() {
             bail!("`{s}`: both ends of a range must be the same family");
         }
-        return Ok((lo.range().0, hi.range().1));
+        let (lo, hi) = (lo.range().0, hi.range().1);
+        if lo > hi {
+            bail!("`{s}`: the range ends before it starts");
+        }
+        return Ok((lo, hi));
     }
     let c: Cidr = s.replace(',', "/").parse()?;
     Ok(c.range())
@@ -99,7 +103,7 @@ pub fn run(args: &QueryArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let entries = match &args.what {
         QueryWhat::Rrset { name, rrtype, bailiwick } => {
             let pattern = NamePattern::parse(name).map_err(anyhow::Error::msg)?;
-            let rrtype = rrtype.as_deref().filter(|t| *t != "ANY").map(parse_rrtype).transpose()?;
+            let rrtype = rrtype.as_deref().filter(|t| !t.eq_ignore_ascii_case("ANY")).map(parse_rrtype).transpose()?;
             store.lookup_rrset(&pattern, rrtype, bailiwick.as_deref(), &fences, args.limit)?
         }
         QueryWhat::Rdata(RdataWhat::Ip { addr }) => {
@@ -108,7 +112,7 @@ pub fn run(args: &QueryArgs, out: &mut impl Write) -> anyhow::Result<()> {
         }
         QueryWhat::Rdata(RdataWhat::Name { name, rrtype }) => {
             let pattern = NamePattern::parse(name).map_err(anyhow::Error::msg)?;
-            let rrtype = rrtype.as_deref().map(parse_rrtype).transpose()?;
+            let rrtype = rrtype.as_deref().filter(|t| !t.eq_ignore_ascii_case("ANY")).map(parse_rrtype).transpose()?;
             store.lookup_rdata_name(&pattern, rrtype, &fences, args.limit)?
         }
     };
@@ -159,6 +163,7 @@ mod tests {
         let (lo, hi) = parse_ip_range("192.0.2.10-192.0.2.20").unwrap();
         assert_eq!((lo[15], hi[15]), (10, 20));
         assert!(parse_ip_range("192.0.2.1-2001:db8::1").is_err());
+        assert!(parse_ip_range("192.0.2.20-192.0.2.10").is_err());
         assert!(parse_ip_range("not-an-ip").is_err());
     }
 }

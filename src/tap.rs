@@ -114,13 +114,17 @@ async fn write_file(
     let what = path.display().to_string();
     let mut w = FileWriter::create(&path, DNSTAP_CONTENT_TYPE).map_err(io_err(what.clone()))?;
     let mut seen = 0u64;
-    while let Some(batch) = rx.recv().await {
+    while let Some(mut batch) = rx.recv().await {
+        if let Some(c) = count {
+            batch.truncate(c.saturating_sub(seen) as usize);
+        }
         for f in &batch {
             w.write_frame(f).map_err(io_err(what.clone()))?;
         }
         stats.frames_written.add(batch.len() as u64);
         seen += batch.len() as u64;
         if count.is_some_and(|c| seen >= c) {
+            // Exactly `count` frames; what else arrives until the listener stops is not kept.
             shutdown.cancel();
         }
     }
@@ -140,7 +144,10 @@ fn print_frames(
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let mut text = String::new();
-    while let Some(batch) = rx.blocking_recv() {
+    while let Some(mut batch) = rx.blocking_recv() {
+        if let Some(c) = count {
+            batch.truncate(c.saturating_sub(seen) as usize);
+        }
         seen += batch.len() as u64;
         for f in batch {
             print_frame(f, format, &stats, &mut text);

@@ -87,6 +87,11 @@ fn captures_give_the_same_store_from_file_and_socket() {
 
 /// A RESOLVER_RESPONSE from 192.0.2.53 for zone example.com. carrying `wire`.
 fn frame(wire: Vec<u8>) -> Bytes {
+    frame_in("example.com.", wire)
+}
+
+/// A RESOLVER_RESPONSE from 192.0.2.53 for `zone` carrying `wire`.
+fn frame_in(zone: &str, wire: Vec<u8>) -> Bytes {
     let t = Timestamp { sec: 1_767_225_600, nsec: 0 };
     let ev = DnstapEvent {
         identity: None,
@@ -101,7 +106,7 @@ fn frame(wire: Vec<u8>) -> Bytes {
             response_port: Some(53),
             query_time: Some(t),
             response_time: Some(t),
-            query_zone: Some(Name::from_ascii("example.com.").unwrap()),
+            query_zone: Some(Name::from_ascii(zone).unwrap()),
             query_message: None,
             response_message: Some(Bytes::from(wire)),
         },
@@ -354,4 +359,32 @@ fn negative_answers_are_kept_apart_when_asked_for() {
         neg_on.iter().find(|e| e.rrset.rrname == "nonexistent.example.com.").expect("nonexistent.example.com NXDOMAIN");
     assert_eq!(nx.rrset.bailiwick, "example.com.");
     assert!(nx.rrset.rdata[0].starts_with("ns1.example.com. hostmaster.example.com."), "{nx:?}");
+}
+
+/// A record with an uncompressed owner.
+fn record(owner: &[&[u8]], rtype: u16, rdata: &[u8]) -> Vec<u8> {
+    let mut m = name(owner);
+    m.extend_from_slice(&rtype.to_be_bytes());
+    m.extend_from_slice(&[0, 1, 0, 0, 0x0e, 0x10]);
+    m.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    m.extend_from_slice(rdata);
+    m
+}
+
+/// In a referral only the delegation and the addresses of the servers it names are data; an
+/// unrelated address record slipped into the additional section (a poisoning attempt shaped
+/// like glue) is not.
+#[test]
+fn referral_keeps_only_glue_for_its_own_name_servers() {
+    let mut m = vec![0x12, 0x34, 0x80, 0x00, 0, 1, 0, 0, 0, 1, 0, 3];
+    m.extend(name(&[b"www", b"bank", b"com"]));
+    m.extend_from_slice(&[0, 1, 0, 1]);
+    m.extend(record(&[b"bank", b"com"], 2, &name(&[b"ns1", b"bank", b"com"])));
+    m.extend(record(&[b"ns1", b"bank", b"com"], 1, &[198, 51, 100, 53]));
+    m.extend(record(&[b"www", b"bank", b"com"], 1, &[6, 6, 6, 6]));
+    m.extend(record(&[b"bank", b"com"], 16, b"\x05hello"));
+    let (rows, stats, _) = pipeline_rows(std::iter::once(frame_in("com.", m)), "[privacy]\nprivate_networks = []");
+    let rows: Vec<(String, u16)> = rows.into_iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(rows, [("bank.com.".to_string(), 2), ("ns1.bank.com.".to_string(), 1)]);
+    assert_eq!(stats.rrsets_dropped.get("referral_additional"), 2, "{:?}", stats.rrsets_dropped.snapshot());
 }

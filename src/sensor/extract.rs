@@ -169,18 +169,30 @@ impl Extractor {
 
         let before = out.len();
         if referral {
-            // Delegation data: NS (and DS, signatures) for a child zone, glue for its servers.
-            let sets = group(msg.authorities.iter().chain(msg.additionals.iter()));
-            for ((owner, rtype), records) in sets {
-                let below = owner != bailiwick && bailiwick.zone_of(&owner);
-                if !below {
+            // Delegation data: NS (and DS, signatures) for a child zone from the authority
+            // section; from the additional section only glue: addresses of the name servers
+            // this referral names, inside the bailiwick.
+            let mut targets: Vec<Name> = Vec::new();
+            for ((owner, rtype), records) in group(msg.authorities.iter()) {
+                if owner == bailiwick || !bailiwick.zone_of(&owner) {
                     drops.add("out_of_bailiwick");
                     continue;
                 }
-                let is_glue = matches!(rtype, RecordType::A | RecordType::AAAA);
-                if !is_glue && !msg.authorities.iter().any(|r| r.name.to_lowercase() == owner) {
-                    // Only address records belong in the additional section of a referral.
+                if rtype == RecordType::NS {
+                    targets.extend(records.iter().filter_map(|r| match &r.data {
+                        RData::NS(t) => Some(t.0.to_lowercase()),
+                        _ => None,
+                    }));
+                }
+                self.push(Kind::Positive, &owner, rtype, &bailiwick_text, &records, time, out, drops);
+            }
+            for ((owner, rtype), records) in group(msg.additionals.iter()) {
+                if !matches!(rtype, RecordType::A | RecordType::AAAA) || !targets.contains(&owner) {
                     drops.add("referral_additional");
+                    continue;
+                }
+                if owner == bailiwick || !bailiwick.zone_of(&owner) {
+                    drops.add("out_of_bailiwick");
                     continue;
                 }
                 self.push(Kind::Positive, &owner, rtype, &bailiwick_text, &records, time, out, drops);
@@ -276,6 +288,10 @@ impl Extractor {
             let RData::NS(target) = &ns.data else { continue };
             let target = target.0.to_lowercase();
             self.zones.add_server_name(&target, &zone);
+            // Only glue inside the bailiwick, as stored.
+            if !bailiwick.zone_of(&target) {
+                continue;
+            }
             for glue in msg.additionals.iter().filter(|r| r.name.to_lowercase() == target) {
                 if let Some(addr) = address_of(&glue.data) {
                     self.zones.add(addr, zone.clone());

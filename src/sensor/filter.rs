@@ -143,6 +143,9 @@ impl PrivacyFilter {
         let mut excluded: Vec<Name> = internal.iter().map(|n| n.to_lowercase()).collect();
         if special_use {
             excluded.extend(SPECIAL_USE_ZONES.iter().map(|z| Name::from_ascii(z).expect("valid built-in zone")));
+            // Shared address space 100.64.0.0/10 (RFC 6598, RFC 7793).
+            excluded
+                .extend((64..=127).map(|n| Name::from_ascii(format!("{n}.100.in-addr.arpa.")).expect("valid zone")));
         }
         Self { excluded, private }
     }
@@ -156,6 +159,11 @@ impl PrivacyFilter {
     /// (CNAME, NS, PTR, MX, SRV target) inside an excluded zone.
     pub fn private_rdata(&self, data: &RData) -> bool {
         if let Some(ip) = address_of(data) {
+            // An IPv4-mapped AAAA is the IPv4 address it maps.
+            let ip = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+                v4 => v4,
+            };
             return self.private.iter().any(|c| c.contains(ip));
         }
         let target = match data {
@@ -164,6 +172,7 @@ impl PrivacyFilter {
             RData::PTR(n) => &n.0,
             RData::MX(mx) => &mx.exchange,
             RData::SRV(srv) => &srv.target,
+            RData::SOA(soa) => return self.excluded_name(&soa.mname) || self.excluded_name(&soa.rname),
             _ => return false,
         };
         self.excluded_name(target)
@@ -199,8 +208,17 @@ mod tests {
         for name in ["printer.corp.example.com.", "1.0.168.192.in-addr.arpa.", "x.localhost.", "mac.local."] {
             assert!(f.excluded_name(&Name::from_ascii(name).unwrap()), "{name}");
         }
-        for name in ["www.example.com.", "1.2.0.192.in-addr.arpa.", "www.test."] {
+        for name in ["www.example.com.", "1.2.0.192.in-addr.arpa.", "www.test.", "1.0.0.100.in-addr.arpa."] {
             assert!(!f.excluded_name(&Name::from_ascii(name).unwrap()), "{name}");
         }
+        assert!(f.excluded_name(&Name::from_ascii("1.0.64.100.in-addr.arpa.").unwrap()));
+    }
+
+    #[test]
+    fn mapped_addresses_are_checked_as_ipv4() {
+        use hickory_proto::rr::rdata::AAAA;
+        let f = PrivacyFilter::new(&[], false, vec!["10.0.0.0/8".parse().unwrap()]);
+        assert!(f.private_rdata(&RData::AAAA(AAAA("::ffff:10.1.2.3".parse().unwrap()))));
+        assert!(!f.private_rdata(&RData::AAAA(AAAA("2001:db8::1".parse().unwrap()))));
     }
 }

@@ -400,31 +400,41 @@ fn write_window(
     closing: &std::sync::atomic::AtomicBool,
 ) -> Result<(), StoreError> {
     for chunk in deltas.chunks(FLUSH_CHUNK) {
-        let mut attempts = 0;
-        loop {
-            match store.merge(chunk, outbox) {
-                Ok(st) => {
-                    stats.keys_new.add(st.new_keys);
-                    stats.keys_updated.add(st.updated_keys);
-                    stats.observations_flushed.add(chunk.iter().map(|d| d.count).sum());
-                    break;
-                }
-                Err(e) => {
-                    stats.flush_errors.inc();
-                    attempts += 1;
-                    tracing::error!(error = %e, attempts, "store write failed; retrying");
-                    if closing.load(std::sync::atomic::Ordering::Relaxed) && attempts >= 5 {
-                        return Err(e);
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-        }
+        let st = retry("store write", stats, closing, || store.merge(chunk, outbox))?;
+        // Applied: from here on only the sync is retried, never the merge.
+        retry("store sync", stats, closing, || store.sync())?;
+        stats.keys_new.add(st.new_keys);
+        stats.keys_updated.add(st.updated_keys);
+        stats.observations_flushed.add(chunk.iter().map(|d| d.count).sum());
     }
     stats.flushes.inc();
     stats.outbox_batches.set(store.outbox_len() as i64);
     tracing::debug!(rrsets = deltas.len(), "window written");
     Ok(())
+}
+
+/// Runs `op` until it succeeds, every second; once closing, gives up after 5 attempts.
+fn retry<T>(
+    what: &str,
+    stats: &SensorStats,
+    closing: &std::sync::atomic::AtomicBool,
+    mut op: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut attempts = 0;
+    loop {
+        match op() {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                stats.flush_errors.inc();
+                attempts += 1;
+                tracing::error!(error = %e, attempts, "{what} failed; retrying");
+                if closing.load(std::sync::atomic::Ordering::Relaxed) && attempts >= 5 {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 /// Counts of a finished run, for the totals line.
@@ -500,27 +510,28 @@ pub async fn run(
             }
         })
     };
+    let mut p = Pipeline::new(&config, store, stats.clone());
+    {
+        // On shutdown a store that keeps failing is given up on after a few attempts, so that
+        // the process ends (what it could not write is reported).
+        let (closing, shutdown) = (p.flusher.closing.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            closing.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
     let pipeline = {
-        let (config, stats) = (config.clone(), stats.clone());
+        let stats = stats.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<Totals> {
-            let mut p = Pipeline::new(&config, store, stats.clone());
             while let Some(batch) = rx.blocking_recv() {
                 let result = if batch.is_empty() { p.tick() } else { batch.into_iter().try_for_each(|f| p.frame(f)) };
                 if let Err(e) = result {
-                    // The window is kept; the next tick retries. Backpressure holds senders.
-                    tracing::error!(error = %e, "flush failed; retrying");
-                    std::thread::sleep(Duration::from_secs(1));
+                    // Only when the store thread has given up (shutting down with a failing
+                    // store); frames after it in this batch are not processed.
+                    tracing::error!(error = %e, "store writes failing");
                 }
             }
-            let mut attempts = 0;
-            while let Err(e) = p.finish() {
-                attempts += 1;
-                tracing::error!(error = %e, attempts, "final flush failed");
-                if attempts >= 5 {
-                    return Err(e.into());
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
+            p.finish()?;
             Ok(totals(&stats, p.store()))
         })
     };

@@ -8,9 +8,9 @@
 //! - `O` + sequence number: the deltas of one flush, for the next hop (opt-in).
 //! - `M...`: counters (stored RRsets, outbox sequence).
 //!
-//! A merge is one atomic sled batch (counters, index entries of new RRsets, outbox batch),
-//! then a sync: after [`Store::merge`] returns the batch is on disk and its counts are in
-//! exactly once; a crash before leaves none of it. Keep batches small (the sensor uses 2,000
+//! A merge is one atomic sled batch (counters, index entries of new RRsets, outbox batch):
+//! either all of it is applied or none. [`Store::sync`] then makes it durable; a failed sync
+//! is retried on its own, never by merging again, so nothing is counted twice. Keep batches small (the sensor uses 2,000
 //! RRsets): sled's memory grows with the batch.
 
 pub mod keys;
@@ -186,7 +186,7 @@ impl Store {
 
     /// Adds a flush's deltas (each RRset at most once): counters summed, first/last widened,
     /// index entries for RRsets seen for the first time; with `outbox`, the deltas are also
-    /// queued for the next hop. One atomic batch, synced to disk before this returns.
+    /// queued for the next hop. One atomic batch; [`Store::sync`] makes it durable.
     pub fn merge(&self, deltas: &[Delta], outbox: bool) -> Result<MergeStats, StoreError> {
         let mut batch = sled::Batch::default();
         let mut stats = MergeStats::default();
@@ -223,9 +223,16 @@ impl Store {
             batch.insert(META_OUTBOX_SEQ, &seq.to_be_bytes());
             stats.outbox_seq = Some(seq);
         }
+        // All or nothing: if this fails nothing was applied and the merge may be retried.
         self.t.apply_batch(batch)?;
-        self.db.flush()?;
         Ok(stats)
+    }
+
+    /// Makes everything merged so far durable. Retry this, never the merge, when it fails:
+    /// the merge is applied already.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Number of stored RRsets (positive).
