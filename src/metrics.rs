@@ -73,6 +73,27 @@ impl ReasonCounter {
     }
 }
 
+/// Per-reason counts kept by one thread without locking, added to a shared [`ReasonCounter`]
+/// now and then: for counting on a hot path (one tally per frame would otherwise lock).
+#[derive(Debug, Default)]
+pub struct Tally(Vec<(&'static str, u64)>);
+
+impl Tally {
+    pub fn add(&mut self, reason: &'static str) {
+        match self.0.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((reason, 1)),
+        }
+    }
+
+    /// Moves the counts into `to`.
+    pub fn publish(&mut self, to: &ReasonCounter) {
+        for (reason, n) in self.0.drain(..) {
+            to.add(reason, n);
+        }
+    }
+}
+
 /// Something that can write its metrics in Prometheus text format.
 pub trait Metrics: Send + Sync {
     fn render(&self, out: &mut String);

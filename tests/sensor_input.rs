@@ -4,7 +4,6 @@
 
 mod tools;
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -15,7 +14,7 @@ use dnsledger::dnstap::{DnstapEvent, DnstapMessage, MessageType, SocketFamily, S
 use dnsledger::sensor::{Pipeline, SensorConfig, SensorStats};
 use dnsledger::store::{Entry, Store};
 use hickory_proto::rr::Name;
-use tools::{Proc, dnsledger, run, wait_for, wait_for_socket};
+use tools::{Proc, dnsledger, metric, run, wait_for, wait_for_socket};
 
 fn config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let path = dir.join("sensor.toml");
@@ -194,15 +193,6 @@ fn broken_dns_inside_valid_frames_is_counted_never_fatal() {
     );
 }
 
-/// `GET /metrics` and the value of one metric.
-fn metric(addr: SocketAddr, name: &str) -> Option<u64> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines().find_map(|l| l.strip_prefix(&format!("{name} ")).and_then(|v| v.trim().parse().ok()))
-}
-
 fn stored_observations_after(cmd: std::process::Command, db: &Path) -> u64 {
     run(cmd);
     stored_observations(db)
@@ -260,12 +250,7 @@ fn sigkill_keeps_what_was_flushed_and_sigterm_flushes_all() {
     replay.args(["tap", "replay"]).arg(&input).arg("--unix").arg(&sock);
     run(replay);
     let log = sensor.terminate();
-    let observations: u64 = log
-        .split(" RRset observations")
-        .next()
-        .and_then(|s| s.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no totals line:\n{log}"));
+    let observations = tools::sensor_observations(&log);
     // The same file read directly gives the same number of observations.
     let other = tempfile::tempdir().unwrap();
     let mut read = dnsledger();

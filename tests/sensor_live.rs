@@ -205,12 +205,7 @@ fn run(block: u8, resolver: Resolver) -> Run {
         }
     }
     let log = sensor.terminate();
-    let observations: u64 = log
-        .split(" RRset observations")
-        .next()
-        .and_then(|s| s.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no totals line:\n{log}"));
+    let observations = tools::sensor_observations(&log);
     let store = Store::open(&db).unwrap();
     let entries: Vec<Entry> = store.all(false).map(|e| e.unwrap()).collect();
     // The outbox holds what would go upstream: the same observations, once.

@@ -74,14 +74,6 @@ fn make_certs(dir: &Path) {
     }
 }
 
-fn metric(addr: SocketAddr, line_start: &str) -> u64 {
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return 0 };
-    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.lines().find_map(|l| l.strip_prefix(line_start).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
-}
-
 #[test]
 fn unbound_sends_dnstap_over_mutual_tls() {
     tools::require("openssl", "openssl");
@@ -107,7 +99,8 @@ fn unbound_sends_dnstap_over_mutual_tls() {
     wait_for("TLS listener", Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok());
 
     // Not TLS at all: a Frame Streams READY in the clear.
-    let failed = "dnsledger_framestream_connections_failed_total{reason=\"tls_handshake\"} ";
+    let failed = "dnsledger_framestream_connections_failed_total{reason=\"tls_handshake\"}";
+    let metric = |addr, name| tools::metric(addr, name).unwrap_or(0);
     let before = metric(metrics, failed);
     let mut plain = std::net::TcpStream::connect(addr).unwrap();
     plain.write_all(b"\0\0\0\0\0\0\0\x22\0\0\0\x04\0\0\0\x01\0\0\0\x16protobuf:dnstap.Dnstap").unwrap();

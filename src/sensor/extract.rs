@@ -5,7 +5,6 @@
 //! in seconds. It has no field that could hold a client or resolver address, a port, a DNS id
 //! or an EDNS option, so nothing downstream can leak them.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use hickory_proto::op::{Message, MessageType as DnsMessageType, OpCode, ResponseCode};
@@ -15,6 +14,7 @@ use super::filter::PrivacyFilter;
 use super::zones::ZoneMap;
 use crate::dns::rdata_text;
 use crate::dnstap::{DnstapEvent, MessageType, parse_dns};
+use crate::metrics::Tally;
 
 /// A canonical RRset: owner lower-cased with the trailing dot, type number, bailiwick (the
 /// zone whose server said it), rdata in presentation format, sorted, without duplicates.
@@ -57,21 +57,6 @@ pub struct ExtractConfig {
 /// Why a whole frame contributed nothing; a metrics label.
 pub type FrameDrop = &'static str;
 
-/// Per-RRset drop reasons, counted by the caller.
-#[derive(Debug, Default)]
-pub struct RrsetDrops {
-    pub counts: Vec<(&'static str, u64)>,
-}
-
-impl RrsetDrops {
-    fn add(&mut self, reason: &'static str) {
-        match self.counts.iter_mut().find(|(r, _)| *r == reason) {
-            Some((_, n)) => *n += 1,
-            None => self.counts.push((reason, 1)),
-        }
-    }
-}
-
 /// The stage state: the delegation map used when frames carry no `query_zone`.
 pub struct Extractor {
     pub config: ExtractConfig,
@@ -109,7 +94,7 @@ impl Extractor {
         &mut self,
         ev: &DnstapEvent,
         out: &mut Vec<Observation>,
-        drops: &mut RrsetDrops,
+        drops: &mut Tally,
     ) -> Result<(), FrameDrop> {
         let m = &ev.message;
         // 1. Classify.
@@ -154,9 +139,9 @@ impl Extractor {
         }
 
         // 3. Bailiwick: the zone the server answered for.
-        let bailiwick = match (&m.query_zone, m.kind) {
-            (Some(zone), _) => zone.to_lowercase(),
-            (None, _) => {
+        let bailiwick = match &m.query_zone {
+            Some(zone) => zone.to_lowercase(),
+            None => {
                 let server = m.response_address.ok_or("no_bailiwick")?;
                 let qname = question.map(|q| q.name()).ok_or("no_bailiwick")?;
                 self.zones.enclosing_zone(server, qname).ok_or("no_bailiwick")?
@@ -253,7 +238,7 @@ impl Extractor {
         records: &[&Record],
         time: u64,
         out: &mut Vec<Observation>,
-        drops: &mut RrsetDrops,
+        drops: &mut Tally,
     ) {
         let rrname = owner.to_string();
         if self.filter.excluded_name(owner) {
@@ -302,22 +287,19 @@ impl Extractor {
 }
 
 /// Groups records into RRsets by (lower-cased owner, type), keeping first-seen order. OPT,
-/// TSIG and SIG(0) are transport, not data, and are left out.
+/// TSIG and SIG(0) are transport, not data, and are left out. A message holds a handful of
+/// RRsets, so a linear search beats building a hash map for every frame.
 fn group<'a>(records: impl Iterator<Item = &'a Record>) -> Vec<((Name, RecordType), Vec<&'a Record>)> {
     let mut sets: Vec<((Name, RecordType), Vec<&'a Record>)> = Vec::new();
-    let mut index: HashMap<(Name, RecordType), usize> = HashMap::new();
     for r in records {
         let rtype = r.record_type();
         if matches!(rtype, RecordType::OPT | RecordType::TSIG | RecordType::SIG) {
             continue;
         }
         let key = (r.name.to_lowercase(), rtype);
-        match index.get(&key) {
-            Some(&i) => sets[i].1.push(r),
-            None => {
-                index.insert(key.clone(), sets.len());
-                sets.push((key, vec![r]));
-            }
+        match sets.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, set)) => set.push(r),
+            None => sets.push((key, vec![r])),
         }
     }
     sets

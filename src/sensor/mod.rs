@@ -26,13 +26,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::SensorConfig;
-pub use extract::{ExtractConfig, Extractor, Kind, Observation, Rrset, RrsetDrops};
+pub use extract::{ExtractConfig, Extractor, Kind, Observation, Rrset};
 pub use filter::{Cidr, PrivacyFilter};
 pub use zones::ZoneMap;
 
 use crate::dnstap::{self, DnstapEvent};
 use crate::framestream::{DNSTAP_CONTENT_TYPE, Endpoint, FileReader, Listener, ListenerConfig, ListenerStats};
-use crate::metrics::{Counter, Gauge, Metrics, ReasonCounter, Registry, write_metric, write_reasons};
+use crate::metrics::{Counter, Gauge, Metrics, ReasonCounter, Registry, Tally, write_metric, write_reasons};
 use crate::store::{Delta, Store, StoreError};
 
 /// Pipeline counters (Prometheus prefix `dnsledger_sensor_`).
@@ -180,7 +180,10 @@ pub struct Pipeline {
     flusher: Flusher,
     stats: Arc<SensorStats>,
     scratch: Vec<Observation>,
-    drops: RrsetDrops,
+    /// Per-frame counts, published to `stats` once per batch ([`Pipeline::publish`]).
+    types: Tally,
+    frame_drops: Tally,
+    rrset_drops: Tally,
     deferred: VecDeque<(Instant, DnstapEvent)>,
 }
 
@@ -207,7 +210,9 @@ impl Pipeline {
             store,
             stats,
             scratch: Vec::new(),
-            drops: RrsetDrops::default(),
+            types: Tally::default(),
+            frame_drops: Tally::default(),
+            rrset_drops: Tally::default(),
             deferred: VecDeque::new(),
         }
     }
@@ -218,11 +223,11 @@ impl Pipeline {
         let ev = match dnstap::decode(frame) {
             Ok(ev) => ev,
             Err(e) => {
-                self.stats.frames_dropped.inc(e.label());
+                self.frame_drops.add(e.label());
                 return Ok(());
             }
         };
-        self.stats.frames_by_type.inc(extract::type_label(ev.message.kind));
+        self.types.add(extract::type_label(ev.message.kind));
         let generation = self.extractor.zones.generation;
         self.process(ev, Instant::now())?;
         if self.extractor.zones.generation != generation && !self.deferred.is_empty() {
@@ -236,17 +241,14 @@ impl Pipeline {
     /// delegation that places it may arrive just after it.
     fn process(&mut self, ev: DnstapEvent, since: Instant) -> Result<(), StoreError> {
         self.scratch.clear();
-        match self.extractor.extract(&ev, &mut self.scratch, &mut self.drops) {
+        match self.extractor.extract(&ev, &mut self.scratch, &mut self.rrset_drops) {
             Ok(()) => self.stats.frames_kept.inc(),
             Err("no_bailiwick") if ev.message.query_zone.is_none() && self.deferred.len() < DEFER_MAX => {
                 self.stats.frames_deferred.set(self.deferred.len() as i64 + 1);
                 self.deferred.push_back((since, ev));
                 return Ok(());
             }
-            Err(reason) => self.stats.frames_dropped.inc(reason),
-        }
-        for (reason, n) in self.drops.counts.drain(..) {
-            self.stats.rrsets_dropped.add(reason, n);
+            Err(reason) => self.frame_drops.add(reason),
         }
         self.stats.rrsets_observed.add(self.scratch.len() as u64);
         for o in self.scratch.drain(..) {
@@ -285,13 +287,14 @@ impl Pipeline {
     fn expire_deferred(&mut self, age: Duration) {
         while self.deferred.front().is_some_and(|(since, _)| since.elapsed() >= age) {
             self.deferred.pop_front();
-            self.stats.frames_dropped.inc("no_bailiwick");
+            self.frame_drops.add("no_bailiwick");
         }
         self.stats.frames_deferred.set(self.deferred.len() as i64);
     }
 
     /// Flushes if the window is old enough.
     pub fn tick(&mut self) -> Result<(), StoreError> {
+        self.publish();
         self.expire_deferred(DEFER_AGE);
         if !self.window.is_empty() && self.opened.elapsed() >= self.window_age {
             self.flush()?;
@@ -320,8 +323,16 @@ impl Pipeline {
     /// returns once everything is on disk.
     pub fn finish(&mut self) -> Result<(), StoreError> {
         self.expire_deferred(Duration::ZERO);
+        self.publish();
         self.flush()?;
         self.flusher.close()
+    }
+
+    /// Adds the per-reason counts gathered since the last call to the shared stats.
+    pub fn publish(&mut self) {
+        self.types.publish(&self.stats.frames_by_type);
+        self.frame_drops.publish(&self.stats.frames_dropped);
+        self.rrset_drops.publish(&self.stats.rrsets_dropped);
     }
 
     pub fn store(&self) -> &Store {
@@ -525,6 +536,7 @@ pub async fn run(
         tokio::task::spawn_blocking(move || -> anyhow::Result<Totals> {
             while let Some(batch) = rx.blocking_recv() {
                 let result = if batch.is_empty() { p.tick() } else { batch.into_iter().try_for_each(|f| p.frame(f)) };
+                p.publish();
                 if let Err(e) = result {
                     // Only when the store thread has given up (shutting down with a failing
                     // store); frames after it in this batch are not processed.

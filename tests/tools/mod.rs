@@ -140,3 +140,23 @@ pub fn frames_of(path: &Path) -> Vec<Vec<u8>> {
         .map(|f| f.unwrap().to_vec())
         .collect()
 }
+
+/// The value of one Prometheus metric line (`name{labels}` as written) from `GET /metrics`;
+/// `None` if the endpoint or the line is not there.
+pub fn metric(addr: std::net::SocketAddr, name: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The observation count of the sensor's totals line (`sensor: ... N RRset observations ...`).
+pub fn sensor_observations(log: &str) -> u64 {
+    log.split(" RRset observations")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no totals line:\n{log}"))
+}
