@@ -14,6 +14,7 @@
 //! - [`framestream`]: the Frame Streams codec, handshake, listener, writer and file format.
 //! - [`dnstap`]: dnstap protobuf types, decoding to our own types, rendering.
 //! - [`dns`]: presentation-format helpers (mnemonics, rdata text).
+//! - [`resolver`]: hickory recursion with an upstream dnstap tap (`dnsledger resolver`).
 //! - [`tap`]: the `dnsledger tap` debugging tool built on the two above.
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
 //! - [`tls`]: rustls configuration from PEM files.
@@ -24,6 +25,7 @@ pub mod framestream;
 pub mod generate;
 pub mod metrics;
 pub mod query;
+pub mod resolver;
 pub mod sensor;
 pub mod store;
 pub mod tap;

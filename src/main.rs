@@ -27,12 +27,43 @@ enum Command {
     /// Passive DNS sensor: dnstap in, authoritative in-bailiwick RRsets into a sled store.
     Sensor(SensorArgs),
     /// Check a sensor configuration file and report every problem.
+    /// Recursive resolver (hickory) that emits dnstap of every upstream exchange.
+    Resolver(ResolverArgs),
+    /// Check a configuration file and report every problem.
     CheckConfig {
-        /// The sensor.toml to check.
+        /// The sensor.toml (or, with --resolver, resolver.toml) to check.
         file: PathBuf,
+        /// The file is a resolver.toml.
+        #[arg(long)]
+        resolver: bool,
     },
     /// Query a local store (stop the sensor first: sled allows one process per store).
     Query(dnsledger::query::QueryArgs),
+}
+
+#[derive(Args)]
+struct ResolverArgs {
+    /// Configuration file (TOML, see docs/RESOLVER.md); the flags below override it.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Serve clients on this address, UDP and TCP (repeatable).
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// Root hints file (named.root format) instead of the IANA roots.
+    #[arg(long)]
+    root_hints: Option<PathBuf>,
+    /// Send dnstap to this unix socket.
+    #[arg(long)]
+    dnstap_unix: Option<PathBuf>,
+    /// Send dnstap to this TCP address.
+    #[arg(long)]
+    dnstap_tcp: Option<SocketAddr>,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// No periodic summary lines (of the in-process sensor).
+    #[arg(long, short = 'q')]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -209,12 +240,43 @@ fn sensor_config(a: &SensorArgs) -> anyhow::Result<dnsledger::sensor::SensorConf
     Ok(config)
 }
 
+fn resolver_config(a: &ResolverArgs) -> anyhow::Result<dnsledger::resolver::ResolverConfig> {
+    let text = match &a.config {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?,
+        None => String::new(),
+    };
+    let name = a.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "defaults".into());
+    let mut config = dnsledger::resolver::ResolverConfig::parse(&text)
+        .map_err(|errors| anyhow::anyhow!("{name}: {} problem(s):\n  {}", errors.len(), errors.join("\n  ")))?;
+    if !a.listen.is_empty() {
+        config.udp = a.listen.clone();
+        config.tcp = a.listen.clone();
+    }
+    if let Some(path) = &a.root_hints {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        config.roots = dnsledger::resolver::config::parse_root_hints(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    if a.dnstap_unix.is_some() || a.dnstap_tcp.is_some() {
+        config.dnstap_unix = a.dnstap_unix.clone();
+        config.dnstap_tcp = a.dnstap_tcp;
+    }
+    if a.metrics.is_some() {
+        config.metrics = a.metrics;
+    }
+    Ok(config)
+}
+
 fn load_config(path: &std::path::Path) -> anyhow::Result<dnsledger::sensor::SensorConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     dnsledger::sensor::SensorConfig::parse(&text).map_err(|errors| {
         anyhow::anyhow!("{}: {} problem(s):\n  {}", path.display(), errors.len(), errors.join("\n  "))
     })
 }
+
+/// hickory-server logs every request with the client's address at info level: kept out of
+/// the default logs (privacy), like hickory's other per-query chatter.
+const DEFAULT_LOG: &str = "info,hickory_server=error,hickory_resolver=warn,hickory_net=warn,hickory_proto=warn";
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -231,7 +293,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dnsledger::generate::generate(&spec, &a.file).with_context(|| format!("write {}", a.file.display()))?;
             eprintln!("tap generate: {n} frames written to {}", a.file.display());
         }
-        Command::CheckConfig { file } => {
+        Command::CheckConfig { file, resolver: true } => {
+            resolver_config(&ResolverArgs {
+                config: Some(file.clone()),
+                listen: Vec::new(),
+                root_hints: None,
+                dnstap_unix: None,
+                dnstap_tcp: None,
+                metrics: None,
+                quiet: true,
+            })?;
+            println!("{}: ok", file.display());
+        }
+        Command::Resolver(a) => {
+            let config = resolver_config(&a)?;
+            let shutdown = shutdown_on_signals();
+            let registry = Registry::default();
+            if let Some(addr) = config.metrics {
+                dnsledger::metrics::spawn_endpoint(addr, registry.clone(), shutdown.clone())
+                    .await
+                    .with_context(|| format!("metrics on {addr}"))?;
+            }
+            dnsledger::resolver::run(config, &registry, shutdown, !a.quiet).await?;
+        }
+        Command::CheckConfig { file, resolver: false } => {
             load_config(&file)?;
             println!("{}: ok", file.display());
         }
@@ -337,7 +422,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DNSLEDGER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

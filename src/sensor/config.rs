@@ -12,9 +12,10 @@ use super::filter::{Cidr, PRIVATE_NETWORKS};
 use super::zones::IANA_ROOT_SERVERS;
 use crate::framestream::DATA_FRAME_MIN_LIMIT;
 
+/// The file as written; also the `[sensor]` table of `resolver.toml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Raw {
+pub(crate) struct Raw {
     db: Option<PathBuf>,
     sensor_id: Option<String>,
     #[serde(default)]
@@ -99,6 +100,11 @@ impl SensorConfig {
     /// Parses TOML text; `Err` lists every problem, one per line, each naming its key.
     pub fn parse(text: &str) -> Result<Self, Vec<String>> {
         let raw: Raw = toml::from_str(text).map_err(|e| vec![e.to_string().trim_end().to_string()])?;
+        Self::from_raw(raw)
+    }
+
+    /// Validates a parsed file (or table).
+    pub(crate) fn from_raw(raw: Raw) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
         let mut err = |key: &str, msg: String| errors.push(format!("{key}: {msg}"));
 

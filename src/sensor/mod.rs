@@ -484,7 +484,20 @@ pub async fn run(
     shutdown: CancellationToken,
     progress: bool,
 ) -> anyhow::Result<Totals> {
-    if config.unix.is_empty() && config.tcp.is_empty() {
+    run_fed(config, registry, shutdown, progress, None).await
+}
+
+/// [`run`] with a second input: batches of frames from this process (the resolver's tap).
+/// The feed is read until its senders are gone, also after `shutdown`, so nothing handed
+/// over is lost.
+pub async fn run_fed(
+    config: SensorConfig,
+    registry: &Registry,
+    shutdown: CancellationToken,
+    progress: bool,
+    feed: Option<mpsc::Receiver<Vec<Bytes>>>,
+) -> anyhow::Result<Totals> {
+    if config.unix.is_empty() && config.tcp.is_empty() && feed.is_none() {
         anyhow::bail!("no listener: set listen.unix or listen.tcp (or --unix/--tcp)");
     }
     let store = Store::open_with(&config.db, config.compression)?;
@@ -578,6 +591,16 @@ pub async fn run(
             lstats.clone(),
             shutdown.clone(),
         )));
+    }
+    if let Some(mut feed) = feed {
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(batch) = feed.recv().await {
+                if tx.send(batch).await.is_err() {
+                    return;
+                }
+            }
+        }));
     }
     drop(tx);
     for t in tasks {

@@ -109,18 +109,29 @@ impl ZoneMap {
             }
             let Ok(owner) = Name::from_ascii(&o.rrset.rrname) else { continue };
             let addrs: Vec<IpAddr> = o.rrset.rdata.iter().filter_map(|r| r.parse().ok()).collect();
-            if let Some(zones) = self.pending.get(&owner).cloned() {
-                for addr in &addrs {
-                    for z in &zones {
-                        self.add(*addr, z.clone());
-                    }
+            self.learn_address(owner, addrs);
+        }
+    }
+
+    /// Addresses of `owner` (an accepted A/AAAA RRset or glue): if it is a name server name,
+    /// they serve its zones; remembered for delegations seen later.
+    pub fn learn_address(&mut self, owner: Name, addrs: Vec<IpAddr>) {
+        if let Some(zones) = self.pending.get(&owner).cloned() {
+            for addr in &addrs {
+                for z in &zones {
+                    self.add(*addr, z.clone());
                 }
             }
-            if self.recent.len() >= self.limit {
-                self.recent.clear();
-            }
-            self.recent.insert(owner, addrs);
         }
+        if self.recent.len() >= self.limit {
+            self.recent.clear();
+        }
+        self.recent.insert(owner, addrs);
+    }
+
+    /// The zones `server` is known to serve.
+    pub fn zones_of(&self, server: IpAddr) -> &[Name] {
+        self.servers.get(&server).map(Vec::as_slice).unwrap_or_default()
     }
 
     /// The deepest zone served by `server` that contains `name`.

@@ -10,7 +10,8 @@
 //! process is stopped by pid when its handle is dropped, and its log is printed if the test
 //! is failing.
 //!
-//! Block numbers in use: 60 (rig_smoke), 61-64 (live_resolvers), 65-66 (sensor_live), 67 (tls_dnstap).
+//! Block numbers in use: 60 (rig_smoke), 61-64 (live_resolvers), 65-66 (sensor_live), 67 (tls_dnstap),
+//! 68-69 (resolver_live).
 
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
