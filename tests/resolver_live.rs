@@ -264,3 +264,116 @@ fn answers_taps_and_stores_like_unbound() {
     );
     assert!(ours_rows.len() > 30);
 }
+
+/// A DNS query on the wire: id, flags, one question (`www.example.com A` unless `qname` says).
+fn query_bytes(id: u16, qname: &str) -> Vec<u8> {
+    let mut m = id.to_be_bytes().to_vec();
+    m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in qname.split('.').filter(|l| !l.is_empty()) {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 1, 0, 1]);
+    m
+}
+
+/// Sends one datagram from `from`, returns the rcode of the reply (None: no reply in 2 s).
+fn udp_exchange(from: Ipv4Addr, to: SocketAddr, bytes: &[u8]) -> Option<u8> {
+    let s = std::net::UdpSocket::bind((from, 0)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.send_to(bytes, to).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = s.recv_from(&mut buf).ok()?;
+    assert!(n >= 12, "short reply");
+    Some(buf[3] & 0x0f)
+}
+
+#[test]
+fn bad_clients_are_answered_or_dropped_and_the_resolver_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let h = Hierarchy::start(69, work);
+    let client = h.client_addr(1);
+    let listen = h.resolver_addr(3);
+    let server = SocketAddr::from((listen, 53));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], tools::free_port()));
+    let config = work.join("resolver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "metrics = \"{metrics}\"\n[listen]\nudp = [\"{server}\"]\ntcp = [\"{server}\"]\nmax_inflight = 4\n\
+             tcp_idle_seconds = 2\n[access]\nallow = [\"127.69.2.0/24\"]\n\
+             [recursion]\nroot_hints = \"{}\"\nallow_servers = [\"127.69.0.0/24\"]\n",
+            h.root_hints_path().display()
+        ),
+    )
+    .unwrap();
+    let mut resolver = start_resolver(&config, listen, work);
+    let ok = |what: &str| {
+        let a = answer(server, client, "www.example.com", "A", &[]);
+        assert_eq!(a.0, "NOERROR", "after {what}");
+        let a = answer(server, client, "www.example.com", "A", &["+tcp"]);
+        assert_eq!(a.0, "NOERROR", "after {what}, over TCP");
+    };
+    ok("start");
+
+    // Malformed queries with a readable header: FORMERR (rcode 1).
+    let mut bad_count = query_bytes(1, "www.example.com");
+    bad_count[5] = 40; // 40 questions announced, one present
+    assert_eq!(udp_exchange(client, server, &bad_count), Some(1));
+    let mut loop_name = query_bytes(2, "");
+    loop_name.truncate(12);
+    loop_name.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]); // a name pointing at itself
+    assert_eq!(udp_exchange(client, server, &loop_name), Some(1));
+    let mut long_name = query_bytes(3, "");
+    long_name.truncate(12);
+    for _ in 0..5 {
+        long_name.push(63);
+        long_name.extend_from_slice(&[b'a'; 63]);
+    }
+    long_name.extend_from_slice(&[0, 0, 1, 0, 1]); // a name over 255 bytes
+    assert_eq!(udp_exchange(client, server, &long_name), Some(1));
+    // Shorter than a header, a response, an oversized datagram of garbage: no reply.
+    assert_eq!(udp_exchange(client, server, &[1, 2, 3]), None);
+    let mut response = query_bytes(4, "www.example.com");
+    response[2] |= 0x80;
+    assert_eq!(udp_exchange(client, server, &response), None);
+    let garbage: Vec<u8> = (0..60_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let _ = udp_exchange(client, server, &garbage);
+    ok("malformed datagrams");
+
+    // Garbage over TCP, a length prefix promising more than is sent, then many idle
+    // connections at once.
+    use std::io::Write;
+    let mut t = std::net::TcpStream::connect(server).unwrap();
+    t.write_all(&[0, 20, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]).unwrap();
+    let mut t2 = std::net::TcpStream::connect(server).unwrap();
+    t2.write_all(&[0xff, 0xff, 1, 2, 3]).unwrap();
+    let idle: Vec<std::net::TcpStream> = (0..300).map(|_| std::net::TcpStream::connect(server).unwrap()).collect();
+    ok("TCP garbage and 300 idle connections");
+    drop(idle);
+
+    // Outside the access list: REFUSED (rcode 5), counted.
+    let stranger = Ipv4Addr::new(127, 69, 3, 1);
+    assert_eq!(udp_exchange(stranger, server, &query_bytes(5, "www.example.com")), Some(5));
+    assert_eq!(tools::metric(metrics, "dnsledger_resolver_refused_total{reason=\"access\"}"), Some(1));
+
+    // More queries in flight than allowed (names under a server that never answers):
+    // the excess is refused at once, counted, and service resumes when they end.
+    let waiting: Vec<std::thread::JoinHandle<Option<u8>>> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || udp_exchange(client, server, &query_bytes(100 + i, &format!("q{i}.dead.test"))))
+        })
+        .collect();
+    let replies: Vec<Option<u8>> = waiting.into_iter().map(|w| w.join().unwrap()).collect();
+    let refused = replies.iter().filter(|r| **r == Some(5)).count();
+    assert!(refused >= 4, "8 slow queries, 4 allowed in flight: {replies:?}");
+    assert!(tools::metric(metrics, "dnsledger_resolver_refused_total{reason=\"overload\"}").unwrap() >= 4);
+    wait_for("in-flight queries to finish", Duration::from_secs(90), || {
+        answer(server, client, "www.other.test", "A", &[]).0 == "NOERROR"
+    });
+    ok("overload");
+    assert!(resolver.is_running(), "{}", resolver.stderr());
+    let log = resolver.terminate();
+    assert!(!log.contains("127.69.2.1"), "a client address reached the log:\n{log}");
+}
