@@ -39,6 +39,8 @@ pub struct UnboundOptions {
     pub identity: String,
     /// Extra lines for the `server:` section (e.g. `qname-minimisation: yes`), indented or not.
     pub extra_server: String,
+    /// Log CLIENT_QUERY / CLIENT_RESPONSE as well as the RESOLVER_* messages.
+    pub client_messages: bool,
 }
 
 impl UnboundOptions {
@@ -48,6 +50,7 @@ impl UnboundOptions {
             bidirectional: true,
             identity: "unbound.rig".to_string(),
             extra_server: String::new(),
+            client_messages: true,
         }
     }
 }
@@ -195,10 +198,11 @@ fn unbound_conf(listen: Ipv4Addr, dir: &Path, hints: &Path, options: &UnboundOpt
              \x20   dnstap-identity: \"{}\"\n\
              \x20   dnstap-log-resolver-query-messages: yes\n\
              \x20   dnstap-log-resolver-response-messages: yes\n\
-             \x20   dnstap-log-client-query-messages: yes\n\
-             \x20   dnstap-log-client-response-messages: yes\n",
+             \x20   dnstap-log-client-query-messages: {client}\n\
+             \x20   dnstap-log-client-response-messages: {client}\n",
             if options.bidirectional { "yes" } else { "no" },
             options.identity,
+            client = if options.client_messages { "yes" } else { "no" },
         ));
     }
     conf

@@ -1,0 +1,201 @@
+//! Resolver benchmark with `dnsperf` on the loopback rig (needs root and the rig's packages,
+//! like the tests): `dnsledger resolver` against unbound on the same hierarchy in the same run,
+//! one thread each, both sending dnstap to `fstrm_capture`, plus ours with dnstap off.
+//!
+//! - cached: 10 names asked over and over for `BENCH_SECONDS` (default 10);
+//! - cache miss: unique names under a wildcard (`r<round>-<n>.wild.example.com A`), each one
+//!   an upstream exchange with example.com's server (delegations cached), run through once.
+//!
+//! Rounds alternate between the resolvers; medians are printed.
+//! `cargo build --release && cargo run --release --example resolver_bench`
+//! (release binary at target/release/dnsledger, or `DNSLEDGER_BIN`).
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{DnstapOut, FstrmCapture, Hierarchy, Unbound, UnboundOptions};
+
+const BLOCK: u8 = 70;
+const ROUNDS: usize = 3;
+const MISS_NAMES: usize = 20_000;
+const CACHED: &[&str] = &[
+    "www.example.com A",
+    "www.example.com AAAA",
+    "mail.example.com A",
+    "example.com MX",
+    "example.com TXT",
+    "txt.example.com TXT",
+    "ftp.example.com A",
+    "www.bank.com A",
+    "www.evil.test A",
+    "80.2.0.192.in-addr.arpa PTR",
+];
+
+struct Resolver {
+    name: &'static str,
+    addr: Ipv4Addr,
+    pid: u32,
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// dnsperf against `r`, with the share of one core the resolver used meanwhile.
+fn measure(r: &Resolver, client: Ipv4Addr, data: &Path, extra: &[&str]) -> (f64, f64, String) {
+    let (cpu0, t0) = (cpu_seconds(r.pid), std::time::Instant::now());
+    let (qps, lost) = dnsperf(r.addr, client, data, extra);
+    let cpu = (cpu_seconds(r.pid) - cpu0) / t0.elapsed().as_secs_f64();
+    (qps, cpu, lost)
+}
+
+fn dnsperf(server: Ipv4Addr, client: Ipv4Addr, data: &Path, extra: &[&str]) -> (f64, String) {
+    let out = Command::new("dnsperf")
+        .args(["-s", &server.to_string(), "-a", &client.to_string(), "-d"])
+        .arg(data)
+        .args(["-c", "10", "-q", "200", "-t", "10"])
+        .args(extra)
+        .output()
+        .expect("dnsperf (Debian package dnsperf)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let qps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Queries per second:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no QPS in dnsperf output:\n{text}"));
+    let lost = text.lines().find(|l| l.contains("Queries lost:")).unwrap_or("").trim().to_string();
+    (qps, lost)
+}
+
+fn start_ours(bin: &Path, work: &Path, h: &Hierarchy, listen: Ipv4Addr, dnstap: Option<&Path>) -> Child {
+    let config = work.join(format!("resolver-{listen}.toml"));
+    let mut text = format!(
+        "[listen]\nudp = [\"{listen}:53\"]\ntcp = [\"{listen}:53\"]\n[access]\nallow = [\"127.{BLOCK}.2.0/24\"]\n\
+         [recursion]\nroot_hints = \"{}\"\nallow_servers = [\"127.{BLOCK}.0.0/24\"]\nsource_v4 = \"{listen}\"\n",
+        h.root_hints_path().display()
+    );
+    if let Some(sock) = dnstap {
+        text.push_str(&format!("[dnstap]\nunix = \"{}\"\n", sock.display()));
+    }
+    std::fs::write(&config, text).unwrap();
+    let log = std::fs::File::create(work.join(format!("resolver-{listen}.log"))).unwrap();
+    let child = Command::new(bin)
+        .args(["resolver", "-c"])
+        .arg(&config)
+        .stderr(log)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start dnsledger resolver");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(SocketAddr::from((listen, 53))).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("resolver on {listen} did not start; see {}", work.display());
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let bin = std::env::var_os("DNSLEDGER_BIN").map(PathBuf::from).unwrap_or_else(|| "target/release/dnsledger".into());
+    assert!(bin.exists(), "{} not built: cargo build --release", bin.display());
+    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let h = Hierarchy::start(BLOCK, work);
+    let client = h.client_addr(1);
+
+    let unbound_sock = work.join("unbound.sock");
+    let _unbound_capture = FstrmCapture::unix(&unbound_sock, &work.join("unbound.fstrm"));
+    let mut options = UnboundOptions::new(DnstapOut::Unix(unbound_sock));
+    // Resolver messages only, as ours emits.
+    options.client_messages = false;
+    let unbound = Unbound::start_with(&h, h.resolver_addr(1), options, work);
+    let ours_sock = work.join("ours.sock");
+    let _ours_capture = FstrmCapture::unix(&ours_sock, &work.join("ours.fstrm"));
+    let mut ours = start_ours(&bin, work, &h, h.resolver_addr(3), Some(&ours_sock));
+    let mut ours_off = start_ours(&bin, work, &h, h.resolver_addr(4), None);
+    let resolvers = [
+        Resolver { name: "unbound (dnstap on)", addr: h.resolver_addr(1), pid: unbound.pid() },
+        Resolver { name: "dnsledger (dnstap on)", addr: h.resolver_addr(3), pid: ours.id() },
+        Resolver { name: "dnsledger (dnstap off)", addr: h.resolver_addr(4), pid: ours_off.id() },
+    ];
+
+    let cached = work.join("cached.txt");
+    std::fs::write(&cached, CACHED.join("\n") + "\n").unwrap();
+    for r in &resolvers {
+        dnsperf(r.addr, client, &cached, &["-n", "1"]); // warm the cache
+    }
+    let mut cached_qps = vec![Vec::new(); resolvers.len()];
+    let mut miss_qps = vec![Vec::new(); resolvers.len()];
+    for round in 0..ROUNDS {
+        for (i, r) in resolvers.iter().enumerate() {
+            let (qps, cpu, lost) = measure(r, client, &cached, &["-l", &seconds.to_string()]);
+            println!("round {round} cached  {:<24} {qps:>10.0} qps  cpu {:>3.0}%  {lost}", r.name, cpu * 100.0);
+            cached_qps[i].push(qps);
+            let names = work.join(format!("miss-{round}-{i}.txt"));
+            let text: String = (0..MISS_NAMES).map(|n| format!("r{round}-{i}-{n}.wild.example.com A\n")).collect();
+            std::fs::write(&names, text).unwrap();
+            let (qps, cpu, lost) = measure(r, client, &names, &["-n", "1"]);
+            println!("round {round} miss    {:<24} {qps:>10.0} qps  cpu {:>3.0}%  {lost}", r.name, cpu * 100.0);
+            miss_qps[i].push(qps);
+        }
+    }
+    println!("\nmedians of {ROUNDS} rounds (queries/s)");
+    println!("{:<24} {:>10} {:>10}", "resolver", "cached", "miss");
+    for (i, r) in resolvers.iter().enumerate() {
+        println!("{:<24} {:>10.0} {:>10.0}", r.name, median(&mut cached_qps[i]), median(&mut miss_qps[i]));
+    }
+    if let Ok(seconds) = std::env::var("BENCH_PROFILE_SECONDS") {
+        // perf profile of ours (dnstap on) answering from the cache, then missing it.
+        for (what, data, extra) in
+            [("cached", cached.clone(), vec!["-l", "5"]), ("miss", work.join("miss-0-1.txt"), vec!["-n", "1"])]
+        {
+            let out = work.join(format!("perf-{what}.data"));
+            let mut perf = Command::new("perf")
+                .args(["record", "-g", "-p", &ours.id().to_string(), "-o"])
+                .arg(&out)
+                .args(["--", "sleep", &seconds])
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("perf");
+            std::thread::sleep(Duration::from_millis(300));
+            if what == "miss" {
+                let text: String = (0..MISS_NAMES).map(|n| format!("p-{n}.wild.example.com A\n")).collect();
+                std::fs::write(&data, text).unwrap();
+            }
+            dnsperf(resolvers[1].addr, client, &data, &extra);
+            let _ = perf.wait();
+            let report = Command::new("perf")
+                .args(["report", "--no-children", "--percent-limit", "2", "--stdio", "-g", "none", "-i"])
+                .arg(&out)
+                .output()
+                .expect("perf report");
+            println!(
+                "\nperf, {what}:\n{}",
+                String::from_utf8_lossy(&report.stdout)
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                    .take(25)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+    let _ = ours.kill();
+    let _ = ours_off.kill();
+}
