@@ -11,7 +11,7 @@
 //! (release binary at target/release/dnsledger, or `DNSLEDGER_BIN`).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -89,7 +89,7 @@ fn start_ours(bin: &Path, work: &Path, h: &Hierarchy, listen: Ipv4Addr, dnstap: 
     }
     std::fs::write(&config, text).unwrap();
     let log = std::fs::File::create(work.join(format!("resolver-{listen}.log"))).unwrap();
-    let child = Command::new(bin)
+    let mut child = Command::new(bin)
         .args(["resolver", "-c"])
         .arg(&config)
         .stderr(log)
@@ -102,6 +102,8 @@ fn start_ours(bin: &Path, work: &Path, h: &Hierarchy, listen: Ipv4Addr, dnstap: 
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("resolver on {listen} did not start; see {}", work.display());
 }
 
@@ -196,6 +198,8 @@ fn main() {
             );
         }
     }
-    let _ = ours.kill();
-    let _ = ours_off.kill();
+    for child in [&mut ours, &mut ours_off] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
