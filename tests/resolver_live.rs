@@ -4,7 +4,7 @@
 //! unbound's for the same upstream questions; and its in-process sensor must build the same
 //! passive DNS store as a sensor fed by unbound.
 //!
-//! Address blocks: 68 (side by side), 69 (bad clients).
+//! Address blocks: 68 (side by side), 69 (bad clients), 71 (client messages).
 
 mod common;
 mod tools;
@@ -205,6 +205,10 @@ fn answers_taps_and_stores_like_unbound() {
     let rq = lines.iter().filter(|l| l.split_whitespace().nth(2) == Some("RQ")).count();
     assert!(rr > 20 && rq >= rr, "dnstap-ldns: {rq} RQ, {rr} RR:\n{}", lines.join("\n"));
     assert!(lines.iter().any(|l| l.contains(" RR ") && l.contains(" TCP ")), "the TCP retry is tapped");
+    assert!(
+        !lines.iter().any(|l| matches!(l.split_whitespace().nth(2), Some("CQ" | "CR"))),
+        "client messages are opt-in"
+    );
     let go = Command::new(common::binary("dnstap", "golang-github-dnstap-golang-dnstap-cli"))
         .arg("-r")
         .arg(&ours_file)
@@ -376,4 +380,64 @@ fn bad_clients_are_answered_or_dropped_and_the_resolver_keeps_serving() {
     assert!(resolver.is_running(), "{}", resolver.stderr());
     let log = resolver.terminate();
     assert!(!log.contains("127.69.2.1"), "a client address reached the log:\n{log}");
+}
+
+#[test]
+fn client_messages_when_asked_for_record_what_the_client_got() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let h = Hierarchy::start(71, work);
+    let client = h.client_addr(1);
+    let listen = h.resolver_addr(3);
+    let server = SocketAddr::from((listen, 53));
+    let sock = work.join("dnstap.sock");
+    let mut capture = FstrmCapture::unix(&sock, &work.join("client.fstrm"));
+    let config = work.join("resolver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nudp = [\"{server}\"]\ntcp = [\"{server}\"]\n[access]\nallow = [\"127.71.2.0/24\"]\n\
+             [recursion]\nroot_hints = \"{}\"\nallow_servers = [\"127.71.0.0/24\"]\n\
+             [dnstap]\nunix = \"{}\"\nclient_messages = true\nresolver_queries = false\n",
+            h.root_hints_path().display(),
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let resolver = start_resolver(&config, listen, work);
+    let udp = dig_with(server, Some(client), "www.example.com", "A", &[]);
+    let tcp = dig_with(server, Some(client), "big.example.com", "TXT", &["+tcp"]);
+    assert_eq!((udp.rcode.as_str(), tcp.answer.len()), ("NOERROR", 20));
+    let log = resolver.terminate();
+    assert!(log.contains("CLIENT_* dnstap on"), "{log}");
+    let file = capture.stop();
+
+    let mut queries = Vec::new();
+    let mut responses = Vec::new();
+    for frame in tools::frames_of(&file) {
+        let m = decode(frame.into()).unwrap().message;
+        match m.kind {
+            MessageType::ClientQuery => queries.push(m),
+            MessageType::ClientResponse => responses.push(m),
+            MessageType::ResolverResponse => {}
+            other => panic!("unexpected {other:?} (resolver_queries = false)"),
+        }
+    }
+    assert_eq!((queries.len(), responses.len()), (2, 2));
+    for (q, r) in queries.iter().zip(&responses) {
+        assert_eq!(q.query_address, Some(IpAddr::V4(client)));
+        assert_eq!(r.query_port, q.query_port);
+        let asked = parse_dns(q.query_message.as_ref().unwrap()).unwrap();
+        let got = parse_dns(r.response_message.as_ref().unwrap()).unwrap();
+        assert_eq!(asked.metadata.id, got.metadata.id, "the response answers that query");
+    }
+    let udp_response = parse_dns(responses[0].response_message.as_ref().unwrap()).unwrap();
+    let addrs: Vec<String> = udp_response.answers.iter().map(|r| r.data.to_string()).collect();
+    assert_eq!(addrs, udp.rdata("A"), "CLIENT_RESPONSE holds what dig got");
+    let tcp_response = parse_dns(responses[1].response_message.as_ref().unwrap()).unwrap();
+    assert_eq!(tcp_response.answers.len(), 20);
+    assert_eq!(responses[1].socket_protocol, Some(dnsledger::dnstap::SocketProtocol::Tcp));
+    // dnstap-ldns reads them as client messages.
+    let lines = dnstap_quiet(&file);
+    assert_eq!(lines.iter().filter(|l| l.split_whitespace().nth(2) == Some("CR")).count(), 2, "{lines:?}");
 }

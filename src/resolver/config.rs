@@ -67,6 +67,7 @@ struct RawDnstap {
     version: Option<String>,
     queue_frames: Option<usize>,
     resolver_queries: Option<bool>,
+    client_messages: Option<bool>,
 }
 
 /// DNSSEC handling of the recursor.
@@ -105,6 +106,8 @@ pub struct ResolverConfig {
     pub version: Option<String>,
     pub queue_frames: usize,
     pub resolver_queries: bool,
+    /// CLIENT_QUERY / CLIENT_RESPONSE too (personal data: opt-in).
+    pub client_messages: bool,
     pub sensor: Option<SensorConfig>,
     pub metrics: Option<SocketAddr>,
 }
@@ -288,6 +291,7 @@ impl ResolverConfig {
             version: d.version.or_else(|| Some(format!("dnsledger {}", env!("CARGO_PKG_VERSION")))),
             queue_frames,
             resolver_queries: d.resolver_queries.unwrap_or(true),
+            client_messages: d.client_messages.unwrap_or(false),
             sensor,
             metrics,
         })
@@ -345,6 +349,7 @@ mod tests {
         assert_eq!(c.roots.len(), IANA_ROOT_SERVERS.len());
         assert!(c.allow.iter().all(|a| a.addr.is_loopback()));
         assert!(c.deny_servers.is_none() && c.sensor.is_none() && c.dnstap_unix.is_none());
+        assert!(!c.client_messages, "client data is opt-in");
         assert_eq!(c.udp, vec![DEFAULT_LISTEN.parse::<SocketAddr>().unwrap()]);
     }
 

@@ -12,6 +12,7 @@
 //! ```
 //! Configuration: [`config`]; reference in docs/RESOLVER.md.
 
+mod client;
 pub mod config;
 mod emit;
 mod tap;
@@ -268,6 +269,8 @@ impl ZoneHandler for Recursion {
 /// in number, timed.
 struct Frontend {
     catalog: Catalog,
+    /// Set when CLIENT_* dnstap is asked for.
+    client_tap: Option<Arc<client::ClientTap>>,
     allow: Vec<Cidr>,
     inflight: Semaphore,
     stats: Arc<ResolverStats>,
@@ -314,7 +317,21 @@ impl RequestHandler for Frontend {
         };
         let start = Instant::now();
         let upstream = Arc::new(AtomicU32::new(0));
-        let info = UPSTREAM.scope(upstream.clone(), self.catalog.handle_request::<R, T>(request, response)).await;
+        let info = match &self.client_tap {
+            None => UPSTREAM.scope(upstream.clone(), self.catalog.handle_request::<R, T>(request, response)).await,
+            Some(tap) => {
+                let now = std::time::SystemTime::now();
+                tap.query(request.src(), request.protocol(), request.as_slice(), now);
+                let recording = client::Recording {
+                    inner: response,
+                    tap: tap.clone(),
+                    client: request.src(),
+                    protocol: request.protocol(),
+                    query_time: now,
+                };
+                UPSTREAM.scope(upstream.clone(), self.catalog.handle_request::<_, T>(request, recording)).await
+            }
+        };
         self.stats.latency.observe(start.elapsed());
         self.stats.responses.inc(rcode_label(info.response_code));
         if upstream.load(Ordering::Relaxed) == 0 {
@@ -403,6 +420,14 @@ pub async fn run(
     }
 
     let emitter = Emitter::new(writer.as_ref().map(|(tx, _)| tx.clone()), sensor_input, stats.clone());
+    let client_tap = config.client_messages.then(|| {
+        tracing::warn!("CLIENT_* dnstap on: frames carry client addresses and questions");
+        Arc::new(client::ClientTap {
+            identity: config.identity.clone().map(Bytes::from),
+            version: config.version.clone().map(Bytes::from),
+            emitter: emitter.clone(),
+        })
+    });
     let tap = Arc::new(Tap::new(
         TapConfig {
             identity: config.identity.clone().map(Bytes::from),
@@ -420,8 +445,13 @@ pub async fn run(
     let mut catalog = Catalog::new();
     let origin = LowerName::from(Name::root());
     catalog.upsert(origin.clone(), vec![Arc::new(Recursion { origin, recursor })]);
-    let frontend =
-        Frontend { catalog, allow: config.allow.clone(), inflight: Semaphore::new(config.max_inflight), stats };
+    let frontend = Frontend {
+        catalog,
+        client_tap,
+        allow: config.allow.clone(),
+        inflight: Semaphore::new(config.max_inflight),
+        stats,
+    };
 
     let mut server = Server::new(frontend);
     for addr in &config.udp {

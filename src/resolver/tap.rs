@@ -69,7 +69,7 @@ enum Transport {
     Tcp,
 }
 
-fn timestamp(t: SystemTime) -> Timestamp {
+pub(crate) fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     Timestamp { sec: d.as_secs(), nsec: d.subsec_nanos() }
 }
