@@ -63,7 +63,7 @@ fn dnsperf(server: Ipv4Addr, client: Ipv4Addr, data: &Path, extra: &[&str]) -> (
     let out = Command::new("dnsperf")
         .args(["-s", &server.to_string(), "-a", &client.to_string(), "-d"])
         .arg(data)
-        .args(["-c", "10", "-q", "200", "-t", "10"])
+        .args(["-c", "10", "-t", "10"])
         .args(extra)
         .output()
         .expect("dnsperf (Debian package dnsperf)");
@@ -115,6 +115,8 @@ fn median(v: &mut [f64]) -> f64 {
 fn main() {
     let bin = std::env::var_os("DNSLEDGER_BIN").map(PathBuf::from).unwrap_or_else(|| "target/release/dnsledger".into());
     assert!(bin.exists(), "{} not built: cargo build --release", bin.display());
+    // Queries outstanding in the miss runs: 1 shows the latency of one resolution.
+    let outstanding = std::env::var("BENCH_MISS_OUTSTANDING").unwrap_or_else(|_| "200".into());
     let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path();
@@ -140,19 +142,19 @@ fn main() {
     let cached = work.join("cached.txt");
     std::fs::write(&cached, CACHED.join("\n") + "\n").unwrap();
     for r in &resolvers {
-        dnsperf(r.addr, client, &cached, &["-n", "1"]); // warm the cache
+        dnsperf(r.addr, client, &cached, &["-q", "200", "-n", "1"]); // warm the cache
     }
     let mut cached_qps = vec![Vec::new(); resolvers.len()];
     let mut miss_qps = vec![Vec::new(); resolvers.len()];
     for round in 0..ROUNDS {
         for (i, r) in resolvers.iter().enumerate() {
-            let (qps, cpu, lost) = measure(r, client, &cached, &["-l", &seconds.to_string()]);
+            let (qps, cpu, lost) = measure(r, client, &cached, &["-q", "200", "-l", &seconds.to_string()]);
             println!("round {round} cached  {:<24} {qps:>10.0} qps  cpu {:>3.0}%  {lost}", r.name, cpu * 100.0);
             cached_qps[i].push(qps);
             let names = work.join(format!("miss-{round}-{i}.txt"));
             let text: String = (0..MISS_NAMES).map(|n| format!("r{round}-{i}-{n}.wild.example.com A\n")).collect();
             std::fs::write(&names, text).unwrap();
-            let (qps, cpu, lost) = measure(r, client, &names, &["-n", "1"]);
+            let (qps, cpu, lost) = measure(r, client, &names, &["-q", &outstanding, "-n", "1"]);
             println!("round {round} miss    {:<24} {qps:>10.0} qps  cpu {:>3.0}%  {lost}", r.name, cpu * 100.0);
             miss_qps[i].push(qps);
         }
@@ -180,7 +182,7 @@ fn main() {
                 let text: String = (0..MISS_NAMES).map(|n| format!("p-{n}.wild.example.com A\n")).collect();
                 std::fs::write(&data, text).unwrap();
             }
-            dnsperf(resolvers[1].addr, client, &data, &extra);
+            dnsperf(resolvers[1].addr, client, &data, &[&["-q", "200"], extra.as_slice()].concat());
             let _ = perf.wait();
             let report = Command::new("perf")
                 .args(["report", "--no-children", "--percent-limit", "2", "--stdio", "-g", "none", "-i"])
