@@ -15,12 +15,16 @@
 //! - [`dnstap`]: dnstap protobuf types, decoding to our own types, rendering.
 //! - [`dns`]: presentation-format helpers (mnemonics, rdata text).
 //! - [`resolver`]: hickory recursion with an upstream dnstap tap (`dnsledger resolver`).
+//! - [`forward`]: the outbox to the next hop over mutual TLS; [`collector`]: exactly-once
+//!   merge of senders' batches.
 //! - [`tap`]: the `dnsledger tap` debugging tool built on the two above.
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
 //! - [`tls`]: rustls configuration from PEM files.
 
+pub mod collector;
 pub mod dns;
 pub mod dnstap;
+pub mod forward;
 pub mod framestream;
 pub mod generate;
 pub mod metrics;

@@ -29,6 +29,8 @@ enum Command {
     /// Check a sensor configuration file and report every problem.
     /// Recursive resolver (hickory) that emits dnstap of every upstream exchange.
     Resolver(ResolverArgs),
+    /// The upstream end of forwarding: sensors' batches over mutual TLS, applied exactly once.
+    Collector(CollectorArgs),
     /// Check a configuration file and report every problem.
     CheckConfig {
         /// The sensor.toml (or, with --resolver, resolver.toml) to check.
@@ -39,6 +41,31 @@ enum Command {
     },
     /// Query a local store (stop the sensor first: sled allows one process per store).
     Query(dnsledger::query::QueryArgs),
+}
+
+#[derive(Args)]
+struct CollectorArgs {
+    /// Store directory.
+    #[arg(long)]
+    db: PathBuf,
+    /// Address senders connect to.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The collector's certificate chain (PEM).
+    #[arg(long)]
+    tls_cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long)]
+    tls_key: PathBuf,
+    /// CA (PEM) that senders' certificates must chain to; a sender's id is its certificate's CN.
+    #[arg(long)]
+    client_ca: PathBuf,
+    /// Most connections at once.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -304,6 +331,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 quiet: true,
             })?;
             println!("{}: ok", file.display());
+        }
+        Command::Collector(a) => {
+            anyhow::ensure!(a.max_connections > 0, "--max-connections must be at least 1");
+            let shutdown = shutdown_on_signals();
+            let registry = Registry::default();
+            if let Some(addr) = a.metrics {
+                dnsledger::metrics::spawn_endpoint(addr, registry.clone(), shutdown.clone())
+                    .await
+                    .with_context(|| format!("metrics on {addr}"))?;
+            }
+            let config = dnsledger::collector::CollectorConfig {
+                db: a.db,
+                listen: a.listen,
+                cert: a.tls_cert,
+                key: a.tls_key,
+                client_ca: a.client_ca,
+                max_connections: a.max_connections,
+            };
+            dnsledger::collector::run(config, &registry, shutdown).await?;
         }
         Command::Resolver(a) => {
             let config = resolver_config(&a)?;

@@ -1,5 +1,5 @@
 //! TLS configuration from PEM files (rustls with the ring provider), shared by the dnstap
-//! listener (unbound can send dnstap over TLS) and, later, the forwarding link.
+//! listener (unbound can send dnstap over TLS) and the forwarding link (mutual TLS).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,4 +59,17 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Resul
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(builder.with_single_cert(load_certs(cert)?, load_key(key)?)?))
+}
+
+/// A TLS client configuration that trusts only `ca` and authenticates with (`cert`, `key`).
+pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(|e| TlsError::ClientCa { path: ca.into(), reason: e.to_string() })?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(load_certs(cert)?, load_key(key)?)?;
+    Ok(Arc::new(config))
 }

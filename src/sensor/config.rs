@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::filter::{Cidr, PRIVATE_NETWORKS};
 use super::zones::IANA_ROOT_SERVERS;
+use crate::forward::ForwardConfig;
 use crate::framestream::DATA_FRAME_MIN_LIMIT;
 
 /// The file as written; also the `[sensor]` table of `resolver.toml`.
@@ -28,7 +29,18 @@ pub(crate) struct Raw {
     aggregate: RawAggregate,
     #[serde(default)]
     store: RawStore,
+    forward: Option<RawForward>,
     metrics: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    collector: String,
+    server_name: String,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +105,8 @@ pub struct SensorConfig {
     pub window_keys: usize,
     pub outbox: bool,
     pub compression: bool,
+    /// Forward the outbox to a collector or relay (implies the outbox).
+    pub forward: Option<ForwardConfig>,
     pub metrics: Option<SocketAddr>,
 }
 
@@ -182,6 +196,20 @@ impl SensorConfig {
                 None
             }
         });
+        let forward = raw.forward.and_then(|f| {
+            if f.server_name.is_empty() {
+                err("forward.server_name", "empty".into());
+            }
+            match f.collector.parse() {
+                Ok(collector) => {
+                    Some(ForwardConfig { collector, server_name: f.server_name, ca: f.ca, cert: f.cert, key: f.key })
+                }
+                Err(_) => {
+                    err("forward.collector", format!("`{}` is not host:port", f.collector));
+                    None
+                }
+            }
+        });
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -201,8 +229,9 @@ impl SensorConfig {
             private_networks,
             window: Duration::from_secs(window_seconds),
             window_keys,
-            outbox: raw.aggregate.outbox.unwrap_or(false),
+            outbox: raw.aggregate.outbox.unwrap_or(false) || forward.is_some(),
             compression,
+            forward,
             metrics,
         })
     }

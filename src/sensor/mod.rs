@@ -544,6 +544,7 @@ pub async fn run_fed(
             closing.store(true, std::sync::atomic::Ordering::Relaxed);
         });
     }
+    let forward_store = p.store().clone();
     let pipeline = {
         let stats = stats.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<Totals> {
@@ -582,6 +583,12 @@ pub async fn run_fed(
             }
         });
     }
+    let forwarder = config.forward.clone().map(|f| {
+        let fstats = Arc::new(crate::forward::ForwardStats::default());
+        registry.register(fstats.clone());
+        tracing::info!(collector = %f.collector, "forwarding the outbox");
+        tokio::spawn(crate::forward::run(f, forward_store.clone(), fstats, shutdown.clone()))
+    });
     let mut tasks = Vec::new();
     for l in listeners {
         tasks.push(tokio::spawn(crate::framestream::listener::run(
@@ -607,5 +614,8 @@ pub async fn run_fed(
         let _ = t.await;
     }
     let _ = ticker.await;
+    if let Some(f) = forwarder {
+        let _ = f.await;
+    }
     pipeline.await?
 }

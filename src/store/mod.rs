@@ -6,7 +6,10 @@
 //! - `I` + 16-byte address (IPv4 mapped) + RRset key: A/AAAA rdata, for prefix/range scans.
 //! - `T` + reversed target name, `0x00`, RRset key: NS, CNAME, PTR, DNAME, MX, SRV targets.
 //! - `O` + sequence number: the deltas of one flush, for the next hop (opt-in).
-//! - `M...`: counters (stored RRsets, outbox sequence).
+//! - `M...`: counters (stored RRsets, outbox sequence), the outbox stream id.
+//! - `S` + sender id: (stream, last applied sequence) of each sender (collector side), written
+//!   in the same batch as the merge it marks: exactly once.
+//! - `C` + RRset key + `0x00` + sender id: which senders contributed an RRset.
 //!
 //! A merge is one atomic sled batch (counters, index entries of new RRsets, outbox batch):
 //! either all of it is applied or none. [`Store::sync`] then makes it durable; a failed sync
@@ -125,11 +128,23 @@ impl NamePattern {
 }
 
 /// Counts of one merge.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MergeStats {
     pub new_keys: u64,
     pub updated_keys: u64,
     pub outbox_seq: Option<u64>,
+}
+
+/// What [`Store::merge_from`] did with a sender's batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Merged(MergeStats),
+    /// Applied before; nothing changed.
+    Duplicate,
+    /// Sequences were skipped: refused, nothing changed.
+    Gap {
+        expected: u64,
+    },
 }
 
 /// A handle on the store; clones share it (sled is internally synchronised).
@@ -149,6 +164,9 @@ const TAG_BY_TARGET: u8 = b'T';
 const TAG_OUTBOX: u8 = b'O';
 const META_OUTBOX_SEQ: &[u8] = b"Moutbox_seq";
 const META_RRSETS: &[u8] = b"Mrrsets";
+const META_STREAM: &[u8] = b"Mstream";
+const TAG_SENDER: u8 = b'S';
+const TAG_CONTRIBUTOR: u8 = b'C';
 
 fn tagged(tag: u8, rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(rest.len() + 1);
@@ -188,7 +206,103 @@ impl Store {
     /// index entries for RRsets seen for the first time; with `outbox`, the deltas are also
     /// queued for the next hop. One atomic batch; [`Store::sync`] makes it durable.
     pub fn merge(&self, deltas: &[Delta], outbox: bool) -> Result<MergeStats, StoreError> {
+        self.merge_with(deltas, outbox, sled::Batch::default())
+    }
+
+    /// Applies a sender's batch exactly once: the sender's mark (stream, sequence) is written
+    /// in the same atomic batch as the merge, so a crash leaves both or neither. Within a
+    /// stream, sequences must follow one another: a repeat is a [`Applied::Duplicate`], a jump
+    /// is refused ([`Applied::Gap`]) rather than silently losing what is missing. A new
+    /// stream (a sender whose store was re-created) starts a new sequence space.
+    pub fn merge_from(
+        &self,
+        sender: &str,
+        stream: u64,
+        sequence: u64,
+        deltas: &[Delta],
+        outbox: bool,
+    ) -> Result<Applied, StoreError> {
+        let mark_key = tagged(TAG_SENDER, sender.as_bytes());
+        if let Some(mark) = self.t.get(&mark_key)? {
+            let (s, last) = (u64_of(&mark[..8]), u64_of(&mark[8..]));
+            if s == stream && sequence <= last {
+                return Ok(Applied::Duplicate);
+            }
+            if s == stream && sequence != last + 1 {
+                return Ok(Applied::Gap { expected: last + 1 });
+            }
+        }
         let mut batch = sled::Batch::default();
+        let mut mark = stream.to_be_bytes().to_vec();
+        mark.extend_from_slice(&sequence.to_be_bytes());
+        batch.insert(mark_key, mark);
+        for d in deltas {
+            let mut k = tagged(TAG_CONTRIBUTOR, &rrset_key(&d.rrset));
+            k.push(0);
+            k.extend_from_slice(sender.as_bytes());
+            batch.insert(k, &[]);
+        }
+        Ok(Applied::Merged(self.merge_with(deltas, outbox, batch)?))
+    }
+
+    /// The (stream, last sequence) applied from each sender.
+    pub fn sender_marks(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.t.scan_prefix([TAG_SENDER]) {
+            let (k, v) = item?;
+            if v.len() != 16 {
+                return Err(StoreError::Corrupt(k.to_vec()));
+            }
+            out.push((String::from_utf8_lossy(&k[1..]).into_owned(), u64_of(&v[..8]), u64_of(&v[8..])));
+        }
+        Ok(out)
+    }
+
+    /// The senders that contributed an RRset.
+    pub fn contributors(&self, rrset: &Rrset) -> Result<Vec<String>, StoreError> {
+        let mut prefix = tagged(TAG_CONTRIBUTOR, &rrset_key(rrset));
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.t.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// This store's outbox stream id: random, made once when the store is created, so the next
+    /// hop can tell a re-created store (sequences starting over) from a replay.
+    pub fn stream_id(&self) -> Result<u64, StoreError> {
+        if let Some(v) = self.t.get(META_STREAM)? {
+            return Ok(u64_of(&v));
+        }
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let id = (nanos as u64) ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+        match self.t.compare_and_swap(META_STREAM, None as Option<&[u8]>, Some(&id.to_be_bytes()[..]))? {
+            Ok(()) => Ok(id),
+            Err(current) => Ok(current.current.map(|v| u64_of(&v)).unwrap_or(id)),
+        }
+    }
+
+    /// The oldest outbox batch.
+    pub fn outbox_oldest(&self) -> Result<Option<(u64, Vec<Delta>)>, StoreError> {
+        match self.t.scan_prefix([TAG_OUTBOX]).next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item?;
+                let deltas = decode_deltas(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
+                Ok(Some((u64_of(&k[1..]), deltas)))
+            }
+        }
+    }
+
+    /// Deletes an outbox batch once the next hop holds it durably.
+    pub fn outbox_remove(&self, sequence: u64) -> Result<(), StoreError> {
+        self.t.remove(tagged(TAG_OUTBOX, &sequence.to_be_bytes()))?;
+        Ok(())
+    }
+
+    fn merge_with(&self, deltas: &[Delta], outbox: bool, mut batch: sled::Batch) -> Result<MergeStats, StoreError> {
         let mut stats = MergeStats::default();
         let mut new_positive = 0u64;
         for d in deltas {
@@ -556,6 +670,53 @@ fn decode_deltas(mut b: &[u8]) -> Option<Vec<Delta>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_senders_batches_apply_exactly_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let d = |count| Delta {
+            kind: Kind::Positive,
+            rrset: rr("www.example.com.", 1, "example.com.", &["192.0.2.1"]),
+            first: 10,
+            last: 20,
+            count,
+        };
+        assert!(matches!(s.merge_from("s1", 7, 1, &[d(2)], false).unwrap(), Applied::Merged(_)));
+        assert_eq!(s.merge_from("s1", 7, 1, &[d(2)], false).unwrap(), Applied::Duplicate);
+        assert_eq!(s.merge_from("s1", 7, 3, &[d(5)], false).unwrap(), Applied::Gap { expected: 2 });
+        assert!(matches!(s.merge_from("s1", 7, 2, &[d(3)], false).unwrap(), Applied::Merged(_)));
+        assert!(matches!(s.merge_from("s2", 1, 40, &[d(1)], false).unwrap(), Applied::Merged(_)));
+        // s1's store was re-created: a new stream, sequences start over.
+        assert!(matches!(s.merge_from("s1", 8, 1, &[d(10)], false).unwrap(), Applied::Merged(_)));
+        let e: Vec<Entry> = s.all(false).map(|e| e.unwrap()).collect();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].count, 2 + 3 + 1 + 10);
+        assert_eq!(s.contributors(&e[0].rrset).unwrap(), vec!["s1".to_string(), "s2".to_string()]);
+        assert_eq!(s.sender_marks().unwrap(), vec![("s1".into(), 8, 1), ("s2".into(), 1, 40)]);
+    }
+
+    #[test]
+    fn the_outbox_is_read_oldest_first_and_emptied_by_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let stream = s.stream_id().unwrap();
+        assert_eq!(s.stream_id().unwrap(), stream, "made once");
+        let d = Delta {
+            kind: Kind::Positive,
+            rrset: rr("a.example.", 1, "example.", &["192.0.2.9"]),
+            first: 1,
+            last: 1,
+            count: 1,
+        };
+        s.merge(std::slice::from_ref(&d), true).unwrap();
+        s.merge(std::slice::from_ref(&d), true).unwrap();
+        assert_eq!(s.outbox_oldest().unwrap().unwrap().0, 1);
+        s.outbox_remove(1).unwrap();
+        assert_eq!(s.outbox_oldest().unwrap().unwrap(), (2, vec![d]));
+        s.outbox_remove(2).unwrap();
+        assert_eq!(s.outbox_oldest().unwrap(), None);
+    }
 
     fn rr(name: &str, t: u16, bw: &str, rdata: &[&str]) -> Rrset {
         Rrset {

@@ -1,0 +1,247 @@
+//! `dnsledger collector`: the upstream end of forwarding. Accepts sensors (and relays) over
+//! mutual TLS, takes each sender's id from its certificate, and applies every batch exactly
+//! once into the same store module the sensor uses (RRsets, indexes, contributors):
+//!
+//! ```text
+//! TLS accept (client cert must chain to the CA) -> id = certificate CN
+//!   -> read Batch (bounded) -> decode + validate -> one writer: merge + (sender, stream,
+//!      sequence) mark in one sled batch -> sync -> Ack OK | DUPLICATE | REJECTED
+//! ```
+//! Nothing is acknowledged before it is durable; a bad batch is refused with a reason and
+//! counted, and the connection or the collector go on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::forward::identity::common_name;
+use crate::forward::wire::{self, Status};
+use crate::metrics::{
+    Counter, Histogram, LATENCY_BUCKETS, Metrics, ReasonCounter, Registry, write_metric, write_reasons,
+};
+use crate::store::{Applied, Store};
+
+#[derive(Clone, Debug)]
+pub struct CollectorConfig {
+    pub db: PathBuf,
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Senders must present a certificate this CA signed.
+    pub client_ca: PathBuf,
+    pub max_connections: usize,
+}
+
+/// Collector counters (Prometheus prefix `dnsledger_collector_`).
+#[derive(Debug)]
+pub struct CollectorStats {
+    /// Connections by outcome (`accepted`, `tls_handshake`, `no_identity`, `limit`).
+    pub connections: ReasonCounter,
+    pub batches_applied: Counter,
+    pub batches_duplicate: Counter,
+    /// Refused batches by reason.
+    pub batches_rejected: ReasonCounter,
+    pub summaries_applied: Counter,
+    pub apply_time: Histogram,
+}
+
+impl Default for CollectorStats {
+    fn default() -> Self {
+        Self {
+            connections: ReasonCounter::default(),
+            batches_applied: Counter::default(),
+            batches_duplicate: Counter::default(),
+            batches_rejected: ReasonCounter::default(),
+            summaries_applied: Counter::default(),
+            apply_time: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
+}
+
+impl Metrics for CollectorStats {
+    fn render(&self, out: &mut String) {
+        let p = "dnsledger_collector";
+        write_reasons(out, &format!("{p}_connections_total"), "Connections, by outcome.", "outcome", &self.connections);
+        write_metric(
+            out,
+            &format!("{p}_batches_applied_total"),
+            "counter",
+            "Batches applied.",
+            self.batches_applied.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_batches_duplicate_total"),
+            "counter",
+            "Batches received again (retries), not applied again.",
+            self.batches_duplicate.get(),
+        );
+        write_reasons(
+            out,
+            &format!("{p}_batches_rejected_total"),
+            "Batches refused, by reason.",
+            "reason",
+            &self.batches_rejected,
+        );
+        write_metric(
+            out,
+            &format!("{p}_summaries_applied_total"),
+            "counter",
+            "RRset summaries applied.",
+            self.summaries_applied.get(),
+        );
+        self.apply_time.render(out, &format!("{p}_apply_seconds"), "Batch merge and sync.");
+    }
+}
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A sender idle this long is disconnected (it reconnects when it has data).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs the collector until `shutdown`.
+pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let tls = crate::tls::server_config(&config.cert, &config.key, Some(&config.client_ca))?;
+    let store = Store::open(&config.db)?;
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("listen {}", config.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, db = %config.db.display(), "collector listening");
+    let stats = Arc::new(CollectorStats::default());
+    registry.register(stats.clone());
+    let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    // One writer: batches from all senders are applied one at a time, so a sender's mark is
+    // read and written without a race.
+    let writer = Arc::new(Mutex::new(store));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            stats.connections.inc("limit");
+            tracing::warn!(%peer, "connection refused: at max_connections");
+            continue;
+        };
+        let (acceptor, stats, writer, shutdown) = (acceptor.clone(), stats.clone(), writer.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            serve(tcp, peer, acceptor, stats, writer, shutdown).await;
+            drop(permit);
+        });
+    }
+    let store = writer.lock().await;
+    store.sync()?;
+    Ok(())
+}
+
+async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    stats: Arc<CollectorStats>,
+    writer: Arc<Mutex<Store>>,
+    shutdown: CancellationToken,
+) {
+    let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            stats.connections.inc("tls_handshake");
+            tracing::warn!(%peer, error = %e, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            stats.connections.inc("tls_handshake");
+            tracing::warn!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let sender = conn.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| common_name(c));
+    let Some(sender) = sender else {
+        stats.connections.inc("no_identity");
+        tracing::warn!(%peer, "client certificate has no usable CN (1-64 of A-Z a-z 0-9 . _ -): refused");
+        return;
+    };
+    stats.connections.inc("accepted");
+    tracing::info!(%peer, sender, "sender connected");
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = tokio::time::timeout(IDLE_TIMEOUT, wire::read_message(&mut conn)) => m,
+        };
+        let body = match message {
+            Err(_) => return,
+            Ok(Ok(Some(b))) => b,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                // Broken framing: the stream cannot be trusted past this point.
+                stats.batches_rejected.inc(e.label());
+                tracing::warn!(sender, error = %e, "bad message; closing the connection");
+                return;
+            }
+        };
+        let (status, sequence, text) = match wire::decode_batch(&body) {
+            Err(e) => {
+                stats.batches_rejected.inc(e.label());
+                tracing::warn!(sender, error = %e, "batch rejected");
+                (Status::Rejected, 0, e.to_string())
+            }
+            Ok((id, deltas)) => {
+                let start = std::time::Instant::now();
+                let store = writer.clone().lock_owned().await;
+                let sender_id = sender.clone();
+                let n = deltas.len() as u64;
+                let applied = tokio::task::spawn_blocking(move || {
+                    let applied = store.merge_from(&sender_id, id.stream, id.sequence, &deltas, false)?;
+                    if matches!(applied, Applied::Merged(_)) {
+                        store.sync()?;
+                    }
+                    Ok::<_, crate::store::StoreError>(applied)
+                })
+                .await;
+                stats.apply_time.observe(start.elapsed());
+                match applied {
+                    Ok(Ok(Applied::Merged(_))) => {
+                        stats.batches_applied.inc();
+                        stats.summaries_applied.add(n);
+                        (Status::Ok, id.sequence, String::new())
+                    }
+                    Ok(Ok(Applied::Duplicate)) => {
+                        stats.batches_duplicate.inc();
+                        (Status::Duplicate, id.sequence, String::new())
+                    }
+                    Ok(Ok(Applied::Gap { expected })) => {
+                        stats.batches_rejected.inc("sequence_gap");
+                        tracing::error!(sender, got = id.sequence, expected, "sequence gap: batch refused");
+                        (Status::Rejected, id.sequence, format!("sequence gap: expected {expected}"))
+                    }
+                    Ok(Err(e)) => {
+                        stats.batches_rejected.inc("store");
+                        tracing::error!(sender, error = %e, "store failed; batch not acknowledged");
+                        (Status::Rejected, id.sequence, "store failure".into())
+                    }
+                    Err(e) => {
+                        stats.batches_rejected.inc("store");
+                        tracing::error!(sender, error = %e, "store task failed");
+                        (Status::Rejected, id.sequence, "store failure".into())
+                    }
+                }
+            }
+        };
+        if let Err(e) = wire::write_message(&mut conn, &wire::encode_ack(sequence, status, &text)).await {
+            tracing::debug!(sender, error = %e, "ack not delivered");
+            return;
+        }
+    }
+}
