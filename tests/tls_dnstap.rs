@@ -10,7 +10,6 @@ mod tools;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,67 +18,12 @@ use tools::{Proc, dnsledger, run, wait_for};
 
 const SERVER_NAME: &str = "dnstap.rig.test";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let mut cmd = Command::new("openssl");
-    cmd.current_dir(dir).args(args);
-    run(cmd);
-}
-
-/// A CA, a server certificate for SERVER_NAME and 127.0.0.1, and a client certificate.
-fn make_certs(dir: &Path) {
-    openssl(dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "ca.key"]);
-    openssl(dir, &["req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=rig CA", "-days", "2", "-out", "ca.pem"]);
-    for (name, ext) in [
-        ("server", format!("subjectAltName=DNS:{SERVER_NAME},IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")),
-        ("client", "extendedKeyUsage=clientAuth\n".to_string()),
-    ] {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        openssl(
-            dir,
-            &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &format!("{name}.key")],
-        );
-        openssl(
-            dir,
-            &[
-                "req",
-                "-new",
-                "-key",
-                &format!("{name}.key"),
-                "-subj",
-                &format!("/CN={name}"),
-                "-out",
-                &format!("{name}.csr"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.ext"),
-                "-out",
-                &format!("{name}.pem"),
-            ],
-        );
-    }
-}
-
 #[test]
 fn unbound_sends_dnstap_over_mutual_tls() {
     tools::require("openssl", "openssl");
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path();
-    make_certs(work);
+    tools::make_certs(work, SERVER_NAME, &["client"]);
     let h = Hierarchy::start(67, work);
 
     let addr: SocketAddr = format!("127.0.0.1:{}", tools::free_port()).parse().unwrap();

@@ -160,3 +160,53 @@ pub fn sensor_observations(log: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no totals line:\n{log}"))
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let mut cmd = Command::new("openssl");
+    cmd.current_dir(dir).args(args);
+    run(cmd);
+}
+
+/// With the openssl command line, in `dir`: a CA (`ca.pem`, `ca.key`), a server certificate
+/// for `server_name` and 127.0.0.1 (`server.pem`, `server.key`), and one client certificate
+/// per name, with that name as its CN (`NAME.pem`, `NAME.key`).
+pub fn make_certs(dir: &Path, server_name: &str, clients: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ec = |out: &str| {
+        ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", out].map(String::from)
+    };
+    openssl(dir, &ec("ca.key").each_ref().map(String::as_str));
+    openssl(dir, &["req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=rig CA", "-days", "2", "-out", "ca.pem"]);
+    let mut certs = vec![(
+        "server".to_string(),
+        format!("subjectAltName=DNS:{server_name},IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+    )];
+    certs.extend(clients.iter().map(|c| (c.to_string(), "extendedKeyUsage=clientAuth\n".to_string())));
+    for (name, ext) in certs {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        openssl(dir, &ec(&format!("{name}.key")).each_ref().map(String::as_str));
+        let (key, csr, pem, extfile) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+        openssl(dir, &["req", "-new", "-key", &key, "-subj", &format!("/CN={name}"), "-out", &csr]);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+                "-out",
+                &pem,
+            ],
+        );
+    }
+}

@@ -1,0 +1,226 @@
+//! Forwarding sensor -> collector over mutual TLS, with the real dnstap captures of
+//! `tests/data` replayed into a live sensor: the collector's store must equal the sensor's,
+//! count for count, also when the collector is killed (-9) mid-stream and restarted and when
+//! it is down for a while. Peers without a valid certificate, and garbage, are refused and
+//! counted while the collector keeps serving.
+
+mod tools;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use dnsledger::store::Store;
+use tools::{Proc, dnsledger, free_port, metric, wait_for, wait_for_socket};
+
+const SERVER_NAME: &str = "collector.rig.test";
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("data").join(name)
+}
+
+fn start_collector(work: &Path, db: &Path, listen: SocketAddr, metrics: SocketAddr) -> Proc {
+    let pki = work.join("pki");
+    let mut cmd = dnsledger();
+    cmd.arg("collector")
+        .arg("--db")
+        .arg(db)
+        .args(["--listen", &listen.to_string(), "--metrics", &metrics.to_string()])
+        .arg("--tls-cert")
+        .arg(pki.join("server.pem"))
+        .arg("--tls-key")
+        .arg(pki.join("server.key"))
+        .arg("--client-ca")
+        .arg(pki.join("ca.pem"));
+    let mut p = Proc::spawn("collector", cmd, work);
+    wait_for("collector listening", Duration::from_secs(20), || {
+        assert!(p.is_running(), "collector exited:\n{}", p.stderr());
+        std::net::TcpStream::connect(listen).is_ok()
+    });
+    p
+}
+
+/// Everything in a store: (rrname, type, bailiwick, rdata) -> (first, last, count).
+type Contents = BTreeMap<(String, u16, String, Vec<String>), (u64, u64, u64)>;
+
+fn contents(db: &Path) -> Contents {
+    let store = Store::open(db).unwrap();
+    let mut out = Contents::new();
+    for negative in [false, true] {
+        for e in store.all(negative) {
+            let e = e.unwrap();
+            out.insert((e.rrset.rrname, e.rrset.rrtype, e.rrset.bailiwick, e.rrset.rdata), (e.first, e.last, e.count));
+        }
+    }
+    out
+}
+
+fn replay(file: &Path, sock: &Path) {
+    let out = tools::run({
+        let mut c = dnsledger();
+        c.args(["tap", "replay"]).arg(file).arg("--unix").arg(sock);
+        c
+    });
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_collector_ends_with_the_sensors_counts_through_crashes_and_outages() {
+    tools::require("openssl", "openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    tools::make_certs(&work.join("pki"), SERVER_NAME, &["sensor-a"]);
+    let collector_db = work.join("collector.db");
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let collector_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let collector = start_collector(work, &collector_db, listen, collector_metrics);
+
+    let sensor_db = work.join("sensor.db");
+    let sock = work.join("sensor.sock");
+    let sensor_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = work.join("sensor.toml");
+    let pki = work.join("pki");
+    std::fs::write(
+        &config,
+        format!(
+            "db = \"{}\"\nmetrics = \"{sensor_metrics}\"\n[listen]\nunix = [\"{}\"]\n\
+             [pipeline]\nnegative = true\n\
+             [privacy]\nprivate_networks = []\n[aggregate]\nwindow_seconds = 1\n\
+             [forward]\ncollector = \"{listen}\"\nserver_name = \"{SERVER_NAME}\"\n\
+             ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            sensor_db.display(),
+            sock.display(),
+            pki.join("ca.pem").display(),
+            pki.join("sensor-a.pem").display(),
+            pki.join("sensor-a.key").display(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = dnsledger();
+    cmd.args(["sensor", "-q", "-c"]).arg(&config);
+    let sensor = Proc::spawn("sensor", cmd, work);
+    wait_for_socket(&sock);
+    let acked = || metric(sensor_metrics, "dnsledger_forward_batches_acked_total").unwrap_or(0);
+    let waiting = || metric(sensor_metrics, "dnsledger_forward_outbox_batches");
+
+    // A first stream, forwarded.
+    replay(&data("unbound-resolver.dnstap"), &sock);
+    wait_for("first batches acknowledged", Duration::from_secs(30), || acked() >= 1 && waiting() == Some(0));
+
+    // The collector dies (kill -9) and stays down while the sensor keeps ingesting.
+    collector.signal("KILL");
+    let _ = collector.wait(Duration::from_secs(10));
+    replay(&data("bind-resolver.dnstap"), &sock);
+    replay(&data("unbound-resolver.dnstap"), &sock);
+    wait_for("batches waiting in the outbox", Duration::from_secs(30), || waiting().unwrap_or(0) >= 1);
+    wait_for("the sensor to notice the outage", Duration::from_secs(30), || {
+        metric(sensor_metrics, "dnsledger_forward_failures_total{reason=\"connect\"}").unwrap_or(0) >= 1
+    });
+
+    // Back up: the outbox drains.
+    let collector = start_collector(work, &collector_db, listen, collector_metrics);
+    wait_for("outbox drained", Duration::from_secs(60), || waiting() == Some(0));
+    let before = acked();
+    replay(&data("bind-resolver.dnstap"), &sock);
+    // Everything observed is in the store (and so the outbox), and the outbox is empty.
+    let settled = || {
+        let observed = metric(sensor_metrics, "dnsledger_sensor_rrsets_observed_total");
+        observed.is_some() && observed == metric(sensor_metrics, "dnsledger_sensor_observations_flushed_total")
+    };
+    wait_for("last windows flushed", Duration::from_secs(30), || settled() && acked() > before);
+    // The forwarder polls an empty outbox every 200 ms and sets the gauge on each round.
+    std::thread::sleep(Duration::from_millis(600));
+    wait_for("outbox drained", Duration::from_secs(30), || waiting() == Some(0));
+    let log = sensor.terminate();
+    assert!(!log.contains("panicked"), "{log}");
+    let collector_log = collector.terminate();
+
+    let at_sensor = contents(&sensor_db);
+    let at_collector = contents(&collector_db);
+    assert!(at_sensor.len() > 20, "{}", at_sensor.len());
+    let differ: Vec<_> = at_sensor.iter().filter(|(k, v)| at_collector.get(*k) != Some(*v)).collect();
+    assert!(differ.is_empty(), "sensor entries the collector lacks or counts differently: {differ:#?}");
+    assert_eq!(at_sensor.len(), at_collector.len(), "the collector has entries the sensor lacks");
+    let store = Store::open(&collector_db).unwrap();
+    let marks = store.sender_marks().unwrap();
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    assert_eq!(marks[0].0, "sensor-a", "the sender is who its certificate says");
+    let (key, _) = at_sensor.iter().next().unwrap();
+    let rrset = dnsledger::sensor::Rrset {
+        rrname: key.0.clone(),
+        rrtype: key.1,
+        bailiwick: key.2.clone(),
+        rdata: key.3.clone(),
+    };
+    assert_eq!(store.contributors(&rrset).unwrap(), vec!["sensor-a".to_string()]);
+    assert!(collector_log.contains("sender connected"), "{collector_log}");
+}
+
+#[test]
+fn peers_without_a_valid_certificate_and_garbage_are_refused_and_counted() {
+    tools::require("openssl", "openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let pki = work.join("pki");
+    tools::make_certs(&pki, SERVER_NAME, &["sensor-a"]);
+    tools::make_certs(&work.join("other"), SERVER_NAME, &["sensor-a"]);
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut collector = start_collector(work, &work.join("collector.db"), listen, metrics);
+
+    // Plaintext.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(listen).unwrap();
+        s.write_all(&[0, 0, 0, 5, 1, 2, 3, 4, 5]).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+    }
+    // TLS without a client certificate, and with one from another CA (same CN).
+    let s_client = |cert: Option<(&Path, &Path)>, input: &[u8]| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-connect", &listen.to_string(), "-servername", SERVER_NAME, "-CAfile"])
+            .arg(pki.join("ca.pem"))
+            .arg("-quiet");
+        if let Some((c, k)) = cert {
+            cmd.arg("-cert").arg(c).arg("-key").arg(k);
+        }
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            let _ = stdin.write_all(input);
+            let _ = stdin.flush();
+            // -quiet implies -ign_eof: s_client stays until killed.
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    };
+    s_client(None, b"");
+    let other = work.join("other");
+    s_client(Some((&other.join("sensor-a.pem"), &other.join("sensor-a.key"))), b"");
+    wait_for("refusals counted", Duration::from_secs(10), || {
+        metric(metrics, "dnsledger_collector_connections_total{outcome=\"tls_handshake\"}").unwrap_or(0) >= 3
+    });
+    assert_eq!(metric(metrics, "dnsledger_collector_connections_total{outcome=\"accepted\"}"), None);
+
+    // A valid sender that sends garbage: a framed body that is not a batch is rejected with a
+    // reason; an oversized length closes the connection.
+    let valid = (pki.join("sensor-a.pem"), pki.join("sensor-a.key"));
+    let out = s_client(Some((&valid.0, &valid.1)), &[0, 0, 0, 4, b'j', b'u', b'n', b'k']);
+    assert!(!out.stdout.is_empty(), "a REJECTED ack comes back");
+    s_client(Some((&valid.0, &valid.1)), &[0xff, 0xff, 0xff, 0xff]);
+    wait_for("garbage counted", Duration::from_secs(10), || {
+        metric(metrics, "dnsledger_collector_batches_rejected_total{reason=\"decompress\"}") == Some(1)
+            && metric(metrics, "dnsledger_collector_batches_rejected_total{reason=\"too_large\"}") == Some(1)
+    });
+    assert!(collector.is_running(), "{}", collector.stderr());
+    assert_eq!(metric(metrics, "dnsledger_collector_batches_applied_total"), Some(0));
+}
