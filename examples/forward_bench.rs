@@ -1,0 +1,79 @@
+//! Benchmark of forwarding (see docs/BENCHMARKS.md): a sensor's outbox from the synthetic
+//! workload, then
+//! 1. the wire: the outbox batches encoded as forwarding `Batch`es (zstd): bytes per summary;
+//! 2. the collector's merge: every batch applied exactly once into a fresh store
+//!    (`Store::merge_from`, one sync per batch as the collector does): summaries/s.
+//!
+//! ```sh
+//! cargo build --release --examples && target/release/examples/forward_bench [FRAMES] [NAMES]
+//! ```
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use dnsledger::forward::wire::{BatchId, decode_batch, encode_batch};
+use dnsledger::framestream::{DNSTAP_CONTENT_TYPE, FileReader};
+use dnsledger::generate::{GenerateSpec, generate};
+use dnsledger::sensor::{Pipeline, SensorConfig, SensorStats};
+use dnsledger::store::{Applied, Store};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let frames: u64 = args.next().map(|a| a.parse().expect("FRAMES")).unwrap_or(2_000_000);
+    let names: u64 = args.next().map(|a| a.parse().expect("NAMES")).unwrap_or(200_000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("input.dnstap");
+    generate(&GenerateSpec { frames, names, zones: 1_000, seed: 1, start: 1_767_225_600 }, &input).expect("generate");
+
+    let sensor_db = dir.path().join("sensor");
+    let config = SensorConfig::parse(&format!("db = \"{}\"\n[aggregate]\noutbox = true\n", sensor_db.display()))
+        .expect("config");
+    let stats = Arc::new(SensorStats::default());
+    let mut p = Pipeline::new(&config, Store::open(&sensor_db).expect("store"), stats.clone());
+    for f in FileReader::open(&input, DNSTAP_CONTENT_TYPE).expect("input") {
+        p.frame(f.expect("frame")).expect("pipeline");
+    }
+    p.finish().expect("flush");
+    let sensor = p.store().clone();
+    let batches = sensor.outbox_batches().expect("outbox");
+    let summaries: usize = batches.iter().map(|(_, d)| d.len()).sum();
+    println!(
+        "input: {frames} frames over {names} names -> {} observations, {} outbox batches, {summaries} summaries",
+        stats.rrsets_observed.get(),
+        batches.len()
+    );
+
+    // 1. On the wire.
+    let start = Instant::now();
+    let wire: Vec<Vec<u8>> =
+        batches.iter().map(|(seq, deltas)| encode_batch(BatchId { stream: 1, sequence: *seq }, 0, deltas)).collect();
+    let encode = start.elapsed();
+    let bytes: usize = wire.iter().map(Vec::len).sum();
+    let start = Instant::now();
+    let decoded: Vec<_> = wire.iter().map(|w| decode_batch(w).expect("decode")).collect();
+    let decode = start.elapsed();
+    println!(
+        "wire: {bytes} bytes, {:.1} bytes per summary (zstd level 3); encode {:.0} summaries/s, decode+validate {:.0} summaries/s",
+        bytes as f64 / summaries as f64,
+        summaries as f64 / encode.as_secs_f64(),
+        summaries as f64 / decode.as_secs_f64()
+    );
+
+    // 2. The collector's merge.
+    let collector = Store::open(&dir.path().join("collector")).expect("store");
+    let start = Instant::now();
+    for (id, deltas) in &decoded {
+        match collector.merge_from("sensor-a", id.stream, id.sequence, deltas, false).expect("merge") {
+            Applied::Merged(_) => collector.sync().expect("sync"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let merge = start.elapsed();
+    println!(
+        "collector merge: {:.0} summaries/s ({} batches, {:.1}s, one sync per batch), {} RRsets",
+        summaries as f64 / merge.as_secs_f64(),
+        decoded.len(),
+        merge.as_secs_f64(),
+        collector.len()
+    );
+}
