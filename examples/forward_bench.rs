@@ -45,8 +45,10 @@ fn main() {
 
     // 1. On the wire.
     let start = Instant::now();
-    let wire: Vec<Vec<u8>> =
-        batches.iter().map(|(seq, deltas)| encode_batch(BatchId { stream: 1, sequence: *seq }, 0, deltas)).collect();
+    let wire: Vec<Vec<u8>> = batches
+        .iter()
+        .map(|(seq, deltas)| encode_batch(BatchId { stream: 1, first: *seq, sequence: *seq }, 0, deltas))
+        .collect();
     let encode = start.elapsed();
     let bytes: usize = wire.iter().map(Vec::len).sum();
     let start = Instant::now();
@@ -63,7 +65,7 @@ fn main() {
     let collector = Store::open(&dir.path().join("collector")).expect("store");
     let start = Instant::now();
     for (id, deltas) in &decoded {
-        match collector.merge_from("sensor-a", id.stream, id.sequence, deltas, false).expect("merge") {
+        match collector.merge_from("sensor-a", id.stream, (id.first, id.sequence), deltas, false).expect("merge") {
             Applied::Merged(_) => collector.sync().expect("sync"),
             other => panic!("{other:?}"),
         }

@@ -31,6 +31,8 @@ enum Command {
     Resolver(ResolverArgs),
     /// The upstream end of forwarding: sensors' batches over mutual TLS, applied exactly once.
     Collector(CollectorArgs),
+    /// A dedup relay: takes batches like a collector, forwards them upstream merged.
+    Relay(RelayArgs),
     /// Check a configuration file and report every problem.
     CheckConfig {
         /// The sensor.toml (or, with --resolver, resolver.toml) to check.
@@ -66,6 +68,27 @@ struct CollectorArgs {
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    #[command(flatten)]
+    ingest: CollectorArgs,
+    /// The next hop (collector or relay).
+    #[arg(long)]
+    upstream: SocketAddr,
+    /// Name the upstream's certificate must carry.
+    #[arg(long)]
+    upstream_name: String,
+    /// CA (PEM) of the upstream's certificate.
+    #[arg(long)]
+    upstream_ca: PathBuf,
+    /// This relay's client certificate for the upstream (its CN is the relay's id there).
+    #[arg(long)]
+    cert: PathBuf,
+    /// Its private key.
+    #[arg(long)]
+    key: PathBuf,
 }
 
 #[derive(Args)]
@@ -301,6 +324,27 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<dnsledger::sensor::Sens
     })
 }
 
+async fn run_collector(a: CollectorArgs, upstream: Option<dnsledger::forward::ForwardConfig>) -> anyhow::Result<()> {
+    anyhow::ensure!(a.max_connections > 0, "--max-connections must be at least 1");
+    let shutdown = shutdown_on_signals();
+    let registry = Registry::default();
+    if let Some(addr) = a.metrics {
+        dnsledger::metrics::spawn_endpoint(addr, registry.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("metrics on {addr}"))?;
+    }
+    let config = dnsledger::collector::CollectorConfig {
+        db: a.db,
+        listen: a.listen,
+        cert: a.tls_cert,
+        key: a.tls_key,
+        client_ca: a.client_ca,
+        max_connections: a.max_connections,
+        upstream,
+    };
+    dnsledger::collector::run(config, &registry, shutdown).await
+}
+
 /// hickory-server logs every request with the client's address at info level: kept out of
 /// the default logs (privacy), like hickory's other per-query chatter.
 const DEFAULT_LOG: &str = "info,hickory_server=error,hickory_resolver=warn,hickory_net=warn,hickory_proto=warn";
@@ -332,24 +376,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             println!("{}: ok", file.display());
         }
-        Command::Collector(a) => {
-            anyhow::ensure!(a.max_connections > 0, "--max-connections must be at least 1");
-            let shutdown = shutdown_on_signals();
-            let registry = Registry::default();
-            if let Some(addr) = a.metrics {
-                dnsledger::metrics::spawn_endpoint(addr, registry.clone(), shutdown.clone())
-                    .await
-                    .with_context(|| format!("metrics on {addr}"))?;
-            }
-            let config = dnsledger::collector::CollectorConfig {
-                db: a.db,
-                listen: a.listen,
-                cert: a.tls_cert,
-                key: a.tls_key,
-                client_ca: a.client_ca,
-                max_connections: a.max_connections,
+        Command::Collector(a) => run_collector(a, None).await?,
+        Command::Relay(a) => {
+            let upstream = dnsledger::forward::ForwardConfig {
+                collector: a.upstream,
+                server_name: a.upstream_name,
+                ca: a.upstream_ca,
+                cert: a.cert,
+                key: a.key,
             };
-            dnsledger::collector::run(config, &registry, shutdown).await?;
+            run_collector(a.ingest, Some(upstream)).await?
         }
         Command::Resolver(a) => {
             let config = resolver_config(&a)?;

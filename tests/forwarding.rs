@@ -1,8 +1,8 @@
-//! Forwarding sensor -> collector over mutual TLS, with the real dnstap captures of
-//! `tests/data` replayed into a live sensor: the collector's store must equal the sensor's,
-//! count for count, also when the collector is killed (-9) mid-stream and restarted and when
-//! it is down for a while. Peers without a valid certificate, and garbage, are refused and
-//! counted while the collector keeps serving.
+//! Forwarding sensor -> collector and sensors -> relay -> collector over mutual TLS, with the
+//! real dnstap captures of `tests/data` replayed into live sensors: the collector's store must
+//! equal the sensors' (summed), count for count, also when the collector or the relay is
+//! killed (-9) mid-stream and restarted and while it is down. Peers without a valid
+//! certificate, and garbage, are refused and counted while the collector keeps serving.
 
 mod tools;
 
@@ -223,4 +223,136 @@ fn peers_without_a_valid_certificate_and_garbage_are_refused_and_counted() {
     });
     assert!(collector.is_running(), "{}", collector.stderr());
     assert_eq!(metric(metrics, "dnsledger_collector_batches_applied_total"), Some(0));
+}
+
+fn sensor_toml(work: &Path, name: &str, upstream: SocketAddr, metrics: SocketAddr) -> (PathBuf, PathBuf, PathBuf) {
+    let pki = work.join("pki");
+    let (db, sock, config) =
+        (work.join(format!("{name}.db")), work.join(format!("{name}.sock")), work.join(format!("{name}.toml")));
+    std::fs::write(
+        &config,
+        format!(
+            "db = \"{}\"\nmetrics = \"{metrics}\"\n[listen]\nunix = [\"{}\"]\n[pipeline]\nnegative = true\n\
+             [privacy]\nprivate_networks = []\n[aggregate]\nwindow_seconds = 1\n\
+             [forward]\ncollector = \"{upstream}\"\nserver_name = \"{SERVER_NAME}\"\n\
+             ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            db.display(),
+            sock.display(),
+            pki.join("ca.pem").display(),
+            pki.join(format!("{name}.pem")).display(),
+            pki.join(format!("{name}.key")).display(),
+        ),
+    )
+    .unwrap();
+    (db, sock, config)
+}
+
+/// Waits until a sensor has everything it observed in its store and its outbox is empty.
+fn settle(metrics: SocketAddr) {
+    let flushed = || {
+        let observed = metric(metrics, "dnsledger_sensor_rrsets_observed_total");
+        observed.is_some() && observed == metric(metrics, "dnsledger_sensor_observations_flushed_total")
+    };
+    wait_for("windows flushed", Duration::from_secs(30), flushed);
+    // The forwarder polls an empty outbox every 200 ms and sets the gauge on each round.
+    std::thread::sleep(Duration::from_millis(600));
+    wait_for("outbox drained", Duration::from_secs(60), || {
+        metric(metrics, "dnsledger_forward_outbox_batches") == Some(0)
+    });
+}
+
+fn start_relay(work: &Path, listen: SocketAddr, metrics: SocketAddr, upstream: SocketAddr) -> Proc {
+    let pki = work.join("pki");
+    let mut cmd = dnsledger();
+    cmd.arg("relay")
+        .arg("--db")
+        .arg(work.join("relay.db"))
+        .args(["--listen", &listen.to_string(), "--metrics", &metrics.to_string()])
+        .arg("--tls-cert")
+        .arg(pki.join("server.pem"))
+        .arg("--tls-key")
+        .arg(pki.join("server.key"))
+        .arg("--client-ca")
+        .arg(pki.join("ca.pem"))
+        .args(["--upstream", &upstream.to_string(), "--upstream-name", SERVER_NAME])
+        .arg("--upstream-ca")
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join("relay-1.pem"))
+        .arg("--key")
+        .arg(pki.join("relay-1.key"));
+    let mut p = Proc::spawn("relay", cmd, work);
+    wait_for("relay listening", Duration::from_secs(20), || {
+        assert!(p.is_running(), "relay exited:\n{}", p.stderr());
+        std::net::TcpStream::connect(listen).is_ok()
+    });
+    p
+}
+
+#[test]
+fn two_sensors_through_a_relay_that_is_killed_add_up_at_the_collector() {
+    tools::require("openssl", "openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    tools::make_certs(&work.join("pki"), SERVER_NAME, &["sensor-a", "sensor-b", "relay-1"]);
+    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (collector_addr, collector_metrics, relay_addr, relay_metrics) = (port(), port(), port(), port());
+    let collector_db = work.join("collector.db");
+    let collector = start_collector(work, &collector_db, collector_addr, collector_metrics);
+    let relay = start_relay(work, relay_addr, relay_metrics, collector_addr);
+
+    let mut sensors = Vec::new();
+    for name in ["sensor-a", "sensor-b"] {
+        let metrics = port();
+        let (db, sock, config) = sensor_toml(work, name, relay_addr, metrics);
+        let mut cmd = dnsledger();
+        cmd.args(["sensor", "-q", "-c"]).arg(&config);
+        let p = Proc::spawn(name, cmd, work);
+        wait_for_socket(&sock);
+        sensors.push((p, db, sock, metrics));
+    }
+    replay(&data("unbound-resolver.dnstap"), &sensors[0].2);
+    replay(&data("unbound-resolver.dnstap"), &sensors[1].2);
+    replay(&data("bind-resolver.dnstap"), &sensors[1].2);
+    for s in &sensors {
+        settle(s.3);
+    }
+
+    // The relay dies mid-stream and stays down while both sensors ingest; then it returns.
+    relay.signal("KILL");
+    let _ = relay.wait(Duration::from_secs(10));
+    replay(&data("bind-resolver.dnstap"), &sensors[0].2);
+    replay(&data("unbound-resolver.dnstap"), &sensors[1].2);
+    wait_for("sensors notice the relay is gone", Duration::from_secs(30), || {
+        sensors.iter().all(|s| metric(s.3, "dnsledger_forward_failures_total{reason=\"connect\"}").unwrap_or(0) >= 1)
+    });
+    let relay = start_relay(work, relay_addr, relay_metrics, collector_addr);
+    for s in &sensors {
+        settle(s.3);
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    wait_for("relay outbox drained", Duration::from_secs(60), || {
+        metric(relay_metrics, "dnsledger_forward_outbox_batches") == Some(0)
+    });
+    let relay_log = relay.terminate();
+    let collector_log = collector.terminate();
+    let mut expected = Contents::new();
+    for (p, db, _, _) in sensors {
+        p.terminate();
+        for (k, (f, l, c)) in contents(&db) {
+            let e = expected.entry(k).or_insert((f, l, 0));
+            e.0 = e.0.min(f);
+            e.1 = e.1.max(l);
+            e.2 += c;
+        }
+    }
+    let got = contents(&collector_db);
+    let differ: Vec<_> = expected.iter().filter(|(k, v)| got.get(*k) != Some(*v)).collect();
+    assert!(differ.is_empty(), "summed sensor entries the collector lacks or counts differently: {differ:#?}");
+    assert_eq!(expected.len(), got.len());
+    let store = Store::open(&collector_db).unwrap();
+    let marks = store.sender_marks().unwrap();
+    assert_eq!(marks.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(), vec!["relay-1"], "{marks:?}");
+    assert!(relay_log.contains("relaying upstream"), "{relay_log}");
+    assert!(collector_log.contains("sender=\"relay-1\""), "{collector_log}");
 }

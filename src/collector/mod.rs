@@ -9,6 +9,11 @@
 //! ```
 //! Nothing is acknowledged before it is durable; a bad batch is refused with a reason and
 //! counted, and the connection or the collector go on.
+//!
+//! `dnsledger relay` is the same ingest with an upstream: applied batches also go to the
+//! store's outbox in the same atomic batch (so the downstream ack means "durably in my
+//! outbox"), and the forwarder ships the outbox upstream, merging identical RRsets of up to
+//! 64 waiting entries (from any of its senders) into one batch.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +42,8 @@ pub struct CollectorConfig {
     /// Senders must present a certificate this CA signed.
     pub client_ca: PathBuf,
     pub max_connections: usize,
+    /// Relay mode: what is applied also goes to this store's outbox, forwarded upstream.
+    pub upstream: Option<crate::forward::ForwardConfig>,
 }
 
 /// Collector counters (Prometheus prefix `dnsledger_collector_`).
@@ -114,6 +121,13 @@ pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: Cancell
     let stats = Arc::new(CollectorStats::default());
     registry.register(stats.clone());
     let acceptor = TlsAcceptor::from(tls);
+    let outbox = config.upstream.is_some();
+    let forwarder = config.upstream.clone().map(|f| {
+        let fstats = Arc::new(crate::forward::ForwardStats::default());
+        registry.register(fstats.clone());
+        tracing::info!(upstream = %f.collector, "relaying upstream");
+        tokio::spawn(crate::forward::run(f, store.clone(), fstats, shutdown.clone()))
+    });
     let slots = Arc::new(Semaphore::new(config.max_connections));
     // One writer: batches from all senders are applied one at a time, so a sender's mark is
     // read and written without a race.
@@ -137,9 +151,12 @@ pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: Cancell
         };
         let (acceptor, stats, writer, shutdown) = (acceptor.clone(), stats.clone(), writer.clone(), shutdown.clone());
         tokio::spawn(async move {
-            serve(tcp, peer, acceptor, stats, writer, shutdown).await;
+            serve(tcp, peer, acceptor, stats, writer, outbox, shutdown).await;
             drop(permit);
         });
+    }
+    if let Some(f) = forwarder {
+        let _ = f.await;
     }
     let store = writer.lock().await;
     store.sync()?;
@@ -152,6 +169,7 @@ async fn serve(
     acceptor: TlsAcceptor,
     stats: Arc<CollectorStats>,
     writer: Arc<Mutex<Store>>,
+    outbox: bool,
     shutdown: CancellationToken,
 ) {
     let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -191,11 +209,11 @@ async fn serve(
                 return;
             }
         };
-        let (status, sequence, text) = match wire::decode_batch(&body) {
+        let (status, sequence, text, through) = match wire::decode_batch(&body) {
             Err(e) => {
                 stats.batches_rejected.inc(e.label());
                 tracing::warn!(sender, error = %e, "batch rejected");
-                (Status::Rejected, 0, e.to_string())
+                (Status::Rejected, 0, e.to_string(), 0)
             }
             Ok((id, deltas)) => {
                 let start = std::time::Instant::now();
@@ -203,7 +221,7 @@ async fn serve(
                 let sender_id = sender.clone();
                 let n = deltas.len() as u64;
                 let applied = tokio::task::spawn_blocking(move || {
-                    let applied = store.merge_from(&sender_id, id.stream, id.sequence, &deltas, false)?;
+                    let applied = store.merge_from(&sender_id, id.stream, (id.first, id.sequence), &deltas, outbox)?;
                     if matches!(applied, Applied::Merged(_)) {
                         store.sync()?;
                     }
@@ -215,31 +233,42 @@ async fn serve(
                     Ok(Ok(Applied::Merged(_))) => {
                         stats.batches_applied.inc();
                         stats.summaries_applied.add(n);
-                        (Status::Ok, id.sequence, String::new())
+                        (Status::Ok, id.sequence, String::new(), id.sequence)
                     }
-                    Ok(Ok(Applied::Duplicate)) => {
+                    Ok(Ok(Applied::Duplicate { through })) => {
                         stats.batches_duplicate.inc();
-                        (Status::Duplicate, id.sequence, String::new())
+                        (Status::Duplicate, id.sequence, String::new(), through)
+                    }
+                    Ok(Ok(Applied::Overlap { through })) => {
+                        stats.batches_rejected.inc("overlap");
+                        tracing::info!(
+                            sender,
+                            first = id.first,
+                            last = id.sequence,
+                            through,
+                            "batch overlaps what was applied; sender resends the rest"
+                        );
+                        (Status::Rejected, id.sequence, format!("applied through {through}"), through)
                     }
                     Ok(Ok(Applied::Gap { expected })) => {
                         stats.batches_rejected.inc("sequence_gap");
-                        tracing::error!(sender, got = id.sequence, expected, "sequence gap: batch refused");
-                        (Status::Rejected, id.sequence, format!("sequence gap: expected {expected}"))
+                        tracing::error!(sender, got = id.first, expected, "sequence gap: batch refused");
+                        (Status::Rejected, id.sequence, format!("sequence gap: expected {expected}"), expected - 1)
                     }
                     Ok(Err(e)) => {
                         stats.batches_rejected.inc("store");
                         tracing::error!(sender, error = %e, "store failed; batch not acknowledged");
-                        (Status::Rejected, id.sequence, "store failure".into())
+                        (Status::Rejected, id.sequence, "store failure".into(), 0)
                     }
                     Err(e) => {
                         stats.batches_rejected.inc("store");
                         tracing::error!(sender, error = %e, "store task failed");
-                        (Status::Rejected, id.sequence, "store failure".into())
+                        (Status::Rejected, id.sequence, "store failure".into(), 0)
                     }
                 }
             }
         };
-        if let Err(e) = wire::write_message(&mut conn, &wire::encode_ack(sequence, status, &text)).await {
+        if let Err(e) = wire::write_message(&mut conn, &wire::encode_ack(sequence, status, &text, through)).await {
             tracing::debug!(sender, error = %e, "ack not delivered");
             return;
         }

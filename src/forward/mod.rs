@@ -5,7 +5,9 @@
 //!                            <- delete the batch from the outbox only after OK/DUPLICATE
 //! ```
 //! One batch is in flight at a time, so acknowledgements are never out of order and a
-//! retried batch is recognised by its (stream, sequence). Failures back off exponentially
+//! retried batch is recognised by its (stream, sequence range). Up to 64 waiting outbox
+//! entries travel as one batch with identical RRsets summed (for a relay, the window in which
+//! its senders' RRsets merge); the range lets the next hop recognise what it holds already. Failures back off exponentially
 //! with jitter; nothing leaves the outbox without an acknowledgement of durability.
 //! Wire format: [`wire`]; who the sender is: [`identity`] (the collector's side).
 
@@ -44,6 +46,8 @@ pub struct ForwardStats {
     pub batches_acked: Counter,
     pub batches_duplicate: Counter,
     pub batches_rejected: Counter,
+    /// Batches refused because part of their range was applied before (then resent).
+    pub batches_overlap: Counter,
     pub summaries_acked: Counter,
     pub bytes_sent: Counter,
     /// Connection or exchange failures, by reason; each is followed by a retry.
@@ -61,6 +65,7 @@ impl Default for ForwardStats {
             batches_acked: Counter::default(),
             batches_duplicate: Counter::default(),
             batches_rejected: Counter::default(),
+            batches_overlap: Counter::default(),
             summaries_acked: Counter::default(),
             bytes_sent: Counter::default(),
             failures: ReasonCounter::default(),
@@ -83,6 +88,7 @@ impl Metrics for ForwardStats {
                 self.batches_duplicate.get(),
             ),
             ("batches_rejected_total", "Batches the next hop refused (kept, retried).", self.batches_rejected.get()),
+            ("batches_overlap_total", "Batches partly applied before (the rest resent).", self.batches_overlap.get()),
             ("summaries_acked_total", "RRset summaries acknowledged.", self.summaries_acked.get()),
             ("bytes_sent_total", "Batch bytes sent (compressed).", self.bytes_sent.get()),
         ] {
@@ -148,12 +154,37 @@ async fn exchange(conn: &mut Conn, body: &[u8], sequence: u64) -> Result<wire::p
     tokio::time::timeout(EXCHANGE_TIMEOUT, io).await.map_err(|_| ("timeout", "no acknowledgement".to_string()))?
 }
 
-async fn oldest(store: &Store) -> Result<Option<(u64, Vec<Delta>)>, String> {
+/// Outbox entries combined into one batch at most (a relay's window across its senders).
+const MERGE_BATCHES: usize = 64;
+/// Summaries in one batch at most (before combining identical RRsets).
+const MERGE_DELTAS: usize = 50_000;
+
+/// The oldest outbox entries as one batch: (first, last, deltas), identical RRsets summed.
+async fn next_batch(store: &Store) -> Result<Option<(u64, u64, Vec<Delta>)>, String> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || store.outbox_oldest())
+    let taken = tokio::task::spawn_blocking(move || store.outbox_take(MERGE_BATCHES, MERGE_DELTAS))
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    let (Some(first), Some(last)) = (taken.first().map(|t| t.0), taken.last().map(|t| t.0)) else {
+        return Ok(None);
+    };
+    if taken.len() == 1 {
+        return Ok(taken.into_iter().next().map(|(_, d)| (first, last, d)));
+    }
+    let mut merged: std::collections::HashMap<(crate::sensor::Kind, crate::sensor::Rrset), (u64, u64, u64)> =
+        std::collections::HashMap::new();
+    for d in taken.into_iter().flat_map(|(_, d)| d) {
+        let e = merged.entry((d.kind, d.rrset)).or_insert((d.first, d.last, 0));
+        e.0 = e.0.min(d.first);
+        e.1 = e.1.max(d.last);
+        e.2 += d.count;
+    }
+    let deltas = merged
+        .into_iter()
+        .map(|((kind, rrset), (first, last, count))| Delta { kind, rrset, first, last, count })
+        .collect();
+    Ok(Some((first, last, deltas)))
 }
 
 /// Forwards the outbox until `shutdown` (the batch in flight is finished or abandoned to the
@@ -178,7 +209,7 @@ pub async fn run(config: ForwardConfig, store: Store, stats: Arc<ForwardStats>, 
     let mut waiting_since: Option<(u64, Instant)> = None;
     while !shutdown.is_cancelled() {
         stats.outbox_batches.set(store.outbox_len() as i64);
-        let batch = match oldest(&store).await {
+        let batch = match next_batch(&store).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "reading the outbox");
@@ -186,7 +217,7 @@ pub async fn run(config: ForwardConfig, store: Store, stats: Arc<ForwardStats>, 
                 None
             }
         };
-        let Some((sequence, deltas)) = batch else {
+        let Some((first, sequence, deltas)) = batch else {
             waiting_since = None;
             stats.outbox_age_seconds.set(0);
             tokio::select! {
@@ -195,9 +226,9 @@ pub async fn run(config: ForwardConfig, store: Store, stats: Arc<ForwardStats>, 
             }
         };
         let since = match waiting_since {
-            Some((s, t)) if s == sequence => t,
+            Some((s, t)) if s == first => t,
             _ => {
-                waiting_since = Some((sequence, Instant::now()));
+                waiting_since = Some((first, Instant::now()));
                 Instant::now()
             }
         };
@@ -208,7 +239,7 @@ pub async fn run(config: ForwardConfig, store: Store, stats: Arc<ForwardStats>, 
                 conn = Some(connect(&config, &tls).await?);
                 tracing::info!(collector = %config.collector, "forwarding connected");
             }
-            let body = wire::encode_batch(BatchId { stream, sequence }, now_secs(), &deltas);
+            let body = wire::encode_batch(BatchId { stream, first, sequence }, now_secs(), &deltas);
             stats.batches_sent.inc();
             stats.bytes_sent.add(body.len() as u64);
             let start = Instant::now();
@@ -228,11 +259,19 @@ pub async fn run(config: ForwardConfig, store: Store, stats: Arc<ForwardStats>, 
                 } else {
                     stats.batches_duplicate.inc();
                 }
-                if let Err(e) = store.outbox_remove(sequence) {
+                if let Err(e) = store.outbox_remove_through(sequence) {
                     // Sent again later and acknowledged as a duplicate: no double count.
                     tracing::error!(error = %e, sequence, "could not delete an acknowledged batch");
                 }
                 backoff = BACKOFF_MIN;
+            }
+            Ok(ack) if ack.applied_through >= first && ack.applied_through < sequence => {
+                // Part of the range went through before (an earlier, smaller batch whose ack
+                // was lost): drop that part and send the rest at once.
+                stats.batches_overlap.inc();
+                if let Err(e) = store.outbox_remove_through(ack.applied_through) {
+                    tracing::error!(error = %e, "could not delete acknowledged batches");
+                }
             }
             Ok(ack) => {
                 stats.batches_rejected.inc();

@@ -35,6 +35,8 @@ pub enum WireError {
     Decompress(std::io::Error),
     #[error("not a protobuf batch: {0}")]
     Protobuf(#[from] prost::DecodeError),
+    #[error("sequence range empty or backwards")]
+    BadRange,
     #[error("bad summary {index}: {reason}")]
     BadSummary { index: usize, reason: &'static str },
 }
@@ -48,6 +50,7 @@ impl WireError {
             Self::Decompress(_) => "decompress",
             Self::Protobuf(_) => "protobuf",
             Self::BadSummary { .. } => "bad_summary",
+            Self::BadRange => "bad_range",
         }
     }
 }
@@ -64,6 +67,9 @@ fn kind_code(k: Kind) -> u32 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchId {
     pub stream: u64,
+    /// First outbox entry merged into the batch.
+    pub first: u64,
+    /// Last one: the batch's sequence.
     pub sequence: u64,
 }
 
@@ -71,6 +77,7 @@ pub struct BatchId {
 pub fn encode_batch(id: BatchId, created: u64, deltas: &[Delta]) -> Vec<u8> {
     let batch = pb::Batch {
         sequence: id.sequence,
+        first_sequence: id.first,
         stream: id.stream,
         created,
         summaries: deltas
@@ -137,11 +144,15 @@ pub fn decode_batch(wire: &[u8]) -> Result<(BatchId, Vec<Delta>), WireError> {
             count: s.count,
         });
     }
-    Ok((BatchId { stream: batch.stream, sequence: batch.sequence }, deltas))
+    let first = if batch.first_sequence == 0 { batch.sequence } else { batch.first_sequence };
+    if first > batch.sequence || batch.sequence == 0 {
+        return Err(WireError::BadRange);
+    }
+    Ok((BatchId { stream: batch.stream, first, sequence: batch.sequence }, deltas))
 }
 
-pub fn encode_ack(sequence: u64, status: Status, message: &str) -> Vec<u8> {
-    pb::Ack { sequence, status: status as i32, message: message.to_string() }.encode_to_vec()
+pub fn encode_ack(sequence: u64, status: Status, message: &str, applied_through: u64) -> Vec<u8> {
+    pb::Ack { sequence, status: status as i32, message: message.to_string(), applied_through }.encode_to_vec()
 }
 
 pub fn decode_ack(wire: &[u8]) -> Result<pb::Ack, WireError> {
@@ -180,7 +191,7 @@ pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<
 mod tests {
     use super::*;
 
-    const ID: BatchId = BatchId { stream: 1, sequence: 1 };
+    const ID: BatchId = BatchId { stream: 1, first: 1, sequence: 1 };
 
     fn delta(name: &str, count: u64) -> Delta {
         Delta {
@@ -200,7 +211,7 @@ mod tests {
     #[test]
     fn batches_round_trip() {
         let deltas = vec![delta("www.example.com.", 3), delta("mail.example.com.", 1)];
-        let id = BatchId { stream: 42, sequence: 7 };
+        let id = BatchId { stream: 42, first: 5, sequence: 7 };
         let wire = encode_batch(id, 1_700_000_000, &deltas);
         assert_eq!(decode_batch(&wire).unwrap(), (id, deltas));
     }

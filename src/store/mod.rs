@@ -139,8 +139,15 @@ pub struct MergeStats {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
     Merged(MergeStats),
-    /// Applied before; nothing changed.
-    Duplicate,
+    /// All of it applied before (the mark is at `through`); nothing changed.
+    Duplicate {
+        through: u64,
+    },
+    /// Part of it applied before: refused, nothing changed; the sender resends from
+    /// `through + 1`.
+    Overlap {
+        through: u64,
+    },
     /// Sequences were skipped: refused, nothing changed.
     Gap {
         expected: u64,
@@ -209,32 +216,41 @@ impl Store {
         self.merge_with(deltas, outbox, sled::Batch::default())
     }
 
-    /// Applies a sender's batch exactly once: the sender's mark (stream, sequence) is written
-    /// in the same atomic batch as the merge, so a crash leaves both or neither. Within a
-    /// stream, sequences must follow one another: a repeat is a [`Applied::Duplicate`], a jump
-    /// is refused ([`Applied::Gap`]) rather than silently losing what is missing. A new
-    /// stream (a sender whose store was re-created) starts a new sequence space.
+    /// Applies a sender's batch exactly once. A batch covers the sender's outbox entries
+    /// `first..=last` of one stream; the sender's mark (stream, last) is written in the same
+    /// atomic batch as the merge, so a crash leaves both or neither. Within a stream a batch
+    /// must start right after the mark: all of it applied before is a
+    /// [`Applied::Duplicate`], part of it an [`Applied::Overlap`] (the sender drops what is
+    /// applied and resends the rest), a jump is refused ([`Applied::Gap`]) rather than
+    /// silently losing what is missing. A new stream (a sender whose store was re-created)
+    /// starts a new sequence space.
     pub fn merge_from(
         &self,
         sender: &str,
         stream: u64,
-        sequence: u64,
+        (first, last): (u64, u64),
         deltas: &[Delta],
         outbox: bool,
     ) -> Result<Applied, StoreError> {
         let mark_key = tagged(TAG_SENDER, sender.as_bytes());
-        if let Some(mark) = self.t.get(&mark_key)? {
-            let (s, last) = (u64_of(&mark[..8]), u64_of(&mark[8..]));
-            if s == stream && sequence <= last {
-                return Ok(Applied::Duplicate);
+        if let Some(mark) = self.t.get(&mark_key)?
+            && mark.len() == 16
+            && u64_of(&mark[..8]) == stream
+        {
+            let through = u64_of(&mark[8..]);
+            if last <= through {
+                return Ok(Applied::Duplicate { through });
             }
-            if s == stream && sequence != last + 1 {
-                return Ok(Applied::Gap { expected: last + 1 });
+            if first <= through {
+                return Ok(Applied::Overlap { through });
+            }
+            if first != through + 1 {
+                return Ok(Applied::Gap { expected: through + 1 });
             }
         }
         let mut batch = sled::Batch::default();
         let mut mark = stream.to_be_bytes().to_vec();
-        mark.extend_from_slice(&sequence.to_be_bytes());
+        mark.extend_from_slice(&last.to_be_bytes());
         batch.insert(mark_key, mark);
         for d in deltas {
             let mut k = tagged(TAG_CONTRIBUTOR, &rrset_key(&d.rrset));
@@ -299,6 +315,34 @@ impl Store {
     /// Deletes an outbox batch once the next hop holds it durably.
     pub fn outbox_remove(&self, sequence: u64) -> Result<(), StoreError> {
         self.t.remove(tagged(TAG_OUTBOX, &sequence.to_be_bytes()))?;
+        Ok(())
+    }
+
+    /// The oldest outbox batches, in order, up to `max_batches` or until `max_deltas` would
+    /// be passed (at least one batch when there is any).
+    pub fn outbox_take(&self, max_batches: usize, max_deltas: usize) -> Result<Vec<(u64, Vec<Delta>)>, StoreError> {
+        let mut out: Vec<(u64, Vec<Delta>)> = Vec::new();
+        let mut n = 0;
+        for item in self.t.scan_prefix([TAG_OUTBOX]).take(max_batches) {
+            let (k, v) = item?;
+            let deltas = decode_deltas(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
+            if !out.is_empty() && n + deltas.len() > max_deltas {
+                break;
+            }
+            n += deltas.len();
+            out.push((u64_of(&k[1..]), deltas));
+        }
+        Ok(out)
+    }
+
+    /// Deletes every outbox batch up to and including `sequence`.
+    pub fn outbox_remove_through(&self, sequence: u64) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for item in self.t.range(tagged(TAG_OUTBOX, &0u64.to_be_bytes())..=tagged(TAG_OUTBOX, &sequence.to_be_bytes()))
+        {
+            batch.remove(item?.0);
+        }
+        self.t.apply_batch(batch)?;
         Ok(())
     }
 
@@ -682,16 +726,19 @@ mod tests {
             last: 20,
             count,
         };
-        assert!(matches!(s.merge_from("s1", 7, 1, &[d(2)], false).unwrap(), Applied::Merged(_)));
-        assert_eq!(s.merge_from("s1", 7, 1, &[d(2)], false).unwrap(), Applied::Duplicate);
-        assert_eq!(s.merge_from("s1", 7, 3, &[d(5)], false).unwrap(), Applied::Gap { expected: 2 });
-        assert!(matches!(s.merge_from("s1", 7, 2, &[d(3)], false).unwrap(), Applied::Merged(_)));
-        assert!(matches!(s.merge_from("s2", 1, 40, &[d(1)], false).unwrap(), Applied::Merged(_)));
+        assert!(matches!(s.merge_from("s1", 7, (1, 1), &[d(2)], false).unwrap(), Applied::Merged(_)));
+        assert_eq!(s.merge_from("s1", 7, (1, 1), &[d(2)], false).unwrap(), Applied::Duplicate { through: 1 });
+        assert_eq!(s.merge_from("s1", 7, (3, 3), &[d(5)], false).unwrap(), Applied::Gap { expected: 2 });
+        assert!(matches!(s.merge_from("s1", 7, (2, 4), &[d(3)], false).unwrap(), Applied::Merged(_)));
+        // 4..6 merged by a relay after 4 went through alone: refused, the sender resends 5..6.
+        assert_eq!(s.merge_from("s1", 7, (4, 6), &[d(9)], false).unwrap(), Applied::Overlap { through: 4 });
+        assert!(matches!(s.merge_from("s1", 7, (5, 6), &[d(1)], false).unwrap(), Applied::Merged(_)));
+        assert!(matches!(s.merge_from("s2", 1, (40, 40), &[d(1)], false).unwrap(), Applied::Merged(_)));
         // s1's store was re-created: a new stream, sequences start over.
-        assert!(matches!(s.merge_from("s1", 8, 1, &[d(10)], false).unwrap(), Applied::Merged(_)));
+        assert!(matches!(s.merge_from("s1", 8, (1, 1), &[d(10)], false).unwrap(), Applied::Merged(_)));
         let e: Vec<Entry> = s.all(false).map(|e| e.unwrap()).collect();
         assert_eq!(e.len(), 1);
-        assert_eq!(e[0].count, 2 + 3 + 1 + 10);
+        assert_eq!(e[0].count, 2 + 3 + 1 + 1 + 10);
         assert_eq!(s.contributors(&e[0].rrset).unwrap(), vec!["s1".to_string(), "s2".to_string()]);
         assert_eq!(s.sender_marks().unwrap(), vec![("s1".into(), 8, 1), ("s2".into(), 1, 40)]);
     }
@@ -713,9 +760,17 @@ mod tests {
         s.merge(std::slice::from_ref(&d), true).unwrap();
         assert_eq!(s.outbox_oldest().unwrap().unwrap().0, 1);
         s.outbox_remove(1).unwrap();
-        assert_eq!(s.outbox_oldest().unwrap().unwrap(), (2, vec![d]));
+        assert_eq!(s.outbox_oldest().unwrap().unwrap(), (2, vec![d.clone()]));
         s.outbox_remove(2).unwrap();
         assert_eq!(s.outbox_oldest().unwrap(), None);
+        for _ in 0..4 {
+            s.merge(std::slice::from_ref(&d), true).unwrap();
+        }
+        let taken = s.outbox_take(3, 100).unwrap();
+        assert_eq!(taken.iter().map(|(q, _)| *q).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(s.outbox_take(10, 2).unwrap().len(), 2, "stops before passing max_deltas");
+        s.outbox_remove_through(5).unwrap();
+        assert_eq!(s.outbox_take(10, 100).unwrap().iter().map(|(q, _)| *q).collect::<Vec<_>>(), vec![6]);
     }
 
     fn rr(name: &str, t: u16, bw: &str, rdata: &[&str]) -> Rrset {
