@@ -28,6 +28,7 @@ pub mod forward;
 pub mod framestream;
 pub mod generate;
 pub mod metrics;
+pub mod pki;
 pub mod query;
 pub mod resolver;
 pub mod sensor;

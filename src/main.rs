@@ -33,6 +33,9 @@ enum Command {
     Collector(CollectorArgs),
     /// A dedup relay: takes batches like a collector, forwards them upstream merged.
     Relay(RelayArgs),
+    /// A private CA and certificates for forwarding (mutual TLS).
+    #[command(subcommand)]
+    Pki(PkiCommand),
     /// Check a configuration file and report every problem.
     CheckConfig {
         /// The sensor.toml (or, with --resolver, resolver.toml) to check.
@@ -68,6 +71,38 @@ struct CollectorArgs {
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create a CA: DIR/ca.pem and DIR/ca.key (never overwritten).
+    Ca {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "dnsledger CA")]
+        name: String,
+    },
+    /// Issue a server certificate (collector or relay) for NAME: DIR/NAME.pem, DIR/NAME.key.
+    Server {
+        #[arg(long)]
+        dir: PathBuf,
+        /// DNS name senders use (`server_name` in their configuration).
+        name: String,
+        /// Also valid for this address (repeatable).
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+    },
+    /// Issue a client certificate for a sensor or relay; ID is its identity upstream.
+    Client {
+        #[arg(long)]
+        dir: PathBuf,
+        id: String,
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+    },
 }
 
 #[derive(Args)]
@@ -377,6 +412,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", file.display());
         }
         Command::Collector(a) => run_collector(a, None).await?,
+        Command::Pki(PkiCommand::Ca { dir, name }) => {
+            dnsledger::pki::create_ca(&dir, &name)?;
+            println!("{}: CA \"{name}\" created (keep ca.key offline)", dir.join("ca.pem").display());
+        }
+        Command::Pki(PkiCommand::Server { dir, name, ip, days }) => {
+            anyhow::ensure!(days > 0, "--days must be positive");
+            let pem = dnsledger::pki::issue_server(&dir, &name, &ip, days)?;
+            println!("{}: server certificate for {name}", pem.display());
+        }
+        Command::Pki(PkiCommand::Client { dir, id, days }) => {
+            anyhow::ensure!(days > 0, "--days must be positive");
+            let pem = dnsledger::pki::issue_client(&dir, &id, days)?;
+            println!("{}: client certificate for {id}", pem.display());
+        }
         Command::Relay(a) => {
             let upstream = dnsledger::forward::ForwardConfig {
                 collector: a.upstream,

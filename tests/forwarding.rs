@@ -356,3 +356,54 @@ fn two_sensors_through_a_relay_that_is_killed_add_up_at_the_collector() {
     assert!(relay_log.contains("relaying upstream"), "{relay_log}");
     assert!(collector_log.contains("sender=\"relay-1\""), "{collector_log}");
 }
+
+#[test]
+fn certificates_from_dnsledger_pki_verify_with_openssl_and_carry_forwarding() {
+    tools::require("openssl", "openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let pki = work.join("pki");
+    let pki_cmd = |args: &[&str]| {
+        let out = tools::run({
+            let mut c = dnsledger();
+            c.arg("pki").args(args).arg("--dir").arg(&pki);
+            c
+        });
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    pki_cmd(&["ca"]);
+    pki_cmd(&["server", SERVER_NAME, "--ip", "127.0.0.1"]);
+    pki_cmd(&["client", "sensor-a"]);
+    let again = dnsledger().args(["pki", "client", "sensor-a", "--dir"]).arg(&pki).output().unwrap();
+    assert!(!again.status.success(), "a key is never overwritten");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not overwritten"));
+    let verify = tools::run({
+        let mut c = Command::new("openssl");
+        c.arg("verify")
+            .arg("-CAfile")
+            .arg(pki.join("ca.pem"))
+            .arg(pki.join("sensor-a.pem"))
+            .arg(pki.join(format!("{SERVER_NAME}.pem")));
+        c
+    });
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    // The layout start_collector expects.
+    std::fs::copy(pki.join(format!("{SERVER_NAME}.pem")), pki.join("server.pem")).unwrap();
+    std::fs::copy(pki.join(format!("{SERVER_NAME}.key")), pki.join("server.key")).unwrap();
+
+    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (listen, collector_metrics, sensor_metrics) = (port(), port(), port());
+    let collector_db = work.join("collector.db");
+    let collector = start_collector(work, &collector_db, listen, collector_metrics);
+    let (db, sock, config) = sensor_toml(work, "sensor-a", listen, sensor_metrics);
+    let mut cmd = dnsledger();
+    cmd.args(["sensor", "-q", "-c"]).arg(&config);
+    let sensor = Proc::spawn("sensor", cmd, work);
+    wait_for_socket(&sock);
+    replay(&data("unbound-resolver.dnstap"), &sock);
+    settle(sensor_metrics);
+    sensor.terminate();
+    collector.terminate();
+    assert_eq!(contents(&db), contents(&collector_db));
+    assert_eq!(Store::open(&collector_db).unwrap().sender_marks().unwrap()[0].0, "sensor-a");
+}

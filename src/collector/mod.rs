@@ -26,7 +26,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::forward::identity::common_name;
+use crate::forward::identity::sender_id;
 use crate::forward::wire::{self, Status};
 use crate::metrics::{
     Counter, Histogram, LATENCY_BUCKETS, Metrics, ReasonCounter, Registry, write_metric, write_reasons,
@@ -185,7 +185,7 @@ async fn serve(
             return;
         }
     };
-    let sender = conn.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| common_name(c));
+    let sender = conn.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| sender_id(c));
     let Some(sender) = sender else {
         stats.connections.inc("no_identity");
         tracing::warn!(%peer, "client certificate has no usable CN (1-64 of A-Z a-z 0-9 . _ -): refused");

@@ -47,11 +47,16 @@ pub fn common_name(der: &[u8]) -> Option<String> {
             let (0x06, oid, value) = element(attr)? else { return None };
             if oid == OID_COMMON_NAME {
                 let (_, text, _) = element(value)?;
-                return String::from_utf8(text.to_vec()).ok().filter(|s| valid_id(s));
+                return String::from_utf8(text.to_vec()).ok();
             }
         }
     }
     None
+}
+
+/// The sender id a certificate carries: its CN, if that is a valid id.
+pub fn sender_id(der: &[u8]) -> Option<String> {
+    common_name(der).filter(|s| valid_id(s))
 }
 
 /// Sensor ids: 1 to 64 of `[A-Za-z0-9._-]`.
