@@ -407,3 +407,43 @@ fn certificates_from_dnsledger_pki_verify_with_openssl_and_carry_forwarding() {
     assert_eq!(contents(&db), contents(&collector_db));
     assert_eq!(Store::open(&collector_db).unwrap().sender_marks().unwrap()[0].0, "sensor-a");
 }
+
+#[test]
+fn a_sensor_killed_before_forwarding_sends_what_it_had_flushed_after_a_restart() {
+    tools::require("openssl", "openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    tools::make_certs(&work.join("pki"), SERVER_NAME, &["sensor-a"]);
+    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (listen, collector_metrics, sensor_metrics) = (port(), port(), port());
+    // No collector yet: the sensor flushes into its outbox and cannot forward.
+    let (db, sock, config) = sensor_toml(work, "sensor-a", listen, sensor_metrics);
+    let start_sensor = || {
+        let mut cmd = dnsledger();
+        cmd.args(["sensor", "-q", "-c"]).arg(&config);
+        let p = Proc::spawn("sensor", cmd, work);
+        wait_for_socket(&sock);
+        p
+    };
+    let sensor = start_sensor();
+    replay(&data("unbound-resolver.dnstap"), &sock);
+    replay(&data("bind-resolver.dnstap"), &sock);
+    wait_for("windows flushed", Duration::from_secs(30), || {
+        let observed = metric(sensor_metrics, "dnsledger_sensor_rrsets_observed_total");
+        observed.is_some() && observed == metric(sensor_metrics, "dnsledger_sensor_observations_flushed_total")
+    });
+    assert!(metric(sensor_metrics, "dnsledger_sensor_outbox_batches").unwrap() >= 1);
+    sensor.signal("KILL");
+    let _ = sensor.wait(Duration::from_secs(10));
+    let _ = std::fs::remove_file(&sock);
+
+    let collector_db = work.join("collector.db");
+    let collector = start_collector(work, &collector_db, listen, collector_metrics);
+    let sensor = start_sensor();
+    settle(sensor_metrics);
+    sensor.terminate();
+    collector.terminate();
+    let at_sensor = contents(&db);
+    assert!(at_sensor.len() > 20);
+    assert_eq!(at_sensor, contents(&collector_db), "everything flushed before the kill reached the collector, once");
+}
