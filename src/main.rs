@@ -124,6 +124,10 @@ struct RelayArgs {
     /// Its private key.
     #[arg(long)]
     key: PathBuf,
+    /// Outbox entries kept while the upstream is away (at least 128); past it new batches
+    /// fold into the newest entry.
+    #[arg(long, default_value_t = 10_000)]
+    max_outbox_batches: usize,
 }
 
 #[derive(Args)]
@@ -433,7 +437,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ca: a.upstream_ca,
                 cert: a.cert,
                 key: a.key,
+                max_outbox_batches: a.max_outbox_batches,
             };
+            anyhow::ensure!(
+                a.max_outbox_batches >= dnsledger::store::MIN_OUTBOX_LIMIT,
+                "--max-outbox-batches must be at least {}",
+                dnsledger::store::MIN_OUTBOX_LIMIT
+            );
             run_collector(a.ingest, Some(upstream)).await?
         }
         Command::Resolver(a) => {

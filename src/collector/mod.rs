@@ -115,7 +115,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Runs the collector until `shutdown`.
 pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: CancellationToken) -> anyhow::Result<()> {
     let tls = crate::tls::server_config(&config.cert, &config.key, Some(&config.client_ca))?;
-    let store = Store::open(&config.db)?;
+    let mut store = Store::open(&config.db)?;
+    if let Some(f) = &config.upstream {
+        store = store.with_outbox_limit(f.max_outbox_batches);
+    }
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("listen {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, db = %config.db.display(), "collector listening");
     let stats = Arc::new(CollectorStats::default());

@@ -37,6 +37,8 @@ pub struct ForwardConfig {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Outbox entries kept while the next hop is away; past it flushes fold into the newest.
+    pub max_outbox_batches: usize,
 }
 
 /// Forwarder counters (Prometheus prefix `dnsledger_forward_`).
@@ -154,8 +156,9 @@ async fn exchange(conn: &mut Conn, body: &[u8], sequence: u64) -> Result<wire::p
     tokio::time::timeout(EXCHANGE_TIMEOUT, io).await.map_err(|_| ("timeout", "no acknowledgement".to_string()))?
 }
 
-/// Outbox entries combined into one batch at most (a relay's window across its senders).
-const MERGE_BATCHES: usize = 64;
+/// Outbox entries combined into one batch at most (a relay's window across its senders);
+/// half the smallest outbox bound, so the entry a full outbox folds into is never in flight.
+const MERGE_BATCHES: usize = crate::store::MIN_OUTBOX_LIMIT / 2;
 /// Summaries in one batch at most (before combining identical RRsets).
 const MERGE_DELTAS: usize = 50_000;
 

@@ -41,6 +41,7 @@ struct RawForward {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    max_outbox_batches: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,10 +201,19 @@ impl SensorConfig {
             if f.server_name.is_empty() {
                 err("forward.server_name", "empty".into());
             }
+            let max_outbox_batches = f.max_outbox_batches.unwrap_or(10_000);
+            if max_outbox_batches < crate::store::MIN_OUTBOX_LIMIT {
+                err("forward.max_outbox_batches", format!("at least {}", crate::store::MIN_OUTBOX_LIMIT));
+            }
             match f.collector.parse() {
-                Ok(collector) => {
-                    Some(ForwardConfig { collector, server_name: f.server_name, ca: f.ca, cert: f.cert, key: f.key })
-                }
+                Ok(collector) => Some(ForwardConfig {
+                    collector,
+                    server_name: f.server_name,
+                    ca: f.ca,
+                    cert: f.cert,
+                    key: f.key,
+                    max_outbox_batches,
+                }),
                 Err(_) => {
                     err("forward.collector", format!("`{}` is not host:port", f.collector));
                     None

@@ -56,6 +56,8 @@ pub struct SensorStats {
     /// Observations written to the store (the sum of the flushed counts).
     pub observations_flushed: Counter,
     pub outbox_batches: Gauge,
+    /// Flushes folded into the newest outbox entry because the outbox was full.
+    pub outbox_folds: Counter,
 }
 
 impl Metrics for SensorStats {
@@ -158,6 +160,13 @@ impl Metrics for SensorStats {
             "gauge",
             "Batches waiting in the outbox.",
             self.outbox_batches.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_outbox_folds_total"),
+            "counter",
+            "Flushes folded into the newest outbox entry (outbox full).",
+            self.outbox_folds.get(),
         );
     }
 }
@@ -416,6 +425,9 @@ fn write_window(
         retry("store sync", stats, closing, || store.sync())?;
         stats.keys_new.add(st.new_keys);
         stats.keys_updated.add(st.updated_keys);
+        if st.outbox_folded {
+            stats.outbox_folds.inc();
+        }
         stats.observations_flushed.add(chunk.iter().map(|d| d.count).sum());
     }
     stats.flushes.inc();
@@ -500,7 +512,10 @@ pub async fn run_fed(
     if config.unix.is_empty() && config.tcp.is_empty() && feed.is_none() {
         anyhow::bail!("no listener: set listen.unix or listen.tcp (or --unix/--tcp)");
     }
-    let store = Store::open_with(&config.db, config.compression)?;
+    let mut store = Store::open_with(&config.db, config.compression)?;
+    if let Some(f) = &config.forward {
+        store = store.with_outbox_limit(f.max_outbox_batches);
+    }
     let stats = Arc::new(SensorStats::default());
     let lstats = Arc::new(ListenerStats::default());
     registry.register(stats.clone());

@@ -133,6 +133,8 @@ pub struct MergeStats {
     pub new_keys: u64,
     pub updated_keys: u64,
     pub outbox_seq: Option<u64>,
+    /// The outbox was full: the deltas went into its newest entry.
+    pub outbox_folded: bool,
 }
 
 /// What [`Store::merge_from`] did with a sender's batch.
@@ -161,6 +163,33 @@ pub struct Store {
     /// Everything lives in this one tree under a one-byte tag, so that a flush is a single
     /// atomic batch.
     t: sled::Tree,
+    /// Outbox entries kept at most; past it new deltas are folded into the newest entry.
+    outbox_limit: usize,
+}
+
+/// The smallest outbox bound: twice what the forwarder takes at once, so that the entry that
+/// folding rewrites is never one being sent.
+pub const MIN_OUTBOX_LIMIT: usize = 128;
+
+/// Deltas of several flushes as one: identical RRsets summed (first = min, last = max).
+pub fn fold(mut into: Vec<Delta>, more: &[Delta]) -> Vec<Delta> {
+    let mut at: std::collections::HashMap<(Kind, Rrset), usize> =
+        into.iter().enumerate().map(|(i, d)| ((d.kind, d.rrset.clone()), i)).collect();
+    for d in more {
+        match at.get(&(d.kind, d.rrset.clone())) {
+            Some(&i) => {
+                let e = &mut into[i];
+                e.first = e.first.min(d.first);
+                e.last = e.last.max(d.last);
+                e.count += d.count;
+            }
+            None => {
+                at.insert((d.kind, d.rrset.clone()), into.len());
+                into.push(d.clone());
+            }
+        }
+    }
+    into
 }
 
 const TAG_RRSET: u8 = b'R';
@@ -183,6 +212,13 @@ fn tagged(tag: u8, rest: &[u8]) -> Vec<u8> {
 }
 
 impl Store {
+    /// Bounds the outbox to `limit` entries (at least [`MIN_OUTBOX_LIMIT`]): past it, flushes
+    /// fold into the newest entry, so nothing is lost while the next hop is away.
+    pub fn with_outbox_limit(mut self, limit: usize) -> Self {
+        self.outbox_limit = limit.max(MIN_OUTBOX_LIMIT);
+        self
+    }
+
     /// Opens (or creates) the store in `dir`, compressed if it was created so.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let compressed = std::fs::read_to_string(dir.join("conf")).is_ok_and(|c| c.contains("use_compression: true"));
@@ -206,7 +242,7 @@ impl Store {
             .open()
             .map_err(open_err)?;
         let t = db.open_tree("pdns").map_err(StoreError::Sled)?;
-        Ok(Self { db, t })
+        Ok(Self { db, t, outbox_limit: usize::MAX })
     }
 
     /// Adds a flush's deltas (each RRset at most once): counters summed, first/last widened,
@@ -375,7 +411,17 @@ impl Store {
             let n = self.t.get(META_RRSETS)?.map(|v| u64_of(&v)).unwrap_or(0) + new_positive;
             batch.insert(META_RRSETS, &n.to_be_bytes());
         }
-        if outbox {
+        if outbox && self.outbox_limit != usize::MAX && self.outbox_len() >= self.outbox_limit {
+            // Full (the next hop is away): fold into the newest entry instead of adding one,
+            // so the outbox stops growing by entries while counts stay exact. The newest entry
+            // is never in flight: the forwarder takes at most MIN_OUTBOX_LIMIT / 2 of the oldest.
+            let (k, v) =
+                self.t.scan_prefix([TAG_OUTBOX]).next_back().ok_or(StoreError::Corrupt(vec![TAG_OUTBOX]))??;
+            let old = decode_deltas(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
+            batch.insert(k.clone(), encode_deltas(&fold(old, deltas)));
+            stats.outbox_seq = Some(u64_of(&k[1..]));
+            stats.outbox_folded = true;
+        } else if outbox {
             let seq = self.t.get(META_OUTBOX_SEQ)?.map(|v| u64_of(&v)).unwrap_or(0) + 1;
             batch.insert(tagged(TAG_OUTBOX, &seq.to_be_bytes()), encode_deltas(deltas));
             batch.insert(META_OUTBOX_SEQ, &seq.to_be_bytes());
@@ -741,6 +787,34 @@ mod tests {
         assert_eq!(e[0].count, 2 + 3 + 1 + 1 + 10);
         assert_eq!(s.contributors(&e[0].rrset).unwrap(), vec!["s1".to_string(), "s2".to_string()]);
         assert_eq!(s.sender_marks().unwrap(), vec![("s1".into(), 8, 1), ("s2".into(), 1, 40)]);
+    }
+
+    #[test]
+    fn a_full_outbox_folds_new_flushes_into_its_newest_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap().with_outbox_limit(0);
+        assert_eq!(s.outbox_limit, MIN_OUTBOX_LIMIT);
+        let d = |name: &str, count| Delta {
+            kind: Kind::Positive,
+            rrset: rr(name, 1, "example.", &["192.0.2.7"]),
+            first: count,
+            last: count,
+            count,
+        };
+        let mut total = 0;
+        for i in 0..MIN_OUTBOX_LIMIT as u64 + 10 {
+            let st = s.merge(&[d("a.example.", i + 1), d(&format!("n{}.example.", i % 3), 1)], true).unwrap();
+            assert_eq!(st.outbox_folded, i >= MIN_OUTBOX_LIMIT as u64);
+            total += i + 2;
+        }
+        assert_eq!(s.outbox_len(), MIN_OUTBOX_LIMIT);
+        let batches = s.outbox_batches().unwrap();
+        let sum: u64 = batches.iter().flat_map(|(_, d)| d.iter().map(|d| d.count)).sum();
+        assert_eq!(sum, total, "nothing lost, nothing doubled");
+        let newest = &batches.last().unwrap().1;
+        let a = newest.iter().find(|d| d.rrset.rrname == "a.example.").unwrap();
+        assert_eq!((a.first, a.last), (MIN_OUTBOX_LIMIT as u64, MIN_OUTBOX_LIMIT as u64 + 10));
+        assert_eq!(newest.len(), 4, "one entry per distinct RRset");
     }
 
     #[test]
