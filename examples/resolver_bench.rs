@@ -79,9 +79,11 @@ fn dnsperf(server: Ipv4Addr, client: Ipv4Addr, data: &Path, extra: &[&str]) -> (
 
 fn start_ours(bin: &Path, work: &Path, h: &Hierarchy, listen: Ipv4Addr, dnstap: Option<&Path>) -> Child {
     let config = work.join(format!("resolver-{listen}.toml"));
+    // Metrics on 127.0.0.1:19000 + last octet, for the exchange counts printed at the end.
     let mut text = format!(
-        "[listen]\nudp = [\"{listen}:53\"]\ntcp = [\"{listen}:53\"]\n[access]\nallow = [\"127.{BLOCK}.2.0/24\"]\n\
+        "metrics = \"127.0.0.1:{}\"\n[listen]\nudp = [\"{listen}:53\"]\ntcp = [\"{listen}:53\"]\n[access]\nallow = [\"127.{BLOCK}.2.0/24\"]\n\
          [recursion]\nroot_hints = \"{}\"\nallow_servers = [\"127.{BLOCK}.0.0/24\"]\nsource_v4 = \"{listen}\"\n",
+        19_000 + u16::from(listen.octets()[3]),
         h.root_hints_path().display()
     );
     if let Some(sock) = dnstap {
@@ -119,7 +121,9 @@ fn main() {
     let outstanding = std::env::var("BENCH_MISS_OUTSTANDING").unwrap_or_else(|_| "200".into());
     let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let tmp = tempfile::tempdir().unwrap();
-    let work = tmp.path();
+    // BENCH_KEEP=1 keeps the work directory (captures, logs) for a look afterwards.
+    let work = if std::env::var_os("BENCH_KEEP").is_some() { tmp.keep() } else { tmp.path().to_path_buf() };
+    let work = work.as_path();
     let h = Hierarchy::start(BLOCK, work);
     let client = h.client_addr(1);
 
@@ -159,6 +163,21 @@ fn main() {
             miss_qps[i].push(qps);
         }
     }
+    for r in &resolvers[1..] {
+        let port = 19_000 + u16::from(r.addr.octets()[3]);
+        let text =
+            std::process::Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/metrics")]).output();
+        let text = text.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let pick = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap_or("").to_string();
+        println!(
+            "{}: {} | {} | {} | {}",
+            r.name,
+            pick("dnsledger_resolver_queries_udp_total"),
+            pick("dnsledger_resolver_upstream_udp_total"),
+            pick("dnsledger_resolver_upstream_tcp_total"),
+            pick("dnsledger_resolver_cache_answers_total")
+        );
+    }
     println!("\nmedians of {ROUNDS} rounds (queries/s)");
     println!("{:<24} {:>10} {:>10}", "resolver", "cached", "miss");
     for (i, r) in resolvers.iter().enumerate() {
@@ -185,7 +204,7 @@ fn main() {
             dnsperf(resolvers[1].addr, client, &data, &[&["-q", "200"], extra.as_slice()].concat());
             let _ = perf.wait();
             let report = Command::new("perf")
-                .args(["report", "--no-children", "--percent-limit", "2", "--stdio", "-g", "none", "-i"])
+                .args(["report", "--children", "--percent-limit", "4", "--stdio", "-g", "none", "-i"])
                 .arg(&out)
                 .output()
                 .expect("perf report");
@@ -194,7 +213,7 @@ fn main() {
                 String::from_utf8_lossy(&report.stdout)
                     .lines()
                     .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-                    .take(25)
+                    .take(60)
                     .collect::<Vec<_>>()
                     .join("\n")
             );

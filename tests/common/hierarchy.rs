@@ -272,6 +272,9 @@ fn zone_file_name(zone: &str) -> String {
 
 /// One NSD per address, everything it writes inside the work directory, no remote control
 /// (it would listen on 127.0.0.1:8952), one server process to spare the CPUs.
+/// Response rate limiting is off (`rrl-ratelimit: 0`): at its default of 200 answers/s per
+/// client /24, NSD truncates or drops answers under a benchmark's load (answers synthesised
+/// from one wildcard share one bucket), which measures the resolvers' TCP fallback instead.
 fn nsd_conf(server: &Server, addr: Ipv4Addr, dir: &Path, zones_dir: &Path, log: &Path) -> String {
     let state = |suffix: &str| dir.join(format!("nsd-{}.{suffix}", server.name)).display().to_string();
     let mut conf = format!(
@@ -291,6 +294,7 @@ fn nsd_conf(server: &Server, addr: Ipv4Addr, dir: &Path, zones_dir: &Path, log: 
          \x20   server-count: 1\n\
          \x20   reuseport: no\n\
          \x20   verbosity: 1\n\
+         \x20   rrl-ratelimit: 0\n\
          remote-control:\n\
          \x20   control-enable: no\n",
         zones = zones_dir.display(),
