@@ -56,7 +56,8 @@ fn validity(params: &mut CertificateParams, days: i64) {
     let now = time::OffsetDateTime::now_utc();
     // An hour of slack for peers whose clocks run behind.
     params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(days);
+    // 0 days: expired a minute ago (a certificate for testing that expired ones are refused).
+    params.not_after = if days == 0 { now - time::Duration::minutes(1) } else { now + time::Duration::days(days) };
 }
 
 fn ca_params(name: &str) -> CertificateParams {

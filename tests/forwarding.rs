@@ -374,6 +374,7 @@ fn certificates_from_dnsledger_pki_verify_with_openssl_and_carry_forwarding() {
     pki_cmd(&["ca"]);
     pki_cmd(&["server", SERVER_NAME, "--ip", "127.0.0.1"]);
     pki_cmd(&["client", "sensor-a"]);
+    pki_cmd(&["client", "sensor-old", "--days", "0"]);
     let again = dnsledger().args(["pki", "client", "sensor-a", "--dir"]).arg(&pki).output().unwrap();
     assert!(!again.status.success(), "a key is never overwritten");
     assert!(String::from_utf8_lossy(&again.stderr).contains("not overwritten"));
@@ -395,6 +396,21 @@ fn certificates_from_dnsledger_pki_verify_with_openssl_and_carry_forwarding() {
     let (listen, collector_metrics, sensor_metrics) = (port(), port(), port());
     let collector_db = work.join("collector.db");
     let collector = start_collector(work, &collector_db, listen, collector_metrics);
+    // An expired certificate from the right CA is refused.
+    let expired = Command::new("openssl")
+        .args(["s_client", "-connect", &listen.to_string(), "-servername", SERVER_NAME, "-quiet", "-CAfile"])
+        .arg(pki.join("ca.pem"))
+        .arg("-cert")
+        .arg(pki.join("sensor-old.pem"))
+        .arg("-key")
+        .arg(pki.join("sensor-old.key"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    drop(expired);
+    wait_for("expired certificate refused", Duration::from_secs(10), || {
+        collector.stderr().contains("certificate expired")
+    });
     let (db, sock, config) = sensor_toml(work, "sensor-a", listen, sensor_metrics);
     let mut cmd = dnsledger();
     cmd.args(["sensor", "-q", "-c"]).arg(&config);
@@ -403,8 +419,9 @@ fn certificates_from_dnsledger_pki_verify_with_openssl_and_carry_forwarding() {
     replay(&data("unbound-resolver.dnstap"), &sock);
     settle(sensor_metrics);
     sensor.terminate();
-    collector.terminate();
+    let log = collector.terminate();
     assert_eq!(contents(&db), contents(&collector_db));
+    assert!(!log.contains("sender=\"sensor-old\""), "{log}");
     assert_eq!(Store::open(&collector_db).unwrap().sender_marks().unwrap()[0].0, "sensor-a");
 }
 
