@@ -156,6 +156,31 @@ fn the_collector_ends_with_the_sensors_counts_through_crashes_and_outages() {
     };
     assert_eq!(store.contributors(&rrset).unwrap(), vec!["sensor-a".to_string()]);
     assert!(collector_log.contains("sender connected"), "{collector_log}");
+
+    // Nothing about clients or resolvers crossed: the captures' client (127.53.9.1) and
+    // resolvers (127.53.1.1, 127.53.1.2) appear nowhere in the collector's files.
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(&collector_db).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            bytes.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    let control = b"127.53.0.1";
+    assert!(bytes.windows(control.len()).any(|w| w == control), "the search sees stored rdata (the root's glue)");
+    for ip in [[127u8, 53, 9, 1], [127, 53, 1, 1], [127, 53, 1, 2]] {
+        let text = format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3]);
+        let reversed = format!("{}.{}.{}.{}", ip[3], ip[2], ip[1], ip[0]);
+        let mapped = std::net::Ipv4Addr::from(ip).to_ipv6_mapped().octets();
+        for (what, needle) in
+            [("text", text.as_bytes()), ("reversed", reversed.as_bytes()), ("binary", &ip[..]), ("mapped", &mapped[..])]
+        {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{text} ({what}) found in the collector's store"
+            );
+        }
+    }
 }
 
 #[test]

@@ -267,6 +267,22 @@ fn answers_taps_and_stores_like_unbound() {
         "only from unbound: {only_theirs:#?}\nonly from ours: {only_ours:#?}"
     );
     assert!(ours_rows.len() > 30);
+
+    // What a user asks of the store the resolver built: `dnsledger query`.
+    let query = |args: &[&str]| {
+        let out = tools::run({
+            let mut c = dnsledger();
+            c.arg("query").arg("--db").arg(&ours_db).arg("--json").args(args);
+            c
+        });
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let www = query(&["rrset", "www.example.com"]);
+    assert!(www.contains("\"rdata\":[\"192.0.2.80\"]") && www.contains("\"bailiwick\":\"example.com.\""), "{www}");
+    let bank = query(&["rrset", "bank.com", "NS"]);
+    assert!(bank.contains("ns1.bank.com.") && !bank.contains("ns.evil.test."), "{bank}");
+    let by_ip = query(&["rdata", "ip", "198.51.100.0/24"]);
+    assert!(by_ip.contains("www.bank.com.") && !by_ip.contains("6.6.6.6"), "{by_ip}");
 }
 
 /// A DNS query on the wire: id, flags, one question (`www.example.com A` unless `qname` says).
