@@ -68,6 +68,10 @@ struct CollectorArgs {
     /// Most connections at once.
     #[arg(long, default_value_t = 256)]
     max_connections: usize,
+    /// A sender (by certificate CN) that is a relay: the sensors its summaries name are
+    /// recorded as contributors (repeatable). Other senders are recorded themselves.
+    #[arg(long = "relay")]
+    relays: Vec<String>,
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -381,6 +385,7 @@ async fn run_collector(a: CollectorArgs, upstream: Option<dnsledger::forward::Fo
         client_ca: a.client_ca,
         max_connections: a.max_connections,
         upstream,
+        trusted_relays: a.relays,
     };
     dnsledger::collector::run(config, &registry, shutdown).await
 }

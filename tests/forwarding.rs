@@ -22,9 +22,14 @@ fn data(name: &str) -> PathBuf {
 }
 
 fn start_collector(work: &Path, db: &Path, listen: SocketAddr, metrics: SocketAddr) -> Proc {
+    start_collector_with(work, db, listen, metrics, &[])
+}
+
+fn start_collector_with(work: &Path, db: &Path, listen: SocketAddr, metrics: SocketAddr, extra: &[&str]) -> Proc {
     let pki = work.join("pki");
     let mut cmd = dnsledger();
     cmd.arg("collector")
+        .args(extra)
         .arg("--db")
         .arg(db)
         .args(["--listen", &listen.to_string(), "--metrics", &metrics.to_string()])
@@ -323,7 +328,8 @@ fn two_sensors_through_a_relay_that_is_killed_add_up_at_the_collector() {
     let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (collector_addr, collector_metrics, relay_addr, relay_metrics) = (port(), port(), port(), port());
     let collector_db = work.join("collector.db");
-    let collector = start_collector(work, &collector_db, collector_addr, collector_metrics);
+    let collector =
+        start_collector_with(work, &collector_db, collector_addr, collector_metrics, &["--relay", "relay-1"]);
     let relay = start_relay(work, relay_addr, relay_metrics, collector_addr);
 
     let mut sensors = Vec::new();
@@ -378,6 +384,15 @@ fn two_sensors_through_a_relay_that_is_killed_add_up_at_the_collector() {
     let store = Store::open(&collector_db).unwrap();
     let marks = store.sender_marks().unwrap();
     assert_eq!(marks.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(), vec!["relay-1"], "{marks:?}");
+    // The relay named the sensors behind each RRset, and the collector trusts it to.
+    let (key, _) = expected.iter().find(|(k, _)| k.0 == "www.example.com." && k.1 == 1).unwrap();
+    let rrset = dnsledger::sensor::Rrset {
+        rrname: key.0.clone(),
+        rrtype: key.1,
+        bailiwick: key.2.clone(),
+        rdata: key.3.clone(),
+    };
+    assert_eq!(store.contributors(&rrset).unwrap(), vec!["sensor-a", "sensor-b"]);
     assert!(relay_log.contains("relaying upstream"), "{relay_log}");
     assert!(collector_log.contains("sender=\"relay-1\""), "{collector_log}");
 }

@@ -44,6 +44,8 @@ pub struct CollectorConfig {
     pub max_connections: usize,
     /// Relay mode: what is applied also goes to this store's outbox, forwarded upstream.
     pub upstream: Option<crate::forward::ForwardConfig>,
+    /// Senders (relays) whose summaries name the sensors behind them; recorded as given.
+    pub trusted_relays: Vec<String>,
 }
 
 /// Collector counters (Prometheus prefix `dnsledger_collector_`).
@@ -125,6 +127,7 @@ pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: Cancell
     registry.register(stats.clone());
     let acceptor = TlsAcceptor::from(tls);
     let outbox = config.upstream.is_some();
+    let trusted_relays = Arc::new(config.trusted_relays.clone());
     let forwarder = config.upstream.clone().map(|f| {
         let fstats = Arc::new(crate::forward::ForwardStats::default());
         registry.register(fstats.clone());
@@ -153,8 +156,9 @@ pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: Cancell
             continue;
         };
         let (acceptor, stats, writer, shutdown) = (acceptor.clone(), stats.clone(), writer.clone(), shutdown.clone());
+        let relays = trusted_relays.clone();
         tokio::spawn(async move {
-            serve(tcp, peer, acceptor, stats, writer, outbox, shutdown).await;
+            serve(tcp, peer, acceptor, stats, writer, (outbox, relays), shutdown).await;
             drop(permit);
         });
     }
@@ -172,7 +176,7 @@ async fn serve(
     acceptor: TlsAcceptor,
     stats: Arc<CollectorStats>,
     writer: Arc<Mutex<Store>>,
-    outbox: bool,
+    (outbox, trusted_relays): (bool, Arc<Vec<String>>),
     shutdown: CancellationToken,
 ) {
     let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -195,7 +199,8 @@ async fn serve(
         return;
     };
     stats.connections.inc("accepted");
-    tracing::info!(%peer, sender, "sender connected");
+    let trusted = trusted_relays.contains(&sender);
+    tracing::info!(%peer, sender, trusted_relay = trusted, "sender connected");
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -224,7 +229,8 @@ async fn serve(
                 let sender_id = sender.clone();
                 let n = deltas.len() as u64;
                 let applied = tokio::task::spawn_blocking(move || {
-                    let applied = store.merge_from(&sender_id, id.stream, (id.first, id.sequence), &deltas, outbox)?;
+                    let applied =
+                        store.merge_from(&sender_id, id.stream, (id.first, id.sequence), &deltas, outbox, trusted)?;
                     if matches!(applied, Applied::Merged(_)) {
                         store.sync()?;
                     }

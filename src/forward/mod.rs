@@ -175,18 +175,9 @@ async fn next_batch(store: &Store) -> Result<Option<(u64, u64, Vec<Delta>)>, Str
     if taken.len() == 1 {
         return Ok(taken.into_iter().next().map(|(_, d)| (first, last, d)));
     }
-    let mut merged: std::collections::HashMap<(crate::sensor::Kind, crate::sensor::Rrset), (u64, u64, u64)> =
-        std::collections::HashMap::new();
-    for d in taken.into_iter().flat_map(|(_, d)| d) {
-        let e = merged.entry((d.kind, d.rrset)).or_insert((d.first, d.last, 0));
-        e.0 = e.0.min(d.first);
-        e.1 = e.1.max(d.last);
-        e.2 += d.count;
-    }
-    let deltas = merged
-        .into_iter()
-        .map(|((kind, rrset), (first, last, count))| Delta { kind, rrset, first, last, count })
-        .collect();
+    let mut entries = taken.into_iter().map(|(_, d)| d);
+    let start = entries.next().unwrap_or_default();
+    let deltas = entries.fold(start, |acc, more| crate::store::fold(acc, &more));
     Ok(Some((first, last, deltas)))
 }
 

@@ -91,6 +91,7 @@ pub fn encode_batch(id: BatchId, created: u64, deltas: &[Delta]) -> Vec<u8> {
                 time_last: d.last,
                 count: d.count,
                 kind: kind_code(d.kind),
+                sensors: d.sensors.clone(),
             })
             .collect(),
     };
@@ -136,12 +137,16 @@ pub fn decode_batch(wire: &[u8]) -> Result<(BatchId, Vec<Delta>), WireError> {
         if s.count == 0 || s.time_first > s.time_last {
             return Err(bad("count 0 or first after last"));
         }
+        if s.sensors.len() > 256 || !s.sensors.iter().all(|id| super::identity::valid_id(id)) {
+            return Err(bad("sensor ids: at most 256 of 1-64 of A-Z a-z 0-9 . _ -"));
+        }
         deltas.push(Delta {
             kind,
             rrset: Rrset { rrname: s.rrname, rrtype, bailiwick: s.bailiwick, rdata: s.rdata },
             first: s.time_first,
             last: s.time_last,
             count: s.count,
+            sensors: s.sensors,
         });
     }
     let first = if batch.first_sequence == 0 { batch.sequence } else { batch.first_sequence };
@@ -205,6 +210,7 @@ mod tests {
             first: 100,
             last: 200,
             count,
+            sensors: vec!["sensor-1".into()],
         }
     }
 

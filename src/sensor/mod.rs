@@ -322,7 +322,14 @@ impl Pipeline {
         let deltas: Vec<Delta> = self
             .window
             .drain()
-            .map(|((kind, rrset), a)| Delta { kind, rrset, first: a.first, last: a.last, count: a.count })
+            .map(|((kind, rrset), a)| Delta {
+                kind,
+                rrset,
+                first: a.first,
+                last: a.last,
+                count: a.count,
+                sensors: Vec::new(),
+            })
             .collect();
         self.stats.window_keys.set(0);
         self.flusher.send(deltas)

@@ -71,6 +71,8 @@ pub struct Delta {
     pub first: u64,
     pub last: u64,
     pub count: u64,
+    /// The sensors behind it, when it passed a relay (empty: the sender itself).
+    pub sensors: Vec<String>,
 }
 
 /// DNSDB-style time fences, each an independent predicate (epoch seconds).
@@ -171,6 +173,15 @@ pub struct Store {
 /// folding rewrites is never one being sent.
 pub const MIN_OUTBOX_LIMIT: usize = 128;
 
+/// Adds `more` to the sorted, unique list `into`.
+pub fn union_sensors(into: &mut Vec<String>, more: &[String]) {
+    for s in more {
+        if let Err(i) = into.binary_search(s) {
+            into.insert(i, s.clone());
+        }
+    }
+}
+
 /// Deltas of several flushes as one: identical RRsets summed (first = min, last = max).
 pub fn fold(mut into: Vec<Delta>, more: &[Delta]) -> Vec<Delta> {
     let mut at: std::collections::HashMap<(Kind, Rrset), usize> =
@@ -182,6 +193,7 @@ pub fn fold(mut into: Vec<Delta>, more: &[Delta]) -> Vec<Delta> {
                 e.first = e.first.min(d.first);
                 e.last = e.last.max(d.last);
                 e.count += d.count;
+                union_sensors(&mut e.sensors, &d.sensors);
             }
             None => {
                 at.insert((d.kind, d.rrset.clone()), into.len());
@@ -259,7 +271,9 @@ impl Store {
     /// [`Applied::Duplicate`], part of it an [`Applied::Overlap`] (the sender drops what is
     /// applied and resends the rest), a jump is refused ([`Applied::Gap`]) rather than
     /// silently losing what is missing. A new stream (a sender whose store was re-created)
-    /// starts a new sequence space.
+    /// starts a new sequence space. With `trust_sensors` (the sender is a relay the operator
+    /// trusts), the sensors a delta names are recorded as its contributors; otherwise the
+    /// sender is, whatever the delta claims.
     pub fn merge_from(
         &self,
         sender: &str,
@@ -267,6 +281,7 @@ impl Store {
         (first, last): (u64, u64),
         deltas: &[Delta],
         outbox: bool,
+        trust_sensors: bool,
     ) -> Result<Applied, StoreError> {
         let mark_key = tagged(TAG_SENDER, sender.as_bytes());
         if let Some(mark) = self.t.get(&mark_key)?
@@ -288,13 +303,26 @@ impl Store {
         let mut mark = stream.to_be_bytes().to_vec();
         mark.extend_from_slice(&last.to_be_bytes());
         batch.insert(mark_key, mark);
-        for d in deltas {
-            let mut k = tagged(TAG_CONTRIBUTOR, &rrset_key(&d.rrset));
-            k.push(0);
-            k.extend_from_slice(sender.as_bytes());
-            batch.insert(k, &[]);
+        // Who is behind each delta: the sensors a trusted relay names, otherwise the sender.
+        let attributed: Vec<Delta> = deltas
+            .iter()
+            .map(|d| {
+                let mut d = d.clone();
+                if !trust_sensors || d.sensors.is_empty() {
+                    d.sensors = vec![sender.to_string()];
+                }
+                d
+            })
+            .collect();
+        for d in &attributed {
+            for s in &d.sensors {
+                let mut k = tagged(TAG_CONTRIBUTOR, &rrset_key(&d.rrset));
+                k.push(0);
+                k.extend_from_slice(s.as_bytes());
+                batch.insert(k, &[]);
+            }
         }
-        Ok(Applied::Merged(self.merge_with(deltas, outbox, batch)?))
+        Ok(Applied::Merged(self.merge_with(&attributed, outbox, batch)?))
     }
 
     /// The (stream, last sequence) applied from each sender.
@@ -719,8 +747,12 @@ pub fn rdata_target(rrtype: u16, rdata: &str) -> Option<String> {
     Some(t.to_ascii_lowercase())
 }
 
+/// Marks the outbox encoding with sensor lists (the older one began with a u32 count, whose
+/// first byte is never this).
+const DELTAS_V2: u8 = 0xfe;
+
 fn encode_deltas(deltas: &[Delta]) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = vec![DELTAS_V2];
     out.extend_from_slice(&(deltas.len() as u32).to_be_bytes());
     for d in deltas {
         out.push(match d.kind {
@@ -731,6 +763,11 @@ fn encode_deltas(deltas: &[Delta]) -> Vec<u8> {
         let v = encode_value(d.first, d.last, d.count, &d.rrset);
         out.extend_from_slice(&(v.len() as u32).to_be_bytes());
         out.extend_from_slice(&v);
+        out.extend_from_slice(&(d.sensors.len() as u16).to_be_bytes());
+        for s in &d.sensors {
+            out.push(s.len() as u8);
+            out.extend_from_slice(s.as_bytes());
+        }
     }
     out
 }
@@ -741,6 +778,10 @@ fn decode_deltas(mut b: &[u8]) -> Option<Vec<Delta>> {
         *b = t;
         Some(h.to_vec())
     };
+    let v2 = b.first() == Some(&DELTAS_V2);
+    if v2 {
+        b = &b[1..];
+    }
     let n = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?) as usize;
     let mut out = Vec::with_capacity(n.min(1 << 16));
     for _ in 0..n {
@@ -752,7 +793,15 @@ fn decode_deltas(mut b: &[u8]) -> Option<Vec<Delta>> {
         };
         let len = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?) as usize;
         let e = decode_value(&take(&mut b, len)?)?;
-        out.push(Delta { kind, rrset: e.rrset, first: e.first, last: e.last, count: e.count });
+        let mut sensors = Vec::new();
+        if v2 {
+            let k = u16::from_be_bytes(take(&mut b, 2)?.try_into().ok()?);
+            for _ in 0..k {
+                let l = take(&mut b, 1)?[0] as usize;
+                sensors.push(String::from_utf8(take(&mut b, l)?).ok()?);
+            }
+        }
+        out.push(Delta { kind, rrset: e.rrset, first: e.first, last: e.last, count: e.count, sensors });
     }
     Some(out)
 }
@@ -771,22 +820,31 @@ mod tests {
             first: 10,
             last: 20,
             count,
+            sensors: Vec::new(),
         };
-        assert!(matches!(s.merge_from("s1", 7, (1, 1), &[d(2)], false).unwrap(), Applied::Merged(_)));
-        assert_eq!(s.merge_from("s1", 7, (1, 1), &[d(2)], false).unwrap(), Applied::Duplicate { through: 1 });
-        assert_eq!(s.merge_from("s1", 7, (3, 3), &[d(5)], false).unwrap(), Applied::Gap { expected: 2 });
-        assert!(matches!(s.merge_from("s1", 7, (2, 4), &[d(3)], false).unwrap(), Applied::Merged(_)));
+        assert!(matches!(s.merge_from("s1", 7, (1, 1), &[d(2)], false, false).unwrap(), Applied::Merged(_)));
+        assert_eq!(s.merge_from("s1", 7, (1, 1), &[d(2)], false, false).unwrap(), Applied::Duplicate { through: 1 });
+        assert_eq!(s.merge_from("s1", 7, (3, 3), &[d(5)], false, false).unwrap(), Applied::Gap { expected: 2 });
+        assert!(matches!(s.merge_from("s1", 7, (2, 4), &[d(3)], false, false).unwrap(), Applied::Merged(_)));
         // 4..6 merged by a relay after 4 went through alone: refused, the sender resends 5..6.
-        assert_eq!(s.merge_from("s1", 7, (4, 6), &[d(9)], false).unwrap(), Applied::Overlap { through: 4 });
-        assert!(matches!(s.merge_from("s1", 7, (5, 6), &[d(1)], false).unwrap(), Applied::Merged(_)));
-        assert!(matches!(s.merge_from("s2", 1, (40, 40), &[d(1)], false).unwrap(), Applied::Merged(_)));
+        assert_eq!(s.merge_from("s1", 7, (4, 6), &[d(9)], false, false).unwrap(), Applied::Overlap { through: 4 });
+        assert!(matches!(s.merge_from("s1", 7, (5, 6), &[d(1)], false, false).unwrap(), Applied::Merged(_)));
+        assert!(matches!(s.merge_from("s2", 1, (40, 40), &[d(1)], false, false).unwrap(), Applied::Merged(_)));
         // s1's store was re-created: a new stream, sequences start over.
-        assert!(matches!(s.merge_from("s1", 8, (1, 1), &[d(10)], false).unwrap(), Applied::Merged(_)));
+        assert!(matches!(s.merge_from("s1", 8, (1, 1), &[d(10)], false, false).unwrap(), Applied::Merged(_)));
         let e: Vec<Entry> = s.all(false).map(|e| e.unwrap()).collect();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].count, 2 + 3 + 1 + 1 + 10);
         assert_eq!(s.contributors(&e[0].rrset).unwrap(), vec!["s1".to_string(), "s2".to_string()]);
         assert_eq!(s.sender_marks().unwrap(), vec![("s1".into(), 8, 1), ("s2".into(), 1, 40)]);
+
+        // Sensors named by a trusted relay are recorded; an untrusted sender's claims are not.
+        let mut claimed = d(1);
+        claimed.rrset.rrname = "relayed.example.com.".into();
+        claimed.sensors = vec!["far-1".into(), "far-2".into()];
+        s.merge_from("relay", 1, (1, 1), std::slice::from_ref(&claimed), false, true).unwrap();
+        s.merge_from("liar", 1, (1, 1), std::slice::from_ref(&claimed), false, false).unwrap();
+        assert_eq!(s.contributors(&claimed.rrset).unwrap(), vec!["far-1", "far-2", "liar"]);
     }
 
     #[test]
@@ -800,6 +858,7 @@ mod tests {
             first: count,
             last: count,
             count,
+            sensors: Vec::new(),
         };
         let mut total = 0;
         for i in 0..MIN_OUTBOX_LIMIT as u64 + 10 {
@@ -829,6 +888,7 @@ mod tests {
             first: 1,
             last: 1,
             count: 1,
+            sensors: vec!["s1".into()],
         };
         s.merge(std::slice::from_ref(&d), true).unwrap();
         s.merge(std::slice::from_ref(&d), true).unwrap();
@@ -857,7 +917,7 @@ mod tests {
     }
 
     fn delta(r: Rrset, first: u64, last: u64, count: u64) -> Delta {
-        Delta { kind: Kind::Positive, rrset: r, first, last, count }
+        Delta { kind: Kind::Positive, rrset: r, first, last, count, sensors: Vec::new() }
     }
 
     #[test]
