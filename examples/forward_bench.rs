@@ -65,7 +65,8 @@ fn main() {
     let collector = Store::open(&dir.path().join("collector")).expect("store");
     let start = Instant::now();
     for (id, deltas) in &decoded {
-        match collector.merge_from("sensor-a", id.stream, (id.first, id.sequence), deltas, false).expect("merge") {
+        match collector.merge_from("sensor-a", id.stream, (id.first, id.sequence), deltas, false, false).expect("merge")
+        {
             Applied::Merged(_) => collector.sync().expect("sync"),
             other => panic!("{other:?}"),
         }
