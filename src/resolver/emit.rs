@@ -33,6 +33,11 @@ impl Emitter {
         Self { writer, sensor, stats }
     }
 
+    /// Whether frames go anywhere; without an output the tap builds none.
+    pub(crate) fn is_active(&self) -> bool {
+        self.writer.is_some() || self.sensor.is_some()
+    }
+
     pub(crate) fn emit(&self, frame: Bytes) {
         self.stats.dnstap_frames.inc();
         if let Some(w) = &self.writer {

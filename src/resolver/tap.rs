@@ -126,6 +126,10 @@ impl Tap {
     fn on_query(&self, t: Transport, local: SocketAddr, server: SocketAddr, query: &[u8]) -> Sent {
         self.stats.upstream_queries(t == Transport::Tcp).inc();
         super::count_upstream_on_this_task();
+        if !self.emitter.is_active() {
+            // dnstap off: no zones to track, no frames to build.
+            return Sent { zone: None, time: SystemTime::now() };
+        }
         let sent = Sent { zone: self.zone_of_query(server.ip(), query), time: SystemTime::now() };
         if self.config.queries {
             self.emitter.emit(self.frame(t, local, server, &sent, Some(query), None));
@@ -137,6 +141,9 @@ impl Tap {
     /// query message, like unbound and BIND: the response repeats the question).
     fn on_response(&self, t: Transport, local: SocketAddr, server: SocketAddr, sent: &Sent, response: &[u8]) {
         self.stats.upstream_responses.inc();
+        if !self.emitter.is_active() {
+            return;
+        }
         if let Some(zone) = &sent.zone
             && let Ok(msg) = Message::from_bytes(response)
         {
