@@ -4,7 +4,7 @@
 //! unbound's for the same upstream questions; and its in-process sensor must build the same
 //! passive DNS store as a sensor fed by unbound.
 //!
-//! Address blocks: 68 (side by side), 69 (bad clients), 71 (client messages).
+//! Address blocks: 68 (side by side), 69 (bad clients), 71 (client messages), 72 (DNSSEC).
 
 mod common;
 mod tools;
@@ -456,4 +456,35 @@ fn client_messages_when_asked_for_record_what_the_client_got() {
     // dnstap-ldns reads them as client messages.
     let lines = dnstap_quiet(&file);
     assert_eq!(lines.iter().filter(|l| l.split_whitespace().nth(2) == Some("CR")).count(), 2, "{lines:?}");
+}
+
+#[test]
+fn dnssec_validation_rejects_a_private_root_the_iana_anchor_cannot_vouch_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let h = Hierarchy::start(72, work);
+    let client = h.client_addr(1);
+    let listen = h.resolver_addr(3);
+    let server = SocketAddr::from((listen, 53));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], tools::free_port()));
+    let config = work.join("resolver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "metrics = \"{metrics}\"\n\
+             [listen]\nudp = [\"{server}\"]\ntcp = [\"{server}\"]\n[access]\nallow = [\"127.72.2.0/24\"]\n\
+             [recursion]\nroot_hints = \"{}\"\nallow_servers = [\"127.72.0.0/24\"]\ndnssec = \"validate\"\n",
+            h.root_hints_path().display()
+        ),
+    )
+    .unwrap();
+    let resolver = start_resolver(&config, listen, work);
+    // The rig's root is unsigned: with the IANA trust anchor nothing under it can be proven,
+    // so a validating resolver must not hand out its answers.
+    let a = answer(server, client, "www.example.com", "A", &["+dnssec"]);
+    assert_eq!(a.0, "SERVFAIL", "{a:?}");
+    assert!(a.1.is_empty());
+    // It did ask the rig (this is validation failing, not the network).
+    assert!(tools::metric(metrics, "dnsledger_resolver_upstream_responses_total").unwrap() > 0);
+    resolver.terminate();
 }

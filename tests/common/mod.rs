@@ -11,7 +11,7 @@
 //! is failing.
 //!
 //! Block numbers in use: 60 (rig_smoke), 61-64 (live_resolvers), 65-66 (sensor_live), 67 (tls_dnstap),
-//! 68-69 and 71 (resolver_live), 70 (examples/resolver_bench).
+//! 68-69, 71-72 (resolver_live), 70 (examples/resolver_bench).
 
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
