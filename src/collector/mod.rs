@@ -117,6 +117,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Runs the collector until `shutdown`.
 pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: CancellationToken) -> anyhow::Result<()> {
     let tls = crate::tls::server_config(&config.cert, &config.key, Some(&config.client_ca))?;
+    if let Some(f) = &config.upstream {
+        crate::tls::client_config(&f.ca, &f.cert, &f.key).map_err(|e| anyhow::anyhow!("upstream: {e}"))?;
+    }
     let mut store = Store::open(&config.db)?;
     if let Some(f) = &config.upstream {
         store = store.with_outbox_limit(f.max_outbox_batches);

@@ -519,6 +519,10 @@ pub async fn run_fed(
     if config.unix.is_empty() && config.tcp.is_empty() && feed.is_none() {
         anyhow::bail!("no listener: set listen.unix or listen.tcp (or --unix/--tcp)");
     }
+    if let Some(f) = &config.forward {
+        // A forwarding setup that cannot work is a start-up error, not a silent idle outbox.
+        crate::tls::client_config(&f.ca, &f.cert, &f.key).map_err(|e| anyhow::anyhow!("forward: {e}"))?;
+    }
     let mut store = Store::open_with(&config.db, config.compression)?;
     if let Some(f) = &config.forward {
         store = store.with_outbox_limit(f.max_outbox_batches);
