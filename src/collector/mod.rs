@@ -234,9 +234,9 @@ async fn serve(
                 let applied = tokio::task::spawn_blocking(move || {
                     let applied =
                         store.merge_from(&sender_id, id.stream, (id.first, id.sequence), &deltas, outbox, trusted)?;
-                    if matches!(applied, Applied::Merged(_)) {
-                        store.sync()?;
-                    }
+                    // Also before a DUPLICATE or an overlap: the earlier merge it refers to may
+                    // not be durable yet (its own sync may have failed); cheap when it is.
+                    store.sync()?;
                     Ok::<_, crate::store::StoreError>(applied)
                 })
                 .await;

@@ -22,11 +22,19 @@ pub use pb::ack::Status;
 pub const MAX_WIRE: usize = 16 << 20;
 /// Largest batch after decompression.
 pub const MAX_BATCH: usize = 64 << 20;
+/// Summaries in one batch at most (the forwarder sends at most 50,000).
+pub const MAX_SUMMARIES: usize = 100_000;
+/// A count no real observation reaches; larger ones would risk overflow when summed.
+const MAX_COUNT: u64 = 1 << 48;
+/// Sensors named per summary at most; a relay keeps the first ones when a union passes it.
+pub const MAX_SENSORS: usize = 256;
 /// zstd level: fast, and passive DNS text compresses well even so.
 const LEVEL: i32 = 3;
 
 #[derive(Debug, Error)]
 pub enum WireError {
+    #[error("protobuf truncated or malformed")]
+    Truncated,
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("message of {0} bytes is over the {MAX_WIRE}-byte limit")]
@@ -35,6 +43,8 @@ pub enum WireError {
     Decompress(std::io::Error),
     #[error("not a protobuf batch: {0}")]
     Protobuf(#[from] prost::DecodeError),
+    #[error("more than {MAX_SUMMARIES} summaries")]
+    TooManySummaries,
     #[error("sequence range empty or backwards")]
     BadRange,
     #[error("bad summary {index}: {reason}")]
@@ -46,11 +56,13 @@ impl WireError {
     pub fn label(&self) -> &'static str {
         match self {
             Self::Io(_) => "io",
+            Self::Truncated => "protobuf",
             Self::TooLarge(_) => "too_large",
             Self::Decompress(_) => "decompress",
             Self::Protobuf(_) => "protobuf",
             Self::BadSummary { .. } => "bad_summary",
             Self::BadRange => "bad_range",
+            Self::TooManySummaries => "too_many_summaries",
         }
     }
 }
@@ -98,10 +110,47 @@ pub fn encode_batch(id: BatchId, created: u64, deltas: &[Delta]) -> Vec<u8> {
     zstd::block::compress(&batch.encode_to_vec(), LEVEL).unwrap_or_default()
 }
 
+/// How many times top-level field `field` occurs in a protobuf message (a shallow walk).
+fn count_field(mut b: &[u8], field: u64) -> Result<usize, WireError> {
+    let varint = |b: &mut &[u8]| -> Result<u64, WireError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = b.split_first().ok_or(WireError::Truncated)?;
+            *b = rest;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(WireError::Truncated)
+    };
+    let mut n = 0;
+    while !b.is_empty() {
+        let key = varint(&mut b)?;
+        let skip = match key & 7 {
+            0 => {
+                varint(&mut b)?;
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(varint(&mut b)?).map_err(|_| WireError::Truncated)?,
+            5 => 4,
+            _ => return Err(WireError::Truncated),
+        };
+        if key >> 3 == field {
+            n += 1;
+        }
+        b = b.get(skip..).ok_or(WireError::Truncated)?;
+    }
+    Ok(n)
+}
+
 /// Decompresses, growing the buffer only as data arrives, up to [`MAX_BATCH`].
 fn decompress(wire: &[u8]) -> Result<Vec<u8>, WireError> {
     use std::io::Read;
-    let decoder = zstd::stream::read::Decoder::new(wire).map_err(WireError::Decompress)?;
+    let mut decoder = zstd::stream::read::Decoder::new(wire).map_err(WireError::Decompress)?;
+    // A frame may ask for a 128 MiB window; 8 MiB is plenty for batches.
+    decoder.window_log_max(23).map_err(WireError::Decompress)?;
     let mut raw = Vec::new();
     decoder.take(MAX_BATCH as u64 + 1).read_to_end(&mut raw).map_err(WireError::Decompress)?;
     if raw.len() > MAX_BATCH {
@@ -114,8 +163,14 @@ fn decompress(wire: &[u8]) -> Result<Vec<u8>, WireError> {
 /// batch is rejected (a sender with a bug must not half-apply).
 pub fn decode_batch(wire: &[u8]) -> Result<(BatchId, Vec<Delta>), WireError> {
     let raw = decompress(wire)?;
+    // Count the summaries before decoding them: 2-byte empty summaries would otherwise
+    // expand into gigabytes of structs before any check.
+    if count_field(&raw, 3)? > MAX_SUMMARIES {
+        return Err(WireError::TooManySummaries);
+    }
     let batch = pb::Batch::decode(raw.as_slice())?;
     let mut deltas = Vec::with_capacity(batch.summaries.len());
+    let mut seen = std::collections::HashSet::new();
     for (index, s) in batch.summaries.into_iter().enumerate() {
         let bad = |reason| WireError::BadSummary { index, reason };
         let kind = match s.kind {
@@ -137,8 +192,14 @@ pub fn decode_batch(wire: &[u8]) -> Result<(BatchId, Vec<Delta>), WireError> {
         if s.count == 0 || s.time_first > s.time_last {
             return Err(bad("count 0 or first after last"));
         }
-        if s.sensors.len() > 256 || !s.sensors.iter().all(|id| super::identity::valid_id(id)) {
+        if s.sensors.len() > MAX_SENSORS || !s.sensors.iter().all(|id| super::identity::valid_id(id)) {
             return Err(bad("sensor ids: at most 256 of 1-64 of A-Z a-z 0-9 . _ -"));
+        }
+        if s.count > MAX_COUNT {
+            return Err(bad("count over 2^48"));
+        }
+        if !seen.insert((kind_code(kind), s.rrname.clone(), rrtype, s.bailiwick.clone(), s.rdata.clone())) {
+            return Err(bad("the same RRset twice in one batch"));
         }
         deltas.push(Delta {
             kind,
@@ -187,8 +248,12 @@ pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<
     if len > MAX_WIRE {
         return Err(WireError::TooLarge(len));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
+    // Grows as bytes arrive, not to the announced length at once.
+    let mut body = Vec::with_capacity(len.min(64 << 10));
+    (&mut *r).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     Ok(Some(body))
 }
 
@@ -234,6 +299,21 @@ mod tests {
         let mut unsorted = delta("www.example.com.", 1);
         unsorted.rrset.rdata.reverse();
         assert!(decode_batch(&encode_batch(ID, 0, &[unsorted])).is_err());
+    }
+
+    #[test]
+    fn counts_and_repeats_that_would_corrupt_a_merge_are_refused() {
+        let twice = encode_batch(ID, 0, &[delta("www.example.com.", 1), delta("www.example.com.", 2)]);
+        assert!(matches!(decode_batch(&twice), Err(WireError::BadSummary { index: 1, .. })));
+        let huge = encode_batch(ID, 0, &[delta("www.example.com.", u64::MAX)]);
+        assert!(matches!(decode_batch(&huge), Err(WireError::BadSummary { index: 0, .. })));
+        // 200,000 empty summaries (2 bytes each) are counted, not decoded.
+        let mut raw = Vec::new();
+        for _ in 0..200_000 {
+            raw.extend_from_slice(&[0x1a, 0x00]);
+        }
+        let bomb = zstd::block::compress(&raw, 1).unwrap();
+        assert_eq!(decode_batch(&bomb).unwrap_err().label(), "too_many_summaries");
     }
 
     #[test]

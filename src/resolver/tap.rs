@@ -61,6 +61,25 @@ pub(crate) struct Tap {
 struct Sent {
     zone: Option<Name>,
     time: SystemTime,
+    /// The question section as sent, to tell the response from a stray datagram with the
+    /// right id (UDP).
+    question: Vec<u8>,
+}
+
+/// The question section of a wire message (name without compression, type, class).
+fn question(wire: &[u8]) -> Option<&[u8]> {
+    let mut at = 12;
+    loop {
+        let len = *wire.get(at)? as usize;
+        if len & 0xc0 != 0 || at - 12 > 255 {
+            return None;
+        }
+        at += 1 + len;
+        if len == 0 {
+            break;
+        }
+    }
+    wire.get(12..at + 4)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -128,9 +147,17 @@ impl Tap {
         super::count_upstream_on_this_task();
         if !self.emitter.is_active() {
             // dnstap off: no zones to track, no frames to build.
-            return Sent { zone: None, time: SystemTime::now() };
+            return Sent {
+                zone: None,
+                time: SystemTime::now(),
+                question: question(query).unwrap_or_default().to_vec(),
+            };
         }
-        let sent = Sent { zone: self.zone_of_query(server.ip(), query), time: SystemTime::now() };
+        let sent = Sent {
+            zone: self.zone_of_query(server.ip(), query),
+            time: SystemTime::now(),
+            question: question(query).unwrap_or_default().to_vec(),
+        };
         if self.config.queries {
             self.emitter.emit(self.frame(t, local, server, &sent, Some(query), None));
         }
@@ -247,10 +274,17 @@ impl DnsUdpSocket for TapUdpSocket {
 
     fn poll_recv_from(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<(usize, SocketAddr)>> {
         let (len, from) = ready!(DnsUdpSocket::poll_recv_from(&self.inner, cx, buf))?;
-        // Only a datagram from the server asked, with the id asked, is its response (the
-        // recursor's own first screens); anything else is not reported as a response.
-        let sent = msg_id(&buf[..len])
-            .and_then(|id| self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&(from, id)));
+        // Only a datagram from the server asked, with the id and the question asked (0x20
+        // case aside), is its response (the recursor's own screens); anything else is not
+        // reported, and the query stays pending for the real response.
+        let got = &buf[..len];
+        let sent = msg_id(got).and_then(|id| {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let matches = pending
+                .get(&(from, id))
+                .is_some_and(|s| question(got).is_some_and(|q| q.eq_ignore_ascii_case(&s.question)));
+            if matches { pending.remove(&(from, id)) } else { None }
+        });
         match sent {
             Some(sent) => self.tap.on_response(Transport::Udp, self.local, from, &sent, &buf[..len]),
             None => self.tap.stats.upstream_unmatched.inc(),
@@ -336,6 +370,20 @@ impl DnsTcpStream for TapTcpStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_question_section_is_found_or_refused() {
+        let mut q = vec![0u8; 12];
+        q.extend_from_slice(&[3, b'W', b'w', b'W', 0, 0, 1, 0, 1, 0xff]);
+        assert_eq!(question(&q), Some(&q[12..21]));
+        let mut r = q.clone();
+        r[13] = b'w';
+        assert!(question(&r).unwrap().eq_ignore_ascii_case(question(&q).unwrap()));
+        assert_eq!(question(&q[..15]), None, "truncated");
+        let mut compressed = vec![0u8; 12];
+        compressed.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        assert_eq!(question(&compressed), None);
+    }
 
     #[test]
     fn tcp_messages_are_split_at_their_length_prefixes() {

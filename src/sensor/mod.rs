@@ -58,6 +58,8 @@ pub struct SensorStats {
     pub outbox_batches: Gauge,
     /// Flushes folded into the newest outbox entry because the outbox was full.
     pub outbox_folds: Counter,
+    /// Flushes added past the outbox limit (the newest entry was in flight or full).
+    pub outbox_over_limit: Counter,
 }
 
 impl Metrics for SensorStats {
@@ -167,6 +169,13 @@ impl Metrics for SensorStats {
             "counter",
             "Flushes folded into the newest outbox entry (outbox full).",
             self.outbox_folds.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_outbox_over_limit_total"),
+            "counter",
+            "Flushes added past the outbox limit (newest entry in flight or at its size cap).",
+            self.outbox_over_limit.get(),
         );
     }
 }
@@ -434,6 +443,9 @@ fn write_window(
         stats.keys_updated.add(st.updated_keys);
         if st.outbox_folded {
             stats.outbox_folds.inc();
+        }
+        if st.outbox_over_limit {
+            stats.outbox_over_limit.inc();
         }
         stats.observations_flushed.add(chunk.iter().map(|d| d.count).sum());
     }

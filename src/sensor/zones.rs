@@ -38,6 +38,9 @@ pub const IANA_ROOT_SERVERS: &[&str] = &[
     "2001:dc3::35",
 ];
 
+/// Zones remembered per server address or name server name.
+const ZONES_PER_NAME: usize = 256;
+
 /// Server address -> zones, bounded. Lookups take the closest enclosing zone of a name.
 #[derive(Debug)]
 pub struct ZoneMap {
@@ -76,6 +79,12 @@ impl ZoneMap {
         }
         let zones = self.servers.entry(server).or_default();
         if !zones.contains(&zone) {
+            // One server may host many zones, but a list that keeps growing is someone
+            // delegating random names to it: bounded, the rest counted.
+            if zones.len() >= ZONES_PER_NAME {
+                self.full += 1;
+                return;
+            }
             zones.push(zone);
             self.generation += 1;
         }
@@ -95,6 +104,10 @@ impl ZoneMap {
         }
         let zones = self.pending.entry(target.clone()).or_default();
         if !zones.contains(zone) {
+            if zones.len() >= ZONES_PER_NAME {
+                self.full += 1;
+                return;
+            }
             zones.push(zone.clone());
         }
     }

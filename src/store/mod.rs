@@ -137,6 +137,9 @@ pub struct MergeStats {
     pub outbox_seq: Option<u64>,
     /// The outbox was full: the deltas went into its newest entry.
     pub outbox_folded: bool,
+    /// The outbox was full but its newest entry could not take more (in flight, or at
+    /// [`FOLD_CAP`]): a new entry was added past the limit.
+    pub outbox_over_limit: bool,
 }
 
 /// What [`Store::merge_from`] did with a sender's batch.
@@ -167,15 +170,26 @@ pub struct Store {
     t: sled::Tree,
     /// Outbox entries kept at most; past it new deltas are folded into the newest entry.
     outbox_limit: usize,
+    /// Held while the outbox is changed or read for sending; the value is the last sequence
+    /// taken for sending and not yet removed (0: none), which a fold must not touch.
+    outbox_lock: std::sync::Arc<std::sync::Mutex<u64>>,
 }
 
 /// The smallest outbox bound: twice what the forwarder takes at once, so that the entry that
 /// folding rewrites is never one being sent.
 pub const MIN_OUTBOX_LIMIT: usize = 128;
 
-/// Adds `more` to the sorted, unique list `into`.
+/// Summaries a folded outbox entry may hold: well inside what one forwarding batch carries
+/// (the forwarder's 50,000, the receiver's size limits), so a folded entry stays sendable.
+pub const FOLD_CAP: usize = 25_000;
+
+/// Adds `more` to the sorted, unique list `into` (at most `MAX_SENSORS` names).
 pub fn union_sensors(into: &mut Vec<String>, more: &[String]) {
     for s in more {
+        // Bounded like the wire format allows; past it the first names are kept.
+        if into.len() >= crate::forward::wire::MAX_SENSORS {
+            return;
+        }
         if let Err(i) = into.binary_search(s) {
             into.insert(i, s.clone());
         }
@@ -254,7 +268,7 @@ impl Store {
             .open()
             .map_err(open_err)?;
         let t = db.open_tree("pdns").map_err(StoreError::Sled)?;
-        Ok(Self { db, t, outbox_limit: usize::MAX })
+        Ok(Self { db, t, outbox_limit: usize::MAX, outbox_lock: Default::default() })
     }
 
     /// Adds a flush's deltas (each RRset at most once): counters summed, first/last widened,
@@ -385,6 +399,7 @@ impl Store {
     /// The oldest outbox batches, in order, up to `max_batches` or until `max_deltas` would
     /// be passed (at least one batch when there is any).
     pub fn outbox_take(&self, max_batches: usize, max_deltas: usize) -> Result<Vec<(u64, Vec<Delta>)>, StoreError> {
+        let mut in_flight = self.outbox_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<(u64, Vec<Delta>)> = Vec::new();
         let mut n = 0;
         for item in self.t.scan_prefix([TAG_OUTBOX]).take(max_batches) {
@@ -396,11 +411,18 @@ impl Store {
             n += deltas.len();
             out.push((u64_of(&k[1..]), deltas));
         }
+        if let Some((last, _)) = out.last() {
+            *in_flight = (*in_flight).max(*last);
+        }
         Ok(out)
     }
 
     /// Deletes every outbox batch up to and including `sequence`.
     pub fn outbox_remove_through(&self, sequence: u64) -> Result<(), StoreError> {
+        let mut in_flight = self.outbox_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if *in_flight <= sequence {
+            *in_flight = 0;
+        }
         let mut batch = sled::Batch::default();
         for item in self.t.range(tagged(TAG_OUTBOX, &0u64.to_be_bytes())..=tagged(TAG_OUTBOX, &sequence.to_be_bytes()))
         {
@@ -408,6 +430,13 @@ impl Store {
         }
         self.t.apply_batch(batch)?;
         Ok(())
+    }
+
+    fn append_outbox(&self, batch: &mut sled::Batch, deltas: &[Delta]) -> Result<u64, StoreError> {
+        let seq = self.t.get(META_OUTBOX_SEQ)?.map(|v| u64_of(&v)).unwrap_or(0) + 1;
+        batch.insert(tagged(TAG_OUTBOX, &seq.to_be_bytes()), encode_deltas(deltas));
+        batch.insert(META_OUTBOX_SEQ, &seq.to_be_bytes());
+        Ok(seq)
     }
 
     fn merge_with(&self, deltas: &[Delta], outbox: bool, mut batch: sled::Batch) -> Result<MergeStats, StoreError> {
@@ -421,7 +450,7 @@ impl Store {
                 Some(old) => {
                     let (f, l, c) = value_counters(&old).ok_or_else(|| StoreError::Corrupt(key.clone()))?;
                     let mut v = old.to_vec();
-                    set_counters(&mut v, f.min(d.first), l.max(d.last), c + d.count);
+                    set_counters(&mut v, f.min(d.first), l.max(d.last), c.saturating_add(d.count));
                     batch.insert(key, v);
                     stats.updated_keys += 1;
                 }
@@ -439,24 +468,33 @@ impl Store {
             let n = self.t.get(META_RRSETS)?.map(|v| u64_of(&v)).unwrap_or(0) + new_positive;
             batch.insert(META_RRSETS, &n.to_be_bytes());
         }
+        // The outbox decision and the write happen under the outbox lock, so the forwarder
+        // never takes an entry between a fold's read and its write.
+        let in_flight = self.outbox_lock.lock().unwrap_or_else(|e| e.into_inner());
         if outbox && self.outbox_limit != usize::MAX && self.outbox_len() >= self.outbox_limit {
             // Full (the next hop is away): fold into the newest entry instead of adding one,
-            // so the outbox stops growing by entries while counts stay exact. The newest entry
-            // is never in flight: the forwarder takes at most MIN_OUTBOX_LIMIT / 2 of the oldest.
+            // so the outbox stops growing by entries while counts stay exact; unless that
+            // entry is in flight or has reached FOLD_CAP summaries (a batch must stay
+            // sendable), in which case a new entry is added past the limit (counted).
             let (k, v) =
                 self.t.scan_prefix([TAG_OUTBOX]).next_back().ok_or(StoreError::Corrupt(vec![TAG_OUTBOX]))??;
             let old = decode_deltas(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
-            batch.insert(k.clone(), encode_deltas(&fold(old, deltas)));
-            stats.outbox_seq = Some(u64_of(&k[1..]));
-            stats.outbox_folded = true;
+            let newest = u64_of(&k[1..]);
+            let folded = fold(old, deltas);
+            if newest > *in_flight && folded.len() <= FOLD_CAP {
+                batch.insert(k.clone(), encode_deltas(&folded));
+                stats.outbox_seq = Some(newest);
+                stats.outbox_folded = true;
+            } else {
+                stats.outbox_seq = Some(self.append_outbox(&mut batch, deltas)?);
+                stats.outbox_over_limit = true;
+            }
         } else if outbox {
-            let seq = self.t.get(META_OUTBOX_SEQ)?.map(|v| u64_of(&v)).unwrap_or(0) + 1;
-            batch.insert(tagged(TAG_OUTBOX, &seq.to_be_bytes()), encode_deltas(deltas));
-            batch.insert(META_OUTBOX_SEQ, &seq.to_be_bytes());
-            stats.outbox_seq = Some(seq);
+            stats.outbox_seq = Some(self.append_outbox(&mut batch, deltas)?);
         }
         // All or nothing: if this fails nothing was applied and the merge may be retried.
         self.t.apply_batch(batch)?;
+        drop(in_flight);
         Ok(stats)
     }
 
@@ -874,6 +912,32 @@ mod tests {
         let a = newest.iter().find(|d| d.rrset.rrname == "a.example.").unwrap();
         assert_eq!((a.first, a.last), (MIN_OUTBOX_LIMIT as u64, MIN_OUTBOX_LIMIT as u64 + 10));
         assert_eq!(newest.len(), 4, "one entry per distinct RRset");
+    }
+
+    #[test]
+    fn a_fold_never_touches_the_entry_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap().with_outbox_limit(0);
+        let d = |n: u64| Delta {
+            kind: Kind::Positive,
+            rrset: rr(&format!("n{n}.example."), 1, "example.", &["192.0.2.7"]),
+            first: 1,
+            last: 1,
+            count: 1,
+            sensors: Vec::new(),
+        };
+        for i in 0..MIN_OUTBOX_LIMIT as u64 {
+            s.merge(&[d(i)], true).unwrap();
+        }
+        // The forwarder takes everything (the limit's minimum allows it with this many).
+        let taken = s.outbox_take(usize::MAX, usize::MAX).unwrap();
+        assert_eq!(taken.len(), MIN_OUTBOX_LIMIT);
+        let st = s.merge(&[d(999)], true).unwrap();
+        assert!(!st.outbox_folded && st.outbox_over_limit, "a new entry, not the one being sent");
+        s.outbox_remove_through(taken.last().unwrap().0).unwrap();
+        let left = s.outbox_take(10, 100).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].1[0].rrset.rrname, "n999.example.", "the delta survived the ack");
     }
 
     #[test]
