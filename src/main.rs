@@ -295,6 +295,19 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .and_then(|m| if m > 0o777 { Err("mode above 777".to_string()) } else { Ok(m) })
 }
 
+/// What every long-running command starts with: shutdown on SIGTERM/SIGINT, a metrics
+/// registry, and its `/metrics` endpoint when asked for.
+async fn service(metrics: Option<SocketAddr>) -> anyhow::Result<(CancellationToken, Registry)> {
+    let shutdown = shutdown_on_signals();
+    let registry = Registry::default();
+    if let Some(addr) = metrics {
+        dnsledger::metrics::spawn_endpoint(addr, registry.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("metrics on {addr}"))?;
+    }
+    Ok((shutdown, registry))
+}
+
 fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
@@ -370,13 +383,7 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<dnsledger::sensor::Sens
 
 async fn run_collector(a: CollectorArgs, upstream: Option<dnsledger::forward::ForwardConfig>) -> anyhow::Result<()> {
     anyhow::ensure!(a.max_connections > 0, "--max-connections must be at least 1");
-    let shutdown = shutdown_on_signals();
-    let registry = Registry::default();
-    if let Some(addr) = a.metrics {
-        dnsledger::metrics::spawn_endpoint(addr, registry.clone(), shutdown.clone())
-            .await
-            .with_context(|| format!("metrics on {addr}"))?;
-    }
+    let (shutdown, registry) = service(a.metrics).await?;
     let config = dnsledger::collector::CollectorConfig {
         db: a.db,
         listen: a.listen,
@@ -454,13 +461,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Resolver(a) => {
             let config = resolver_config(&a)?;
-            let shutdown = shutdown_on_signals();
-            let registry = Registry::default();
-            if let Some(addr) = config.metrics {
-                dnsledger::metrics::spawn_endpoint(addr, registry.clone(), shutdown.clone())
-                    .await
-                    .with_context(|| format!("metrics on {addr}"))?;
-            }
+            let (shutdown, registry) = service(config.metrics).await?;
             dnsledger::resolver::run(config, &registry, shutdown, !a.quiet).await?;
         }
         Command::CheckConfig { file, resolver: false } => {
@@ -476,13 +477,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let (config, file) = (config.clone(), file.clone());
                 tokio::task::spawn_blocking(move || dnsledger::sensor::run_file(&config, &file, stats)).await??
             } else {
-                let shutdown = shutdown_on_signals();
-                let registry = Registry::default();
-                if let Some(addr) = config.metrics {
-                    dnsledger::metrics::spawn_endpoint(addr, registry.clone(), shutdown.clone())
-                        .await
-                        .with_context(|| format!("metrics on {addr}"))?;
-                }
+                let (shutdown, registry) = service(config.metrics).await?;
                 dnsledger::sensor::run(config, &registry, shutdown, !a.quiet).await?
             };
             eprintln!(
@@ -517,13 +512,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => tap::ListenOutput::File(path),
                 None => tap::ListenOutput::Print(a.format),
             };
-            let shutdown = shutdown_on_signals();
-            let registry = Registry::default();
-            if let Some(addr) = a.metrics {
-                dnsledger::metrics::spawn_endpoint(addr, registry.clone(), shutdown.clone())
-                    .await
-                    .with_context(|| format!("metrics on {addr}"))?;
-            }
+            let (shutdown, registry) = service(a.metrics).await?;
             let opts = tap::ListenOptions { endpoint, output, listener, count: a.count, progress: !a.quiet };
             tap::listen(opts, &registry, shutdown).await?;
         }

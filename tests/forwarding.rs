@@ -26,9 +26,21 @@ fn start_collector(work: &Path, db: &Path, listen: SocketAddr, metrics: SocketAd
 }
 
 fn start_collector_with(work: &Path, db: &Path, listen: SocketAddr, metrics: SocketAddr, extra: &[&str]) -> Proc {
+    start_ingest("collector", work, db, listen, metrics, extra.iter().map(Into::into).collect())
+}
+
+/// A collector or relay with the rig's server certificate, accepting clients of its CA.
+fn start_ingest(
+    kind: &str,
+    work: &Path,
+    db: &Path,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    extra: Vec<std::ffi::OsString>,
+) -> Proc {
     let pki = work.join("pki");
     let mut cmd = dnsledger();
-    cmd.arg("collector")
+    cmd.arg(kind)
         .args(extra)
         .arg("--db")
         .arg(db)
@@ -39,9 +51,9 @@ fn start_collector_with(work: &Path, db: &Path, listen: SocketAddr, metrics: Soc
         .arg(pki.join("server.key"))
         .arg("--client-ca")
         .arg(pki.join("ca.pem"));
-    let mut p = Proc::spawn("collector", cmd, work);
-    wait_for("collector listening", Duration::from_secs(20), || {
-        assert!(p.is_running(), "collector exited:\n{}", p.stderr());
+    let mut p = Proc::spawn(kind, cmd, work);
+    wait_for(&format!("{kind} listening"), Duration::from_secs(20), || {
+        assert!(p.is_running(), "{kind} exited:\n{}", p.stderr());
         std::net::TcpStream::connect(listen).is_ok()
     });
     p
@@ -82,27 +94,8 @@ fn the_collector_ends_with_the_sensors_counts_through_crashes_and_outages() {
     let collector_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let collector = start_collector(work, &collector_db, listen, collector_metrics);
 
-    let sensor_db = work.join("sensor.db");
-    let sock = work.join("sensor.sock");
     let sensor_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let config = work.join("sensor.toml");
-    let pki = work.join("pki");
-    std::fs::write(
-        &config,
-        format!(
-            "db = \"{}\"\nmetrics = \"{sensor_metrics}\"\n[listen]\nunix = [\"{}\"]\n\
-             [pipeline]\nnegative = true\n\
-             [privacy]\nprivate_networks = []\n[aggregate]\nwindow_seconds = 1\n\
-             [forward]\ncollector = \"{listen}\"\nserver_name = \"{SERVER_NAME}\"\n\
-             ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            sensor_db.display(),
-            sock.display(),
-            pki.join("ca.pem").display(),
-            pki.join("sensor-a.pem").display(),
-            pki.join("sensor-a.key").display(),
-        ),
-    )
-    .unwrap();
+    let (sensor_db, sock, config) = sensor_toml(work, "sensor-a", listen, sensor_metrics);
     let mut cmd = dnsledger();
     cmd.args(["sensor", "-q", "-c"]).arg(&config);
     let sensor = Proc::spawn("sensor", cmd, work);
@@ -129,15 +122,8 @@ fn the_collector_ends_with_the_sensors_counts_through_crashes_and_outages() {
     wait_for("outbox drained", Duration::from_secs(60), || waiting() == Some(0));
     let before = acked();
     replay(&data("bind-resolver.dnstap"), &sock);
-    // Everything observed is in the store (and so the outbox), and the outbox is empty.
-    let settled = || {
-        let observed = metric(sensor_metrics, "dnsledger_sensor_rrsets_observed_total");
-        observed.is_some() && observed == metric(sensor_metrics, "dnsledger_sensor_observations_flushed_total")
-    };
-    wait_for("last windows flushed", Duration::from_secs(30), || settled() && acked() > before);
-    // The forwarder polls an empty outbox every 200 ms and sets the gauge on each round.
-    std::thread::sleep(Duration::from_millis(600));
-    wait_for("outbox drained", Duration::from_secs(30), || waiting() == Some(0));
+    wait_for("a new batch acknowledged", Duration::from_secs(30), || acked() > before);
+    settle(sensor_metrics);
     let log = sensor.terminate();
     assert!(!log.contains("panicked"), "{log}");
     let collector_log = collector.terminate();
@@ -277,13 +263,15 @@ fn sensor_toml(work: &Path, name: &str, upstream: SocketAddr, metrics: SocketAdd
     (db, sock, config)
 }
 
+/// Whether a sensor has everything it observed in its store (and so its outbox).
+fn flushed(metrics: SocketAddr) -> bool {
+    let observed = metric(metrics, "dnsledger_sensor_rrsets_observed_total");
+    observed.is_some() && observed == metric(metrics, "dnsledger_sensor_observations_flushed_total")
+}
+
 /// Waits until a sensor has everything it observed in its store and its outbox is empty.
 fn settle(metrics: SocketAddr) {
-    let flushed = || {
-        let observed = metric(metrics, "dnsledger_sensor_rrsets_observed_total");
-        observed.is_some() && observed == metric(metrics, "dnsledger_sensor_observations_flushed_total")
-    };
-    wait_for("windows flushed", Duration::from_secs(30), flushed);
+    wait_for("windows flushed", Duration::from_secs(30), || flushed(metrics));
     // The forwarder polls an empty outbox every 200 ms and sets the gauge on each round.
     std::thread::sleep(Duration::from_millis(600));
     wait_for("outbox drained", Duration::from_secs(60), || {
@@ -293,30 +281,19 @@ fn settle(metrics: SocketAddr) {
 
 fn start_relay(work: &Path, listen: SocketAddr, metrics: SocketAddr, upstream: SocketAddr) -> Proc {
     let pki = work.join("pki");
-    let mut cmd = dnsledger();
-    cmd.arg("relay")
-        .arg("--db")
-        .arg(work.join("relay.db"))
-        .args(["--listen", &listen.to_string(), "--metrics", &metrics.to_string()])
-        .arg("--tls-cert")
-        .arg(pki.join("server.pem"))
-        .arg("--tls-key")
-        .arg(pki.join("server.key"))
-        .arg("--client-ca")
-        .arg(pki.join("ca.pem"))
-        .args(["--upstream", &upstream.to_string(), "--upstream-name", SERVER_NAME])
-        .arg("--upstream-ca")
-        .arg(pki.join("ca.pem"))
-        .arg("--cert")
-        .arg(pki.join("relay-1.pem"))
-        .arg("--key")
-        .arg(pki.join("relay-1.key"));
-    let mut p = Proc::spawn("relay", cmd, work);
-    wait_for("relay listening", Duration::from_secs(20), || {
-        assert!(p.is_running(), "relay exited:\n{}", p.stderr());
-        std::net::TcpStream::connect(listen).is_ok()
-    });
-    p
+    let extra = vec![
+        "--upstream".into(),
+        upstream.to_string().into(),
+        "--upstream-name".into(),
+        SERVER_NAME.into(),
+        "--upstream-ca".into(),
+        pki.join("ca.pem").into(),
+        "--cert".into(),
+        pki.join("relay-1.pem").into(),
+        "--key".into(),
+        pki.join("relay-1.key").into(),
+    ];
+    start_ingest("relay", work, &work.join("relay.db"), listen, metrics, extra)
 }
 
 #[test]
@@ -485,10 +462,7 @@ fn a_sensor_killed_before_forwarding_sends_what_it_had_flushed_after_a_restart()
     let sensor = start_sensor();
     replay(&data("unbound-resolver.dnstap"), &sock);
     replay(&data("bind-resolver.dnstap"), &sock);
-    wait_for("windows flushed", Duration::from_secs(30), || {
-        let observed = metric(sensor_metrics, "dnsledger_sensor_rrsets_observed_total");
-        observed.is_some() && observed == metric(sensor_metrics, "dnsledger_sensor_observations_flushed_total")
-    });
+    wait_for("windows flushed", Duration::from_secs(30), || flushed(sensor_metrics));
     assert!(metric(sensor_metrics, "dnsledger_sensor_outbox_batches").unwrap() >= 1);
     sensor.signal("KILL");
     let _ = sensor.wait(Duration::from_secs(10));

@@ -59,32 +59,29 @@ fn answer(server: SocketAddr, client: Ipv4Addr, name: &str, rtype: &str, extra: 
     (a.rcode, records)
 }
 
-fn resolver_toml(h: &Hierarchy, listen: Ipv4Addr, work: &Path, dnstap: &Path, sensor_db: &Path) -> PathBuf {
+/// Writes `work/resolver.toml` for a resolver on `listen`:53 of the rig: clients of the block
+/// allowed, the rig's root hints, upstream servers of the block allowed; `listen` and
+/// `recursion` add keys to those tables, `rest` adds tables.
+fn resolver_toml(h: &Hierarchy, listen: Ipv4Addr, work: &Path, metrics: SocketAddr, extra: [&str; 3]) -> PathBuf {
+    let [listen_extra, recursion_extra, rest] = extra;
     let path = work.join("resolver.toml");
     std::fs::write(
         &path,
         format!(
-            "metrics = \"127.0.0.1:{metrics}\"\n\
-             [listen]\nudp = [\"{listen}:53\"]\ntcp = [\"{listen}:53\"]\n\
+            "metrics = \"{metrics}\"\n\
+             [listen]\nudp = [\"{listen}:53\"]\ntcp = [\"{listen}:53\"]\n{listen_extra}\
              [access]\nallow = [\"127.{b}.2.0/24\"]\n\
-             [recursion]\nroot_hints = \"{hints}\"\nallow_servers = [\"127.{b}.0.0/24\"]\nsource_v4 = \"{listen}\"\n\
-             [dnstap]\nunix = \"{dnstap}\"\nidentity = \"dnsledger.rig\"\n\
-             [sensor]\ndb = \"{db}\"\n\
-             [sensor.privacy]\nprivate_networks = []\ninternal_zones = [\"other.test\"]\n",
-            metrics = tools::free_port(),
+             [recursion]\nroot_hints = \"{hints}\"\nallow_servers = [\"127.{b}.0.0/24\"]\n{recursion_extra}{rest}",
             b = h.block(),
             hints = h.root_hints_path().display(),
-            dnstap = dnstap.display(),
-            db = sensor_db.display(),
         ),
     )
     .unwrap();
     path
 }
 
-fn metrics_addr(config: &Path) -> SocketAddr {
-    let text = std::fs::read_to_string(config).unwrap();
-    text.lines().find_map(|l| l.strip_prefix("metrics = \"")).unwrap().trim_end_matches('"').parse().unwrap()
+fn free_metrics() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], tools::free_port()))
 }
 
 fn start_resolver(config: &Path, listen: Ipv4Addr, work: &Path) -> Proc {
@@ -168,7 +165,23 @@ fn answers_taps_and_stores_like_unbound() {
     let mut ours_capture = FstrmCapture::unix(&ours_sock, &work.join("ours.fstrm"));
     let listen = h.resolver_addr(3);
     let ours_db = work.join("ours.db");
-    let config = resolver_toml(&h, listen, work, &ours_sock, &ours_db);
+    let metrics = free_metrics();
+    let config = resolver_toml(
+        &h,
+        listen,
+        work,
+        metrics,
+        [
+            "",
+            &format!("source_v4 = \"{listen}\"\n"),
+            &format!(
+                "[dnstap]\nunix = \"{}\"\nidentity = \"dnsledger.rig\"\n[sensor]\ndb = \"{}\"\n\
+                 [sensor.privacy]\nprivate_networks = []\ninternal_zones = [\"other.test\"]\n",
+                ours_sock.display(),
+                ours_db.display()
+            ),
+        ],
+    );
     let resolver = start_resolver(&config, listen, work);
 
     for (name, rtype) in QUERIES {
@@ -187,7 +200,6 @@ fn answers_taps_and_stores_like_unbound() {
     let forged = answer(SocketAddr::from((listen, 53)), client, "cname.evil.test", "A", &[]);
     assert!(forged.1.iter().all(|(_, _, d)| d != "6.6.6.6"), "forged record served: {forged:?}");
 
-    let metrics = metrics_addr(&config);
     let hits = tools::metric(metrics, "dnsledger_resolver_cache_answers_total").unwrap();
     assert!(hits >= 2, "repeated questions answered from the cache: {hits}");
     let upstream = tools::metric(metrics, "dnsledger_resolver_upstream_udp_total").unwrap();
@@ -316,18 +328,8 @@ fn bad_clients_are_answered_or_dropped_and_the_resolver_keeps_serving() {
     let client = h.client_addr(1);
     let listen = h.resolver_addr(3);
     let server = SocketAddr::from((listen, 53));
-    let metrics = SocketAddr::from(([127, 0, 0, 1], tools::free_port()));
-    let config = work.join("resolver.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "metrics = \"{metrics}\"\n[listen]\nudp = [\"{server}\"]\ntcp = [\"{server}\"]\nmax_inflight = 4\n\
-             tcp_idle_seconds = 2\n[access]\nallow = [\"127.69.2.0/24\"]\n\
-             [recursion]\nroot_hints = \"{}\"\nallow_servers = [\"127.69.0.0/24\"]\n",
-            h.root_hints_path().display()
-        ),
-    )
-    .unwrap();
+    let metrics = free_metrics();
+    let config = resolver_toml(&h, listen, work, metrics, ["max_inflight = 4\ntcp_idle_seconds = 2\n", "", ""]);
     let mut resolver = start_resolver(&config, listen, work);
     let ok = |what: &str| {
         let a = answer(server, client, "www.example.com", "A", &[]);
@@ -408,18 +410,8 @@ fn client_messages_when_asked_for_record_what_the_client_got() {
     let server = SocketAddr::from((listen, 53));
     let sock = work.join("dnstap.sock");
     let mut capture = FstrmCapture::unix(&sock, &work.join("client.fstrm"));
-    let config = work.join("resolver.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[listen]\nudp = [\"{server}\"]\ntcp = [\"{server}\"]\n[access]\nallow = [\"127.71.2.0/24\"]\n\
-             [recursion]\nroot_hints = \"{}\"\nallow_servers = [\"127.71.0.0/24\"]\n\
-             [dnstap]\nunix = \"{}\"\nclient_messages = true\nresolver_queries = false\n",
-            h.root_hints_path().display(),
-            sock.display()
-        ),
-    )
-    .unwrap();
+    let rest = format!("[dnstap]\nunix = \"{}\"\nclient_messages = true\nresolver_queries = false\n", sock.display());
+    let config = resolver_toml(&h, listen, work, free_metrics(), ["", "", &rest]);
     let resolver = start_resolver(&config, listen, work);
     let udp = dig_with(server, Some(client), "www.example.com", "A", &[]);
     let tcp = dig_with(server, Some(client), "big.example.com", "TXT", &["+tcp"]);
@@ -466,18 +458,8 @@ fn dnssec_validation_rejects_a_private_root_the_iana_anchor_cannot_vouch_for() {
     let client = h.client_addr(1);
     let listen = h.resolver_addr(3);
     let server = SocketAddr::from((listen, 53));
-    let metrics = SocketAddr::from(([127, 0, 0, 1], tools::free_port()));
-    let config = work.join("resolver.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "metrics = \"{metrics}\"\n\
-             [listen]\nudp = [\"{server}\"]\ntcp = [\"{server}\"]\n[access]\nallow = [\"127.72.2.0/24\"]\n\
-             [recursion]\nroot_hints = \"{}\"\nallow_servers = [\"127.72.0.0/24\"]\ndnssec = \"validate\"\n",
-            h.root_hints_path().display()
-        ),
-    )
-    .unwrap();
+    let metrics = free_metrics();
+    let config = resolver_toml(&h, listen, work, metrics, ["", "dnssec = \"validate\"\n", ""]);
     let resolver = start_resolver(&config, listen, work);
     // The rig's root is unsigned: with the IANA trust anchor nothing under it can be proven,
     // so a validating resolver must not hand out its answers.

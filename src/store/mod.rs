@@ -378,24 +378,6 @@ impl Store {
         }
     }
 
-    /// The oldest outbox batch.
-    pub fn outbox_oldest(&self) -> Result<Option<(u64, Vec<Delta>)>, StoreError> {
-        match self.t.scan_prefix([TAG_OUTBOX]).next() {
-            None => Ok(None),
-            Some(item) => {
-                let (k, v) = item?;
-                let deltas = decode_deltas(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
-                Ok(Some((u64_of(&k[1..]), deltas)))
-            }
-        }
-    }
-
-    /// Deletes an outbox batch once the next hop holds it durably.
-    pub fn outbox_remove(&self, sequence: u64) -> Result<(), StoreError> {
-        self.t.remove(tagged(TAG_OUTBOX, &sequence.to_be_bytes()))?;
-        Ok(())
-    }
-
     /// The oldest outbox batches, in order, up to `max_batches` or until `max_deltas` would
     /// be passed (at least one batch when there is any).
     pub fn outbox_take(&self, max_batches: usize, max_deltas: usize) -> Result<Vec<(u64, Vec<Delta>)>, StoreError> {
@@ -956,11 +938,11 @@ mod tests {
         };
         s.merge(std::slice::from_ref(&d), true).unwrap();
         s.merge(std::slice::from_ref(&d), true).unwrap();
-        assert_eq!(s.outbox_oldest().unwrap().unwrap().0, 1);
-        s.outbox_remove(1).unwrap();
-        assert_eq!(s.outbox_oldest().unwrap().unwrap(), (2, vec![d.clone()]));
-        s.outbox_remove(2).unwrap();
-        assert_eq!(s.outbox_oldest().unwrap(), None);
+        assert_eq!(s.outbox_take(1, 100).unwrap()[0].0, 1);
+        s.outbox_remove_through(1).unwrap();
+        assert_eq!(s.outbox_take(1, 100).unwrap(), vec![(2, vec![d.clone()])]);
+        s.outbox_remove_through(2).unwrap();
+        assert!(s.outbox_take(1, 100).unwrap().is_empty());
         for _ in 0..4 {
             s.merge(std::slice::from_ref(&d), true).unwrap();
         }
