@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use hickory_proto::rr::RecordType;
 
 use crate::sensor::Cidr;
-use crate::store::{Entry, Fences, NamePattern, Store};
+use crate::store::{Entry, Fences, Lookup, NamePattern, Store};
 
 #[derive(Args, Debug)]
 pub struct QueryArgs {
@@ -84,6 +84,12 @@ pub fn parse_ip_range(s: &str) -> anyhow::Result<([u8; 16], [u8; 16])> {
     Ok(c.range())
 }
 
+/// `example.com` -> `example.com.` (lower case).
+pub fn absolute(name: &str) -> String {
+    let n = name.to_ascii_lowercase();
+    if n.ends_with('.') { n } else { n + "." }
+}
+
 fn fence(v: Option<i64>, now: u64) -> Option<u64> {
     v.map(|t| if t < 0 { now.saturating_sub(t.unsigned_abs()) } else { t as u64 })
 }
@@ -102,18 +108,19 @@ pub fn run(args: &QueryArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let store = Store::open(&args.db)?;
     let entries = match &args.what {
         QueryWhat::Rrset { name, rrtype, bailiwick } => {
-            let pattern = NamePattern::parse(name).map_err(anyhow::Error::msg)?;
+            let owner = NamePattern::parse(name).map_err(anyhow::Error::msg)?;
             let rrtype = rrtype.as_deref().filter(|t| !t.eq_ignore_ascii_case("ANY")).map(parse_rrtype).transpose()?;
-            store.lookup_rrset(&pattern, rrtype, bailiwick.as_deref(), &fences, args.limit)?
+            let bailiwick = bailiwick.as_deref().map(absolute);
+            store.lookup(&Lookup::Rrset { owner, rrtype, bailiwick }, &fences, args.limit)?
         }
         QueryWhat::Rdata(RdataWhat::Ip { addr }) => {
             let (lo, hi) = parse_ip_range(addr)?;
-            store.lookup_rdata_ip(lo, hi, &fences, args.limit)?
+            store.lookup(&Lookup::RdataIp { lo, hi }, &fences, args.limit)?
         }
         QueryWhat::Rdata(RdataWhat::Name { name, rrtype }) => {
-            let pattern = NamePattern::parse(name).map_err(anyhow::Error::msg)?;
+            let target = NamePattern::parse(name).map_err(anyhow::Error::msg)?;
             let rrtype = rrtype.as_deref().filter(|t| !t.eq_ignore_ascii_case("ANY")).map(parse_rrtype).transpose()?;
-            store.lookup_rdata_name(&pattern, rrtype, &fences, args.limit)?
+            store.lookup(&Lookup::RdataName { target, rrtype }, &fences, args.limit)?
         }
     };
     print(&entries, args.json, out)?;

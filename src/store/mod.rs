@@ -17,6 +17,9 @@
 //! RRsets): sled's memory grows with the batch.
 
 pub mod keys;
+mod lookup;
+
+pub use lookup::{Ended, ForeignCursor, Lookup};
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -25,7 +28,7 @@ use thiserror::Error;
 
 use crate::dns::rrtype_name;
 use crate::sensor::{Kind, Rrset};
-use keys::{decode_value, encode_value, owner_prefix, reverse_name, rrset_key, set_counters, value_counters};
+use keys::{decode_value, encode_value, owner_prefix, rrset_key, set_counters, value_counters};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -523,183 +526,6 @@ impl Store {
             decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))
         })
     }
-
-    /// RRsets by owner (exact or wildcard), optionally one type and one bailiwick.
-    pub fn lookup_rrset(
-        &self,
-        pattern: &NamePattern,
-        rrtype: Option<u16>,
-        bailiwick: Option<&str>,
-        fences: &Fences,
-        limit: usize,
-    ) -> Result<Vec<Entry>, StoreError> {
-        let bailiwick = bailiwick.map(|b| {
-            let b = b.to_ascii_lowercase();
-            if b.ends_with('.') { b } else { format!("{b}.") }
-        });
-        let keep = |e: &Entry| {
-            rrtype.is_none_or(|t| e.rrset.rrtype == t)
-                && bailiwick.as_ref().is_none_or(|b| &e.rrset.bailiwick == b)
-                && fences.admit(e)
-        };
-        let mut out = Vec::new();
-        match pattern {
-            NamePattern::Exact(name) => {
-                self.scan(&tagged(TAG_RRSET, &owner_prefix(name)), None, keep, limit, &mut out)?
-            }
-            NamePattern::Below(zone) => {
-                let prefix = tagged(TAG_RRSET, reverse_name(zone).as_bytes());
-                self.scan(&prefix, Some(prefix.len()), keep, limit, &mut out)?
-            }
-            NamePattern::RightWildcard(prefix) => self.via_index(
-                &tagged(TAG_BY_NAME, prefix.as_bytes()),
-                |k| k.iter().position(|b| *b == 0),
-                keep,
-                limit,
-                &mut out,
-            )?,
-        }
-        Ok(out)
-    }
-
-    /// RRsets whose rdata holds an address in `[lo, hi]` (16-byte, IPv4 mapped).
-    pub fn lookup_rdata_ip(
-        &self,
-        lo: [u8; 16],
-        hi: [u8; 16],
-        fences: &Fences,
-        limit: usize,
-    ) -> Result<Vec<Entry>, StoreError> {
-        let mut out = Vec::new();
-        let mut end = tagged(TAG_BY_IP, &hi);
-        end.push(0xff);
-        for item in self.t.range(tagged(TAG_BY_IP, &lo)..=end) {
-            let (k, _) = item?;
-            if k.len() < 17 || k[1..17] > hi[..] {
-                break;
-            }
-            if out.len() >= limit {
-                break;
-            }
-            if let Some(e) = self.get(&k[17..])?
-                && fences.admit(&e)
-                && !out.contains(&e)
-            {
-                out.push(e);
-            }
-        }
-        Ok(out)
-    }
-
-    /// RRsets whose rdata names `pattern` (NS, CNAME, PTR, DNAME, MX, SRV targets).
-    pub fn lookup_rdata_name(
-        &self,
-        pattern: &NamePattern,
-        rrtype: Option<u16>,
-        fences: &Fences,
-        limit: usize,
-    ) -> Result<Vec<Entry>, StoreError> {
-        let keep = |e: &Entry| rrtype.is_none_or(|t| e.rrset.rrtype == t) && fences.admit(e);
-        let mut out = Vec::new();
-        let key_at = |k: &[u8]| k.iter().position(|b| *b == 0).map(|p| p + 1);
-        match pattern {
-            NamePattern::Exact(name) => self.via_index(
-                &tagged(TAG_BY_TARGET, &owner_prefix(name)),
-                |k| key_at(k).map(|p| p - 1),
-                keep,
-                limit,
-                &mut out,
-            )?,
-            NamePattern::Below(zone) => {
-                let prefix = tagged(TAG_BY_TARGET, reverse_name(zone).as_bytes());
-                let n = prefix.len();
-                self.via_index(
-                    &prefix,
-                    |k| if k.get(n) == Some(&0) { None } else { key_at(k).map(|p| p - 1) },
-                    keep,
-                    limit,
-                    &mut out,
-                )?
-            }
-            NamePattern::RightWildcard(_) => {
-                // Targets are indexed right to left; a right wildcard needs a full scan.
-                for e in self.all(false) {
-                    let e = e?;
-                    if out.len() >= limit {
-                        break;
-                    }
-                    let hit = e.rrset.rdata.iter().any(|d| {
-                        rdata_target(e.rrset.rrtype, d)
-                            .is_some_and(|t| NamePattern::parse(&t).ok().as_ref().is_some_and(|p| pattern.matches(p)))
-                    });
-                    if hit && keep(&e) {
-                        out.push(e);
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// The positive RRset under `key` (untagged).
-    fn get(&self, key: &[u8]) -> Result<Option<Entry>, StoreError> {
-        match self.t.get(tagged(TAG_RRSET, key))? {
-            Some(v) => Ok(Some(decode_value(&v).ok_or_else(|| StoreError::Corrupt(key.to_vec()))?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Scans RRsets by (tagged) prefix; with `strictly_below = Some(n)`, skips keys whose byte
-    /// `n` is the owner terminator (the zone's own name).
-    fn scan(
-        &self,
-        prefix: &[u8],
-        strictly_below: Option<usize>,
-        keep: impl Fn(&Entry) -> bool,
-        limit: usize,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), StoreError> {
-        for item in self.t.scan_prefix(prefix) {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item?;
-            if strictly_below.is_some_and(|n| k.get(n) == Some(&0)) {
-                continue;
-            }
-            let e = decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
-            if keep(&e) {
-                out.push(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Scans an index by (tagged) prefix; `split` gives where the RRset key starts inside the
-    /// index key (at the 0x00 separator, which is skipped) or `None` to skip the entry.
-    fn via_index(
-        &self,
-        prefix: &[u8],
-        split: impl Fn(&[u8]) -> Option<usize>,
-        keep: impl Fn(&Entry) -> bool,
-        limit: usize,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), StoreError> {
-        for item in self.t.scan_prefix(prefix) {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, _) = item?;
-            let Some(at) = split(&k) else { continue };
-            if let Some(e) = self.get(&k[at + 1..])?
-                && keep(&e)
-                && !out.contains(&e)
-            {
-                out.push(e);
-            }
-        }
-        Ok(())
-    }
 }
 
 impl NamePattern {
@@ -962,6 +788,14 @@ mod tests {
         }
     }
 
+    fn rrset(owner: &str, rrtype: Option<u16>, bailiwick: Option<&str>) -> Lookup {
+        Lookup::Rrset { owner: NamePattern::parse(owner).unwrap(), rrtype, bailiwick: bailiwick.map(String::from) }
+    }
+
+    fn rdata_name(target: &str) -> Lookup {
+        Lookup::RdataName { target: NamePattern::parse(target).unwrap(), rrtype: None }
+    }
+
     fn delta(r: Rrset, first: u64, last: u64, count: u64) -> Delta {
         Delta { kind: Kind::Positive, rrset: r, first, last, count, sensors: Vec::new() }
     }
@@ -977,9 +811,7 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         s.merge(&[delta(www.clone(), 50, 150, 2)], true).unwrap();
-        let got = s
-            .lookup_rrset(&NamePattern::parse("WWW.example.com").unwrap(), None, None, &Fences::default(), 10)
-            .unwrap();
+        let got = s.lookup(&rrset("WWW.example.com", None, None), &Fences::default(), 10).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!((got[0].first, got[0].last, got[0].count), (50, 200, 5));
         let batches = s.outbox_batches().unwrap();
@@ -1007,26 +839,28 @@ mod tests {
             n.sort();
             n
         };
-        let below = s.lookup_rrset(&NamePattern::parse("*.example.com").unwrap(), None, None, &all, 100).unwrap();
+        let below = s.lookup(&rrset("*.example.com", None, None), &all, 100).unwrap();
         assert_eq!(names(below), ["a.b.example.com.", "www.example.com."]);
-        let right = s.lookup_rrset(&NamePattern::parse("www.example.*").unwrap(), None, None, &all, 100).unwrap();
+        let right = s.lookup(&rrset("www.example.*", None, None), &all, 100).unwrap();
         assert_eq!(names(right), ["www.example.com.", "www.example.net."]);
         let (lo, hi) = "192.0.2.0/24".parse::<crate::sensor::Cidr>().unwrap().range();
-        assert_eq!(names(s.lookup_rdata_ip(lo, hi, &all, 100).unwrap()), ["www.example.com.", "www.example.net."]);
-        let target = s.lookup_rdata_name(&NamePattern::parse("mx.bank.com").unwrap(), None, &all, 100).unwrap();
-        assert_eq!(names(target), ["example.com."]);
-        let target = s.lookup_rdata_name(&NamePattern::parse("*.example.com").unwrap(), None, &all, 100).unwrap();
-        assert_eq!(names(target), ["example.com.", "www.badexample.com."]);
-        let late = Fences { first_after: Some(25), ..Fences::default() };
-        let got = s.lookup_rrset(&NamePattern::parse("*.example.com").unwrap(), None, None, &late, 100).unwrap();
-        assert_eq!(names(got), ["a.b.example.com."]);
-        let typed =
-            s.lookup_rrset(&NamePattern::parse("example.com").unwrap(), Some(15), Some("example.com"), &all, 100);
-        assert_eq!(typed.unwrap().len(), 1);
         assert_eq!(
-            s.lookup_rrset(&NamePattern::parse("*.example.com").unwrap(), None, None, &all, 1).unwrap().len(),
-            1
+            names(s.lookup(&Lookup::RdataIp { lo, hi }, &all, 100).unwrap()),
+            ["www.example.com.", "www.example.net."]
         );
+        let target = s.lookup(&rdata_name("mx.bank.com"), &all, 100).unwrap();
+        assert_eq!(names(target), ["example.com."]);
+        // Two targets below example.com in one MX set: reported once.
+        let target = s.lookup(&rdata_name("*.example.com"), &all, 100).unwrap();
+        assert_eq!(names(target), ["example.com.", "www.badexample.com."]);
+        let target = s.lookup(&rdata_name("www.example.*"), &all, 100).unwrap();
+        assert_eq!(names(target), ["www.badexample.com."]);
+        let late = Fences { first_after: Some(25), ..Fences::default() };
+        let got = s.lookup(&rrset("*.example.com", None, None), &late, 100).unwrap();
+        assert_eq!(names(got), ["a.b.example.com."]);
+        let typed = s.lookup(&rrset("example.com", Some(15), Some("example.com.")), &all, 100);
+        assert_eq!(typed.unwrap().len(), 1);
+        assert_eq!(s.lookup(&rrset("*.example.com", None, None), &all, 1).unwrap().len(), 1);
         for bad in ["", "w*w.example.com", "*.example.*"] {
             assert!(NamePattern::parse(bad).is_err(), "{bad}");
         }

@@ -1,0 +1,339 @@
+//! Lookups over the store's indexes, shared by `dnsledger query` and the HTTP API.
+//!
+//! A lookup walks one index in key order and hands each matching RRset to a visitor together
+//! with its *position* (the index key it was found under). Positions are what paging rests on:
+//! resuming strictly after a position never repeats or skips an RRset that existed when the
+//! first page was read, whatever was added since (new RRsets land where their keys sort).
+//! An RRset reachable through several entries of one index (two addresses in the same CIDR,
+//! two targets below one zone) is reported only at its smallest entry, so a stream has each
+//! RRset once without remembering what it sent.
+//!
+//! Every walk has a budget of index entries it may examine; a lookup whose filters admit
+//! little of a large range stops at the budget and says where, instead of scanning the store.
+
+use std::ops::Bound;
+
+use super::keys::{decode_value, owner_prefix, reverse_name};
+use super::{
+    Entry, Fences, NamePattern, Store, StoreError, TAG_BY_IP, TAG_BY_NAME, TAG_BY_TARGET, TAG_RRSET, ip_key, rdata_ip,
+    rdata_target, tagged,
+};
+
+/// What to look up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// RRsets by owner name, optionally one type and one bailiwick (absolute, lower case).
+    Rrset { owner: NamePattern, rrtype: Option<u16>, bailiwick: Option<String> },
+    /// RRsets whose rdata names a host (NS, CNAME, PTR, DNAME, MX, SRV targets).
+    RdataName { target: NamePattern, rrtype: Option<u16> },
+    /// A/AAAA RRsets with an address in `[lo, hi]` (16 bytes, IPv4 mapped).
+    RdataIp { lo: [u8; 16], hi: [u8; 16] },
+}
+
+/// Why a walk ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The index range is exhausted.
+    Exhausted,
+    /// The visitor asked to stop after the RRset at this position.
+    Stopped(Vec<u8>),
+    /// The examination budget ran out; resume after this position.
+    Budget(Vec<u8>),
+}
+
+/// A position that does not belong to the lookup it is used with.
+#[derive(Debug, thiserror::Error)]
+#[error("the cursor does not belong to this query")]
+pub struct ForeignCursor;
+
+/// How a lookup walks its index.
+enum Walk {
+    /// Keys with this prefix; with `below = Some(n)`, skip keys whose byte `n` ends the owner
+    /// (the zone apex itself, for `*.zone`). The RRset key follows the first 0x00 at or after
+    /// `key_at`, or starts at `key_at` when `sep` is false.
+    Prefix { prefix: Vec<u8>, below: Option<usize>, key_at: usize, sep: bool },
+    /// Keys in `[lo, hi]` of the address index.
+    Range { lo: Vec<u8>, hi: Vec<u8> },
+    /// Every RRset, filtered (a right wildcard over rdata names has no index).
+    Everything,
+}
+
+impl Lookup {
+    fn walk(&self) -> Walk {
+        match self {
+            Lookup::Rrset { owner: NamePattern::Exact(n), .. } => {
+                Walk::Prefix { prefix: tagged(TAG_RRSET, &owner_prefix(n)), below: None, key_at: 1, sep: false }
+            }
+            Lookup::Rrset { owner: NamePattern::Below(z), .. } => {
+                let prefix = tagged(TAG_RRSET, reverse_name(z).as_bytes());
+                let n = prefix.len();
+                Walk::Prefix { prefix, below: Some(n), key_at: 1, sep: false }
+            }
+            Lookup::Rrset { owner: NamePattern::RightWildcard(p), .. } => {
+                Walk::Prefix { prefix: tagged(TAG_BY_NAME, p.as_bytes()), below: None, key_at: 1, sep: true }
+            }
+            Lookup::RdataName { target: NamePattern::Exact(n), .. } => {
+                Walk::Prefix { prefix: tagged(TAG_BY_TARGET, &owner_prefix(n)), below: None, key_at: 1, sep: true }
+            }
+            Lookup::RdataName { target: NamePattern::Below(z), .. } => {
+                let prefix = tagged(TAG_BY_TARGET, reverse_name(z).as_bytes());
+                let n = prefix.len();
+                Walk::Prefix { prefix, below: Some(n), key_at: 1, sep: true }
+            }
+            Lookup::RdataName { target: NamePattern::RightWildcard(_), .. } => Walk::Everything,
+            Lookup::RdataIp { lo, hi } => Walk::Range { lo: tagged(TAG_BY_IP, lo), hi: tagged(TAG_BY_IP, hi) },
+        }
+    }
+
+    fn admits(&self, e: &Entry, fences: &Fences) -> bool {
+        let typed = |t: &Option<u16>| t.is_none_or(|t| e.rrset.rrtype == t);
+        fences.admit(e)
+            && match self {
+                Lookup::Rrset { rrtype, bailiwick, .. } => {
+                    typed(rrtype) && bailiwick.as_ref().is_none_or(|b| &e.rrset.bailiwick == b)
+                }
+                Lookup::RdataName { target, rrtype } => {
+                    typed(rrtype) && e.rrset.rdata.iter().any(|d| target_matches(target, e.rrset.rrtype, d))
+                }
+                Lookup::RdataIp { .. } => true,
+            }
+    }
+
+    /// For indexes where one RRset has several entries: the smallest entry of `e` that this
+    /// lookup walks, which is the one the RRset is reported at.
+    fn first_entry(&self, e: &Entry, rkey: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Lookup::RdataIp { lo, hi } => e
+                .rrset
+                .rdata
+                .iter()
+                .filter_map(|d| rdata_ip(e.rrset.rrtype, d).map(ip_key))
+                .filter(|a| a >= lo && a <= hi)
+                .min()
+                .map(|a| [&[TAG_BY_IP][..], &a, rkey].concat()),
+            Lookup::RdataName { target, .. } if !matches!(target, NamePattern::RightWildcard(_)) => e
+                .rrset
+                .rdata
+                .iter()
+                .filter(|d| target_matches(target, e.rrset.rrtype, d))
+                .filter_map(|d| rdata_target(e.rrset.rrtype, d))
+                .map(|t| [&[TAG_BY_TARGET][..], &owner_prefix(&t), rkey].concat())
+                .min(),
+            _ => None,
+        }
+    }
+
+    /// Whether `pos` is a position this lookup could have produced.
+    fn owns(&self, pos: &[u8]) -> bool {
+        match self.walk() {
+            Walk::Prefix { prefix, .. } => pos.starts_with(&prefix),
+            Walk::Range { lo, hi } => pos >= &lo[..] && pos.get(..hi.len()).is_some_and(|p| p <= &hi[..]),
+            Walk::Everything => pos.first() == Some(&TAG_RRSET),
+        }
+    }
+}
+
+fn target_matches(pattern: &NamePattern, rrtype: u16, rdata: &str) -> bool {
+    rdata_target(rrtype, rdata).is_some_and(|t| pattern.matches(&NamePattern::Exact(t)))
+}
+
+impl Store {
+    /// Walks `lookup` from the start (or strictly after `after`), calling `visit` with each
+    /// admitted RRset and its position until it returns false, the index is exhausted, or
+    /// `budget` index entries have been examined.
+    pub fn walk(
+        &self,
+        lookup: &Lookup,
+        fences: &Fences,
+        after: Option<&[u8]>,
+        budget: u64,
+        mut visit: impl FnMut(&[u8], Entry) -> bool,
+    ) -> Result<Ended, StoreError> {
+        if after.is_some_and(|a| !lookup.owns(a)) {
+            return Ok(Ended::Exhausted);
+        }
+        let walk = lookup.walk();
+        let start = match (&walk, after) {
+            (_, Some(a)) => Bound::Excluded(a.to_vec()),
+            (Walk::Prefix { prefix, .. }, None) => Bound::Included(prefix.clone()),
+            (Walk::Range { lo, .. }, None) => Bound::Included(lo.clone()),
+            (Walk::Everything, None) => Bound::Included(vec![TAG_RRSET]),
+        };
+        let budget = budget.max(1);
+        let mut examined = 0u64;
+        // The last entry examined: where a walk stopped by its budget resumes.
+        let mut prev: Option<sled::IVec> = None;
+        for item in self.t.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            let (k, v) = item?;
+            let rkey: &[u8] = match &walk {
+                Walk::Prefix { prefix, below, key_at, sep } => {
+                    if !k.starts_with(prefix) {
+                        return Ok(Ended::Exhausted);
+                    }
+                    if below.is_some_and(|n| k.get(n) == Some(&0)) {
+                        continue;
+                    }
+                    if *sep {
+                        match k[*key_at..].iter().position(|b| *b == 0) {
+                            Some(p) => &k[key_at + p + 1..],
+                            None => continue,
+                        }
+                    } else {
+                        &k[*key_at..]
+                    }
+                }
+                Walk::Range { hi, .. } => {
+                    if k.len() < hi.len() || k[..hi.len()] > hi[..] {
+                        return Ok(Ended::Exhausted);
+                    }
+                    &k[hi.len()..]
+                }
+                Walk::Everything => {
+                    if k.first() != Some(&TAG_RRSET) {
+                        return Ok(Ended::Exhausted);
+                    }
+                    &k[1..]
+                }
+            };
+            if examined == budget {
+                let at = prev.as_deref().map(<[u8]>::to_vec).or_else(|| after.map(<[u8]>::to_vec)).unwrap_or_default();
+                return Ok(Ended::Budget(at));
+            }
+            examined += 1;
+            prev = Some(k.clone());
+            let entry = if matches!(walk, Walk::Everything) || (k[0] == TAG_RRSET) {
+                decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?
+            } else {
+                match self.t.get(tagged(TAG_RRSET, rkey))? {
+                    Some(v) => decode_value(&v).ok_or_else(|| StoreError::Corrupt(rkey.to_vec()))?,
+                    // An index entry is written in the same batch as its RRset; a missing one
+                    // means a foreign or damaged store, not a result.
+                    None => continue,
+                }
+            };
+            if !lookup.admits(&entry, fences) {
+                continue;
+            }
+            if let Some(first) = lookup.first_entry(&entry, rkey)
+                && first[..] != k[..]
+            {
+                continue;
+            }
+            if !visit(&k, entry) {
+                return Ok(Ended::Stopped(k.to_vec()));
+            }
+        }
+        Ok(Ended::Exhausted)
+    }
+
+    /// The first `limit` RRsets of a lookup (for the command line and tests).
+    pub fn lookup(&self, lookup: &Lookup, fences: &Fences, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.walk(lookup, fences, None, u64::MAX, |_, e| {
+            out.push(e);
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Validates a position given back by a client against the lookup it came from.
+    pub fn check_cursor(lookup: &Lookup, pos: &[u8]) -> Result<(), ForeignCursor> {
+        if lookup.owns(pos) { Ok(()) } else { Err(ForeignCursor) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensor::{Kind, Rrset};
+    use crate::store::Delta;
+
+    fn store_with(n: usize) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let deltas: Vec<Delta> = (0..n)
+            .map(|i| Delta {
+                kind: Kind::Positive,
+                // Two addresses in 10.0.0.0/8 per RRset: reachable twice through the index.
+                rrset: Rrset {
+                    rrname: format!("h{i}.example.com."),
+                    rrtype: 1,
+                    bailiwick: "example.com.".into(),
+                    rdata: vec![format!("10.0.{}.{}", i / 200, i % 200), format!("10.1.{}.{}", i / 200, i % 200)],
+                },
+                first: i as u64,
+                last: i as u64 + 10,
+                count: 1,
+                sensors: Vec::new(),
+            })
+            .collect();
+        s.merge(&deltas, false).unwrap();
+        (dir, s)
+    }
+
+    /// Pages of `size` resumed from each page's last position.
+    fn pages(s: &Store, l: &Lookup, size: usize, budget: u64) -> Vec<String> {
+        let (mut out, mut after): (Vec<String>, Option<Vec<u8>>) = (Vec::new(), None);
+        loop {
+            let mut page = 0;
+            let ended = s
+                .walk(l, &Fences::default(), after.as_deref(), budget, |_, e| {
+                    out.push(e.rrset.rrname);
+                    page += 1;
+                    page < size
+                })
+                .unwrap();
+            match ended {
+                Ended::Exhausted => return out,
+                Ended::Stopped(p) | Ended::Budget(p) => after = Some(p),
+            }
+        }
+    }
+
+    #[test]
+    fn paging_and_budgets_resume_without_repeats_or_gaps() {
+        let (_dir, s) = store_with(500);
+        let (lo, hi) = "10.0.0.0/8".parse::<crate::sensor::Cidr>().unwrap().range();
+        for l in [
+            Lookup::RdataIp { lo, hi },
+            Lookup::Rrset { owner: NamePattern::parse("*.example.com").unwrap(), rrtype: None, bailiwick: None },
+            Lookup::Rrset { owner: NamePattern::parse("h1.example.*").unwrap(), rrtype: Some(1), bailiwick: None },
+        ] {
+            let all = s.lookup(&l, &Fences::default(), usize::MAX).unwrap();
+            let mut want: Vec<String> = all.into_iter().map(|e| e.rrset.rrname).collect();
+            let mut unique = want.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), want.len(), "{l:?}: each RRset once");
+            for (size, budget) in [(7, u64::MAX), (1000, 13), (1, 1)] {
+                let mut got = pages(&s, &l, size, budget);
+                assert_eq!(got.len(), want.len(), "{l:?} pages of {size}, budget {budget}");
+                got.sort();
+                want.sort();
+                assert_eq!(got, want);
+            }
+        }
+        let (lo, hi) = "10.0.0.0/8".parse::<crate::sensor::Cidr>().unwrap().range();
+        assert_eq!(s.lookup(&Lookup::RdataIp { lo, hi }, &Fences::default(), usize::MAX).unwrap().len(), 500);
+    }
+
+    #[test]
+    fn cursors_of_other_lookups_are_refused() {
+        let (_dir, s) = store_with(3);
+        let a = Lookup::Rrset { owner: NamePattern::parse("*.example.com").unwrap(), rrtype: None, bailiwick: None };
+        let b = Lookup::Rrset { owner: NamePattern::parse("*.example.net").unwrap(), rrtype: None, bailiwick: None };
+        let mut pos = Vec::new();
+        s.walk(&a, &Fences::default(), None, u64::MAX, |p, _| {
+            pos = p.to_vec();
+            false
+        })
+        .unwrap();
+        assert!(Store::check_cursor(&a, &pos).is_ok());
+        assert!(Store::check_cursor(&b, &pos).is_err());
+        let (lo, hi) = "10.0.0.0/8".parse::<crate::sensor::Cidr>().unwrap().range();
+        assert!(Store::check_cursor(&Lookup::RdataIp { lo, hi }, &pos).is_err());
+    }
+}
