@@ -21,6 +21,7 @@
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
 //! - [`tls`]: rustls configuration from PEM files.
 
+pub mod api;
 pub mod collector;
 pub mod dns;
 pub mod dnstap;

@@ -44,8 +44,11 @@ enum Command {
         #[arg(long)]
         resolver: bool,
     },
-    /// Query a local store (stop the sensor first: sled allows one process per store).
+    /// Query a store: a local one (stop its sensor first: sled allows one process per store)
+    /// or a server's API.
     Query(dnsledger::query::QueryArgs),
+    /// Serve the query API over a store on its own.
+    Api(ApiServeArgs),
 }
 
 #[derive(Args)]
@@ -72,6 +75,41 @@ struct CollectorArgs {
     /// recorded as contributors (repeatable). Other senders are recorded themselves.
     #[arg(long = "relay")]
     relays: Vec<String>,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// The query API (DNSDB v2, COF, CIRCL) over this process's store.
+#[derive(Args, Clone)]
+struct ApiArgs {
+    /// Serve the query API on this address (no keys, no TLS; see --api-config).
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// A file with an `[api]` table: keys, quotas, TLS, limits.
+    #[arg(long, conflicts_with = "api")]
+    api_config: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    fn config(&self) -> anyhow::Result<Option<dnsledger::api::ApiConfig>> {
+        Ok(match (&self.api, &self.api_config) {
+            (Some(addr), _) => Some(dnsledger::api::ApiConfig::open(*addr)),
+            (None, Some(path)) => Some(dnsledger::api::ApiConfig::load(path)?),
+            (None, None) => None,
+        })
+    }
+}
+
+#[derive(Args)]
+struct ApiServeArgs {
+    /// Store directory (a sensor's or a collector's, not in use by another process).
+    #[arg(long)]
+    db: PathBuf,
+    #[command(flatten)]
+    api: ApiArgs,
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -183,6 +221,8 @@ struct SensorArgs {
     /// No periodic summary lines.
     #[arg(long, short = 'q')]
     quiet: bool,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 #[derive(Subcommand)]
@@ -344,6 +384,9 @@ fn sensor_config(a: &SensorArgs) -> anyhow::Result<dnsledger::sensor::SensorConf
     if a.metrics.is_some() {
         config.metrics = a.metrics;
     }
+    if let Some(api) = a.api.config()? {
+        config.api = Some(api);
+    }
     Ok(config)
 }
 
@@ -393,6 +436,7 @@ async fn run_collector(a: CollectorArgs, upstream: Option<dnsledger::forward::Fo
         max_connections: a.max_connections,
         upstream,
         trusted_relays: a.relays,
+        api: a.api.config()?,
     };
     dnsledger::collector::run(config, &registry, shutdown).await
 }
@@ -469,6 +513,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", file.display());
         }
         Command::Query(q) => dnsledger::query::run(&q, &mut std::io::stdout().lock())?,
+        Command::Api(a) => {
+            let config = a.api.config()?.ok_or_else(|| anyhow::anyhow!("give --api ADDR or --api-config FILE"))?;
+            anyhow::ensure!(a.db.is_dir(), "no store at {}", a.db.display());
+            let store = dnsledger::store::Store::open(&a.db)?;
+            let (shutdown, registry) = service(a.metrics).await?;
+            let addr = dnsledger::api::start(config, store.clone(), None, &registry, shutdown.clone()).await?;
+            eprintln!("api: serving {} on http://{addr}", a.db.display());
+            shutdown.cancelled().await;
+        }
         Command::Sensor(a) => {
             let config = sensor_config(&a)?;
             let start = std::time::Instant::now();

@@ -46,6 +46,8 @@ pub struct CollectorConfig {
     pub upstream: Option<crate::forward::ForwardConfig>,
     /// Senders (relays) whose summaries name the sensors behind them; recorded as given.
     pub trusted_relays: Vec<String>,
+    /// The query API over the collector's store.
+    pub api: Option<crate::api::ApiConfig>,
 }
 
 /// Collector counters (Prometheus prefix `dnsledger_collector_`).
@@ -126,6 +128,9 @@ pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: Cancell
     }
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("listen {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, db = %config.db.display(), "collector listening");
+    if let Some(api) = &config.api {
+        crate::api::start(api.clone(), store.clone(), None, registry, shutdown.clone()).await?;
+    }
     let stats = Arc::new(CollectorStats::default());
     registry.register(stats.clone());
     let acceptor = TlsAcceptor::from(tls);

@@ -31,6 +31,7 @@ pub(crate) struct Raw {
     store: RawStore,
     forward: Option<RawForward>,
     metrics: Option<String>,
+    api: Option<crate::api::RawApi>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +110,8 @@ pub struct SensorConfig {
     /// Forward the outbox to a collector or relay (implies the outbox).
     pub forward: Option<ForwardConfig>,
     pub metrics: Option<SocketAddr>,
+    /// The query API over this sensor's store.
+    pub api: Option<crate::api::ApiConfig>,
 }
 
 impl SensorConfig {
@@ -220,6 +223,13 @@ impl SensorConfig {
                 }
             }
         });
+        let api = raw.api.and_then(|a| match crate::api::ApiConfig::from_raw(a) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errors.extend(e);
+                None
+            }
+        });
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -243,6 +253,7 @@ impl SensorConfig {
             compression,
             forward,
             metrics,
+            api,
         })
     }
 

@@ -539,6 +539,10 @@ pub async fn run_fed(
     if let Some(f) = &config.forward {
         store = store.with_outbox_limit(f.max_outbox_batches);
     }
+    if let Some(api) = &config.api {
+        crate::api::start(api.clone(), store.clone(), Some(config.sensor_id.clone()), registry, shutdown.clone())
+            .await?;
+    }
     let stats = Arc::new(SensorStats::default());
     let lstats = Arc::new(ListenerStats::default());
     registry.register(stats.clone());

@@ -239,6 +239,42 @@ impl Store {
         Ok(out)
     }
 
+    /// Index entries a lookup spans (an upper bound on its results: before filters and
+    /// fences), counted up to `cap`; `true` when the count is complete.
+    pub fn count_entries(&self, lookup: &Lookup, cap: u64) -> Result<(u64, bool), StoreError> {
+        let walk = lookup.walk();
+        let start = match &walk {
+            Walk::Prefix { prefix, .. } => prefix.clone(),
+            Walk::Range { lo, .. } => lo.clone(),
+            Walk::Everything => return Ok((self.len() as u64, true)),
+        };
+        let mut n = 0u64;
+        for item in self.t.range(start..) {
+            let (k, _) = item?;
+            match &walk {
+                Walk::Prefix { prefix, below, .. } => {
+                    if !k.starts_with(prefix) {
+                        break;
+                    }
+                    if below.is_some_and(|n| k.get(n) == Some(&0)) {
+                        continue;
+                    }
+                }
+                Walk::Range { hi, .. } => {
+                    if k.len() < hi.len() || k[..hi.len()] > hi[..] {
+                        break;
+                    }
+                }
+                Walk::Everything => break,
+            }
+            n += 1;
+            if n >= cap {
+                return Ok((n, false));
+            }
+        }
+        Ok((n, true))
+    }
+
     /// Validates a position given back by a client against the lookup it came from.
     pub fn check_cursor(lookup: &Lookup, pos: &[u8]) -> Result<(), ForeignCursor> {
         if lookup.owns(pos) { Ok(()) } else { Err(ForeignCursor) }

@@ -1,0 +1,255 @@
+//! Query results as response bodies: DNSDB SAF streams (COF objects or one summary), COF and
+//! CIRCL pages, estimates. The store walk runs on a blocking thread and hands ~32 KiB chunks
+//! to the body through a bounded channel.
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::{Response, StatusCode, header};
+use tokio::sync::mpsc;
+
+use super::request::{Params, hex};
+use super::{Api, Body, NDJSON, Slots, response};
+use crate::store::{Ended, Entry, Lookup};
+
+const CHUNK: usize = 32 * 1024;
+const CHUNKS_BUFFERED: usize = 8;
+
+/// How a walk ended, for the terminator.
+enum End {
+    Done,
+    /// The limit cut the results; resume after the cursor.
+    Limited(Vec<u8>),
+    /// The scan budget ran out before the limit; resume after the cursor.
+    Budget(Vec<u8>),
+    MaxCount,
+    ClientGone,
+    Failed(String),
+}
+
+/// Walks `lookup` honouring offset, limit and cursor; `emit` returns false when the client is
+/// gone.
+fn walk(api: &Api, lookup: &Lookup, p: &Params, mut emit: impl FnMut(&Entry) -> Emit) -> End {
+    let (mut skipped, mut sent) = (0u64, 0u64);
+    let mut last = Vec::new();
+    let mut stop: Option<End> = None;
+    let ended = api.store.walk(lookup, &p.fences, p.cursor.as_deref(), api.config.scan_budget, |pos, e| {
+        if skipped < p.offset {
+            skipped += 1;
+            last.clear();
+            last.extend_from_slice(pos);
+            return true;
+        }
+        if sent == p.limit {
+            stop = Some(End::Limited(last.clone()));
+            return false;
+        }
+        match emit(&e) {
+            Emit::Go => {}
+            Emit::Gone => {
+                stop = Some(End::ClientGone);
+                return false;
+            }
+            Emit::Enough => {
+                stop = Some(End::MaxCount);
+                return false;
+            }
+        }
+        sent += 1;
+        last.clear();
+        last.extend_from_slice(pos);
+        true
+    });
+    match ended {
+        Err(e) => End::Failed(e.to_string()),
+        Ok(Ended::Budget(pos)) => End::Budget(pos),
+        Ok(_) => stop.unwrap_or(End::Done),
+    }
+}
+
+enum Emit {
+    Go,
+    Gone,
+    /// Summaries: max_count reached.
+    Enough,
+}
+
+/// One COF object. `sensors`: contributors to report (COF `sensor_id` is one string; all of
+/// them go in `sensor_ids`).
+pub fn write_cof(out: &mut Vec<u8>, e: &Entry, humantime: bool, sensors: &[String]) {
+    let str = |out: &mut Vec<u8>, s: &str| {
+        let _ = serde_json::to_writer(&mut *out, s);
+    };
+    out.extend_from_slice(b"{\"count\":");
+    let _ = write!(out, "{}", e.count);
+    for (name, t) in [("time_first", e.first), ("time_last", e.last)] {
+        let _ = write!(out, ",\"{name}\":");
+        if humantime {
+            let _ =
+                write!(out, "\"{}Z\"", crate::dnstap::format_time(crate::dnstap::Timestamp { sec: t, nsec: 0 }, 'T'));
+        } else {
+            let _ = write!(out, "{t}");
+        }
+    }
+    out.extend_from_slice(b",\"rrname\":");
+    str(out, &e.rrset.rrname);
+    out.extend_from_slice(b",\"rrtype\":");
+    str(out, &crate::dns::rrtype_name(e.rrset.rrtype.into()));
+    out.extend_from_slice(b",\"bailiwick\":");
+    str(out, &e.rrset.bailiwick);
+    out.extend_from_slice(b",\"rdata\":[");
+    for (i, d) in e.rrset.rdata.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        str(out, d);
+    }
+    out.push(b']');
+    if let Some(first) = sensors.first() {
+        out.extend_from_slice(b",\"sensor_id\":");
+        str(out, first);
+        out.extend_from_slice(b",\"sensor_ids\":[");
+        for (i, s) in sensors.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            str(out, s);
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+}
+
+/// A DNSDB SAF response: begin, objects (or one summary), terminator.
+pub fn saf(api: Arc<Api>, lookup: Lookup, p: Params, summarize: bool, slots: Slots) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_BUFFERED);
+    tokio::task::spawn_blocking(move || {
+        let _slots = slots;
+        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + 4096);
+        buf.extend_from_slice(b"{\"cond\":\"begin\"}\n");
+        let flush = |buf: &mut Vec<u8>, force: bool| -> bool {
+            if buf.len() < CHUNK && !force {
+                return true;
+            }
+            let chunk = Bytes::from(std::mem::replace(buf, Vec::with_capacity(CHUNK + 4096)));
+            tx.blocking_send(chunk).is_ok()
+        };
+        let mut summary = (0u64, 0u64, u64::MAX, 0u64); // count, results, first, last
+        let end = walk(&api, &lookup, &p, |e| {
+            if summarize {
+                summary.0 = summary.0.saturating_add(e.count);
+                summary.1 += 1;
+                summary.2 = summary.2.min(e.first);
+                summary.3 = summary.3.max(e.last);
+                if p.max_count.is_some_and(|m| summary.0 >= m) {
+                    return Emit::Enough;
+                }
+                return Emit::Go;
+            }
+            buf.extend_from_slice(b"{\"obj\":");
+            write_cof(&mut buf, e, p.humantime, &[]);
+            buf.extend_from_slice(b"}\n");
+            api.stats.results.inc();
+            if flush(&mut buf, false) { Emit::Go } else { Emit::Gone }
+        });
+        if summarize && summary.1 > 0 {
+            let _ = writeln!(
+                buf,
+                "{{\"obj\":{{\"count\":{},\"num_results\":{},\"time_first\":{},\"time_last\":{}}}}}",
+                summary.0, summary.1, summary.2, summary.3
+            );
+        }
+        let terminator = match &end {
+            End::Done | End::MaxCount => "{\"cond\":\"succeeded\"}".to_string(),
+            End::Limited(c) => {
+                api.stats.cut.inc("limit");
+                format!("{{\"cond\":\"limited\",\"msg\":\"Result limit reached\",\"cursor\":\"{}\"}}", hex(c))
+            }
+            End::Budget(c) => {
+                api.stats.cut.inc("budget");
+                format!(
+                    "{{\"cond\":\"limited\",\"msg\":\"Scan limit reached ({} index entries); resume with the cursor\",\"cursor\":\"{}\"}}",
+                    api.config.scan_budget,
+                    hex(c)
+                )
+            }
+            End::ClientGone => {
+                api.stats.cut.inc("client_gone");
+                return;
+            }
+            End::Failed(e) => {
+                api.stats.cut.inc("store_error");
+                tracing::error!(error = %e, "query failed in the store");
+                "{\"cond\":\"failed\",\"msg\":\"store error\"}".to_string()
+            }
+        };
+        if matches!(end, End::MaxCount) {
+            api.stats.cut.inc("max_count");
+        }
+        buf.extend_from_slice(terminator.as_bytes());
+        buf.push(b'\n');
+        flush(&mut buf, true);
+    });
+    response(StatusCode::OK, NDJSON, Body::Stream(rx))
+}
+
+/// A COF or CIRCL page: plain COF lines with sensor ids; the cursor of the next page (if
+/// any) in `x-dribble-cursor` (what pypdns follows) and `x-cursor`. Buffered (at most
+/// `max_page` results) so that the cursor can lead the body.
+pub async fn page(api: Arc<Api>, lookup: Lookup, p: Params, slots: Slots) -> Response<Body> {
+    let worker = api.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let _slots = slots;
+        let mut out = Vec::new();
+        let end = walk(&worker, &lookup, &p, |e| {
+            let mut sensors = worker.store.contributors(&e.rrset).unwrap_or_default();
+            if sensors.is_empty()
+                && let Some(own) = &worker.own_sensor
+            {
+                sensors.push(own.clone());
+            }
+            write_cof(&mut out, e, p.humantime, &sensors);
+            out.push(b'\n');
+            worker.stats.results.inc();
+            Emit::Go
+        });
+        (out, end)
+    })
+    .await;
+    let (out, end) = match done {
+        Ok(v) => v,
+        Err(_) => return super::text(StatusCode::INTERNAL_SERVER_ERROR, "Error: the query failed\n".into()),
+    };
+    let cursor = match end {
+        End::Limited(c) | End::Budget(c) => Some(hex(&c)),
+        End::Failed(e) => {
+            api.stats.cut.inc("store_error");
+            tracing::error!(error = %e, "query failed in the store");
+            return super::text(StatusCode::INTERNAL_SERVER_ERROR, "Error: store error\n".into());
+        }
+        _ => None,
+    };
+    let mut r = response(StatusCode::OK, NDJSON, Body::Full(Some(Bytes::from(out))));
+    if let Some(c) = cursor.and_then(|c| header::HeaderValue::from_str(&c).ok()) {
+        api.stats.cut.inc("limit");
+        r.headers_mut().insert("x-dribble-cursor", c.clone());
+        r.headers_mut().insert("x-cursor", c);
+    }
+    r
+}
+
+/// How many index entries a lookup spans (an upper bound on its results), counted up to the
+/// scan budget.
+pub async fn estimate(api: Arc<Api>, lookup: Lookup, slots: Slots) -> Response<Body> {
+    let worker = api.clone();
+    let counted = tokio::task::spawn_blocking(move || {
+        let _slots = slots;
+        worker.store.count_entries(&lookup, worker.config.scan_budget)
+    })
+    .await;
+    match counted {
+        Ok(Ok((n, exact))) => super::json(StatusCode::OK, format!("{{\"estimate\":{n},\"exact_bound\":{exact}}}\n")),
+        _ => super::text(StatusCode::INTERNAL_SERVER_ERROR, "Error: store error\n".into()),
+    }
+}
