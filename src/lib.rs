@@ -28,6 +28,7 @@ pub mod dnstap;
 pub mod forward;
 pub mod framestream;
 pub mod generate;
+pub mod import;
 pub mod metrics;
 pub mod pki;
 pub mod query;

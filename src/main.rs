@@ -49,6 +49,15 @@ enum Command {
     Query(dnsledger::query::QueryArgs),
     /// Serve the query API over a store on its own.
     Api(ApiServeArgs),
+    /// Merge COF NDJSON files (exports of another passive DNS, or `query --json` output) into
+    /// a store. Counts add up: importing a file twice counts it twice.
+    Import {
+        #[arg(long)]
+        db: PathBuf,
+        /// COF files (`-`: standard input).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -512,7 +521,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             load_config(&file)?;
             println!("{}: ok", file.display());
         }
+        Command::Query(q) if q.server.is_some() => {
+            dnsledger::query::remote::run(&q, q.summarize, &mut std::io::stdout().lock()).await?
+        }
         Command::Query(q) => dnsledger::query::run(&q, &mut std::io::stdout().lock())?,
+        Command::Import { db, files } => {
+            let store = dnsledger::store::Store::open(&db)?;
+            for f in &files {
+                let n = dnsledger::import::import(&store, f)?;
+                eprintln!("import: {}: {n} RRsets merged", f.display());
+            }
+        }
         Command::Api(a) => {
             let config = a.api.config()?.ok_or_else(|| anyhow::anyhow!("give --api ADDR or --api-config FILE"))?;
             anyhow::ensure!(a.db.is_dir(), "no store at {}", a.db.display());

@@ -61,6 +61,19 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Resul
     Ok(Arc::new(builder.with_single_cert(load_certs(cert)?, load_key(key)?)?))
 }
 
+/// A TLS client configuration that trusts only `ca`, without a client certificate.
+pub fn client_config_anonymous(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(|e| TlsError::ClientCa { path: ca.into(), reason: e.to_string() })?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// A TLS client configuration that trusts only `ca` and authenticates with (`cert`, `key`).
 pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();

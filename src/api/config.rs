@@ -105,8 +105,8 @@ impl ApiConfig {
             }
             v
         };
-        let default_limit = positive("default_limit", raw.default_limit, 10_000);
         let max_limit = positive("max_limit", raw.max_limit, 1_000_000);
+        let default_limit = positive("default_limit", raw.default_limit, 10_000.min(max_limit));
         let max_offset = raw.max_offset.unwrap_or(1_000_000);
         let scan_budget = positive("scan_budget", raw.scan_budget, 20_000_000);
         let max_page = positive("max_page", raw.max_page, 10_000);

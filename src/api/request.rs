@@ -135,6 +135,9 @@ pub fn parse_lookup(seg: &[String]) -> Result<Lookup, ApiError> {
         ["rdata", "raw", hex, rest @ ..] if rest.len() <= 1 => {
             raw_rdata(&unhex(hex)?, rest.first().map(|t| rrtype(t)).transpose()?.flatten())
         }
+        [first, ..] if !["rrset", "rdata"].contains(first) => {
+            Err(ApiError::status(404, format!("no such lookup: {first} (rrset or rdata)")))
+        }
         ["rrset" | "rdata", kind, ..] if !["name", "raw", "ip"].contains(kind) => {
             Err(ApiError::status(404, format!("no such lookup: {}/{kind}", s[0])))
         }
@@ -145,10 +148,10 @@ pub fn parse_lookup(seg: &[String]) -> Result<Lookup, ApiError> {
 
 /// A CIRCL query: an address, a prefix, or a name (wildcards allowed).
 fn circl_lookup(q: &str) -> Result<Lookup, ApiError> {
-    if q.parse::<IpAddr>().is_ok() || (q.contains('/') && q.contains(|c: char| c == ':' || c.is_ascii_digit())) {
-        if let Ok((lo, hi)) = ip_range(q) {
-            return Ok(Lookup::RdataIp { lo, hi });
-        }
+    if (q.parse::<IpAddr>().is_ok() || (q.contains('/') && q.contains(|c: char| c == ':' || c.is_ascii_digit())))
+        && let Ok((lo, hi)) = ip_range(q)
+    {
+        return Ok(Lookup::RdataIp { lo, hi });
     }
     Ok(Lookup::Rrset { owner: pattern(q)?, rrtype: None, bailiwick: None })
 }
@@ -207,8 +210,9 @@ pub fn ip_range(s: &str) -> Result<([u8; 16], [u8; 16]), ApiError> {
 
 const MAX_HEX: usize = 2 * 65_535;
 
-fn unhex(s: &str) -> Result<Vec<u8>, ApiError> {
-    if s.len() > MAX_HEX || s.len() % 2 != 0 || s.is_empty() {
+/// Hex digits to bytes (raw names and rdata, cursors).
+pub fn unhex(s: &str) -> Result<Vec<u8>, ApiError> {
+    if s.len() > MAX_HEX || !s.len().is_multiple_of(2) || s.is_empty() {
         return Err(ApiError::bad(format!("`{:.40}`: expected an even number of hex digits", s)));
     }
     (0..s.len())

@@ -1,0 +1,124 @@
+//! `dnsledger import`: COF NDJSON (a CIRCL or DNSDB export, or our own `--json` output; SAF
+//! `{"obj":...}` lines too) merged into a store. Import adds: each line's count is added to
+//! what the store has (importing a file twice counts it twice); times widen first/last seen.
+//! Lines that are not valid COF are refused with their line number, and nothing of a file is
+//! merged unless all of it parses.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+use crate::sensor::{Kind, Rrset};
+use crate::store::{Delta, Store};
+
+#[derive(Deserialize)]
+struct Line {
+    obj: Option<Cof>,
+    cond: Option<String>,
+    #[serde(flatten)]
+    cof: Option<Cof>,
+}
+
+#[derive(Deserialize)]
+struct Cof {
+    rrname: String,
+    rrtype: serde_json::Value,
+    rdata: serde_json::Value,
+    time_first: u64,
+    time_last: u64,
+    count: Option<u64>,
+    bailiwick: Option<String>,
+}
+
+/// Lines longer than this are refused (an RRset is far smaller).
+const MAX_LINE: usize = 1024 * 1024;
+const BATCH: usize = 2_000;
+
+fn delta(c: Cof) -> anyhow::Result<Delta> {
+    let owner = crate::api::request::pattern(&c.rrname).map_err(|e| anyhow::anyhow!("rrname: {}", e.msg))?;
+    let crate::store::NamePattern::Exact(rrname) = owner else { bail!("rrname: no wildcards") };
+    let rrtype = match &c.rrtype {
+        serde_json::Value::String(s) => crate::query::parse_rrtype(s)?,
+        serde_json::Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()).context("rrtype: 0-65535")?,
+        _ => bail!("rrtype: a mnemonic or a number"),
+    };
+    let mut rdata: Vec<String> = match c.rdata {
+        serde_json::Value::String(s) => vec![s],
+        serde_json::Value::Array(a) => a
+            .into_iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => Ok(s),
+                _ => bail!("rdata: strings only"),
+            })
+            .collect::<anyhow::Result<_>>()?,
+        _ => bail!("rdata: a string or an array of strings"),
+    };
+    if rdata.is_empty() {
+        bail!("rdata: empty");
+    }
+    rdata.sort_unstable();
+    rdata.dedup();
+    let bailiwick = match c.bailiwick {
+        Some(b) => crate::query::absolute(&b),
+        None => ".".into(),
+    };
+    if c.time_first > c.time_last {
+        bail!("time_first is after time_last");
+    }
+    let count = c.count.unwrap_or(1);
+    if count == 0 || count > 1 << 48 {
+        bail!("count: 1 to 2^48");
+    }
+    Ok(Delta {
+        kind: Kind::Positive,
+        rrset: Rrset { rrname, rrtype, bailiwick, rdata },
+        first: c.time_first,
+        last: c.time_last,
+        count,
+        sensors: Vec::new(),
+    })
+}
+
+/// Reads every line of `path` (or stdin for `-`), then merges. Returns RRset lines merged.
+pub fn import(store: &Store, path: &Path) -> anyhow::Result<u64> {
+    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("{}", path.display()))?))
+    };
+    let mut deltas = Vec::new();
+    let mut errors = Vec::new();
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let line = line.with_context(|| format!("{}", path.display()))?;
+        if line.len() > MAX_LINE {
+            errors.push(format!("line {}: longer than {MAX_LINE} bytes", i + 1));
+            continue;
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let parsed: Result<Line, _> = serde_json::from_slice(&line);
+        match parsed {
+            Ok(Line { obj: Some(c), .. }) | Ok(Line { cof: Some(c), cond: None, .. }) => match delta(c) {
+                Ok(d) => deltas.push(d),
+                Err(e) => errors.push(format!("line {}: {e}", i + 1)),
+            },
+            Ok(Line { cond: Some(_), .. }) => {}
+            Ok(_) => errors.push(format!("line {}: not a COF object", i + 1)),
+            Err(e) => errors.push(format!("line {}: {e}", i + 1)),
+        }
+        if errors.len() >= 20 {
+            break;
+        }
+    }
+    if !errors.is_empty() {
+        bail!("{}: nothing imported:\n  {}", path.display(), errors.join("\n  "));
+    }
+    for chunk in deltas.chunks(BATCH) {
+        store.merge(chunk, false)?;
+    }
+    store.sync()?;
+    Ok(deltas.len() as u64)
+}

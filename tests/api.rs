@@ -1,0 +1,491 @@
+//! The query API as analysts use it: Debian's `dnsdbq`, the `dnsdb2` and `pypdns` Python
+//! clients (installed by .ci/run), plain HTTP for what they cannot show (SAF terminators,
+//! cursors, status codes), against `dnsledger api` over a store built with `dnsledger import`
+//! from a COF fixture whose times and addresses sit on the edges the semantics turn on.
+
+mod tools;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use tools::{Proc, dnsledger, free_port, require, run, wait_for};
+
+const KEY: &str = "analyst-key-0123456789";
+const LIMITED_KEY: &str = "limited-key-0123456789";
+
+/// rrname, rrtype, bailiwick, rdata, first, last, count.
+type Row = (&'static str, &'static str, &'static str, &'static [&'static str], u64, u64, u64);
+
+const FIXTURE: &[Row] = &[
+    ("example.com.", "A", "example.com.", &["192.0.2.1"], 100, 200, 5),
+    ("www.example.com.", "A", "example.com.", &["192.0.2.80", "192.0.2.81"], 300, 400, 7),
+    ("deep.b.example.com.", "AAAA", "example.com.", &["2001:db8::1"], 150, 350, 2),
+    ("example.com.", "NS", "com.", &["ns1.example.com.", "ns2.example.com."], 100, 400, 3),
+    ("example.com.", "MX", "example.com.", &["10 mail.example.com."], 120, 180, 1),
+    ("www.example.net.", "A", "example.net.", &["192.0.2.255"], 500, 600, 1),
+    ("edge.example.org.", "A", "example.org.", &["192.0.3.0"], 500, 600, 1),
+    ("low.example.org.", "A", "example.org.", &["192.0.1.255"], 500, 600, 1),
+    ("v6edge.example.org.", "AAAA", "example.org.", &["2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"], 500, 600, 1),
+    ("v6out.example.org.", "AAAA", "example.org.", &["2001:db9::"], 500, 600, 1),
+    ("alias.example.org.", "CNAME", "example.org.", &["www.example.com."], 500, 600, 1),
+];
+
+/// 30 more RRsets under paged.example., for paging.
+const PAGED: u64 = 30;
+
+fn fixture_lines() -> String {
+    let mut out = String::new();
+    for (name, t, bw, rdata, first, last, count) in FIXTURE {
+        out += &serde_json::json!({"rrname": name, "rrtype": t, "bailiwick": bw, "rdata": rdata,
+            "time_first": first, "time_last": last, "count": count})
+        .to_string();
+        out.push('\n');
+    }
+    for i in 0..PAGED {
+        // SAF-wrapped lines import too (a saved DNSDB answer).
+        out += &serde_json::json!({"obj": {"rrname": format!("n{i}.paged.example."), "rrtype": "A",
+            "bailiwick": "paged.example.", "rdata": [format!("198.51.100.{i}")],
+            "time_first": 1000 + i, "time_last": 2000 + i, "count": i + 1}})
+        .to_string();
+        out.push('\n');
+    }
+    out
+}
+
+struct Server {
+    addr: SocketAddr,
+    proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+/// Imports the fixture into a fresh store and serves it; with `keys`, two keys (one limited
+/// to 3 queries a day).
+fn serve(keys: bool) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let cof = dir.path().join("fixture.ndjson");
+    std::fs::write(&cof, fixture_lines()).unwrap();
+    let db = dir.path().join("db");
+    let mut import = dnsledger();
+    import.arg("import").arg("--db").arg(&db).arg(&cof);
+    let out = run(import);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{} RRsets merged", FIXTURE.len() as u64 + PAGED)));
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = dnsledger();
+    cmd.arg("api").arg("--db").arg(&db);
+    if keys {
+        let conf = dir.path().join("api.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "[api]\nlisten = \"{addr}\"\nmax_limit = 1000\nmax_offset = 100\n\
+                 [[api.keys]]\nname = \"analyst\"\nkey = \"{KEY}\"\n\
+                 [[api.keys]]\nname = \"trial\"\nkey = \"{LIMITED_KEY}\"\nqueries_per_day = 3\n"
+            ),
+        )
+        .unwrap();
+        cmd.arg("--api-config").arg(conf);
+    } else {
+        cmd.arg("--api").arg(addr.to_string());
+    }
+    let proc = Proc::spawn("api", cmd, dir.path());
+    wait_for("the API", Duration::from_secs(20), || std::net::TcpStream::connect(addr).is_ok());
+    Server { addr, proc, _dir: dir }
+}
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+/// A GET over HTTP/1.0 (the body ends at close, no chunking), with extra header lines.
+fn get(addr: SocketAddr, path: &str, headers: &[&str]) -> Reply {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for h in headers {
+        req += h;
+        req += "\r\n";
+    }
+    req += "\r\n";
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Reply { status, headers: head.to_ascii_lowercase(), body: body.to_string() }
+}
+
+fn key() -> String {
+    format!("X-API-Key: {KEY}")
+}
+
+/// The SAF lines of a 200 answer: (objects, terminator).
+fn saf(r: &Reply) -> (Vec<serde_json::Value>, serde_json::Value) {
+    assert_eq!(r.status, 200, "{}", r.body);
+    let lines: Vec<serde_json::Value> = r.body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.first().unwrap()["cond"], "begin", "{}", r.body);
+    assert!(r.body.ends_with('\n'), "every SAF line ends with a newline");
+    let term = lines.last().unwrap().clone();
+    let objs = lines[1..lines.len() - 1].iter().map(|l| l["obj"].clone()).collect();
+    (objs, term)
+}
+
+/// `rrname/rrtype` of each object, sorted.
+fn names(objs: &[serde_json::Value]) -> Vec<String> {
+    let mut v: Vec<String> =
+        objs.iter().map(|o| format!("{}/{}", o["rrname"].as_str().unwrap(), o["rrtype"].as_str().unwrap())).collect();
+    v.sort();
+    v
+}
+
+fn lookup(s: &Server, path: &str) -> Vec<String> {
+    let (objs, term) = saf(&get(s.addr, path, &[&key()]));
+    assert_eq!(term["cond"], "succeeded", "{path}");
+    names(&objs)
+}
+
+#[test]
+fn time_fences_are_independent_predicates_overlap_and_strict() {
+    let s = serve(false);
+    // Overlap (dnsdbq -A 250 -B 320): last seen after 250 and first seen before 320.
+    let got = lookup(&s, "/dnsdb/v2/lookup/rrset/name/%2A.example.com?time_last_after=250&time_first_before=320");
+    assert_eq!(got, ["deep.b.example.com./AAAA", "www.example.com./A"]);
+    // Strict (dnsdbq -c -A 120 -B 380): first seen after 120 and last seen before 380.
+    let got = lookup(&s, "/dnsdb/v2/lookup/rrset/name/%2A.example.com?time_first_after=120&time_last_before=380");
+    assert_eq!(got, ["deep.b.example.com./AAAA"]);
+    // Each fence alone, on the apex's RRsets (A 100-200, NS 100-400, MX 120-180).
+    let apex = |q: &str| lookup(&s, &format!("/dnsdb/v2/lookup/rrset/name/example.com?{q}"));
+    assert_eq!(apex("time_first_before=110"), ["example.com./A", "example.com./NS"]);
+    assert_eq!(apex("time_first_after=110"), ["example.com./MX"]);
+    assert_eq!(apex("time_last_before=300"), ["example.com./A", "example.com./MX"]);
+    assert_eq!(apex("time_last_after=300"), ["example.com./NS"]);
+    // Relative fences: everything in the fixture is decades old.
+    assert!(apex("time_last_after=-86400").is_empty());
+    assert_eq!(apex("time_last_before=-86400").len(), 3);
+}
+
+#[test]
+fn wildcards_at_the_apex_and_below_and_cidr_edges() {
+    let s = serve(false);
+    // `*.example.com` is strictly below the apex.
+    assert_eq!(
+        lookup(&s, "/dnsdb/v2/lookup/rrset/name/%2A.example.com"),
+        ["deep.b.example.com./AAAA", "www.example.com./A"]
+    );
+    // The apex itself with a type and bailiwick.
+    assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rrset/name/example.com/NS/com"), ["example.com./NS"]);
+    assert!(lookup(&s, "/dnsdb/v2/lookup/rrset/name/example.com/NS/example.com").is_empty());
+    // Right wildcard: the label boundary matters (www.example.* is not www.examples.*).
+    assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rrset/name/www.example.%2A"), ["www.example.com./A", "www.example.net./A"]);
+    assert_eq!(
+        lookup(&s, "/dnsdb/v2/lookup/rrset/name/example.%2A"),
+        ["example.com./A", "example.com./MX", "example.com./NS"]
+    );
+    // IPv4 prefix edges: .0 and .255 inside, the neighbours outside.
+    assert_eq!(
+        lookup(&s, "/dnsdb/v2/lookup/rdata/ip/192.0.2.0%2C24"),
+        ["example.com./A", "www.example.com./A", "www.example.net./A"]
+    );
+    assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rdata/ip/192.0.2.255"), ["www.example.net./A"]);
+    assert_eq!(
+        lookup(&s, "/dnsdb/v2/lookup/rdata/ip/192.0.1.255-192.0.3.0"),
+        ["edge.example.org./A", "example.com./A", "low.example.org./A", "www.example.com./A", "www.example.net./A"]
+    );
+    // www.example.com has two addresses in the /24: reported once.
+    let (objs, _) = saf(&get(s.addr, "/dnsdb/v2/lookup/rdata/ip/192.0.2.80,31", &[]));
+    assert_eq!(objs.len(), 1);
+    // IPv6 edges.
+    assert_eq!(
+        lookup(&s, "/dnsdb/v2/lookup/rdata/ip/2001%3Adb8%3A%3A,32"),
+        ["deep.b.example.com./AAAA", "v6edge.example.org./AAAA"]
+    );
+    assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rdata/ip/2001:db9::,128"), ["v6out.example.org./AAAA"]);
+    // Names in rdata: exact, below a zone, by type.
+    assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rdata/name/www.example.com"), ["alias.example.org./CNAME"]);
+    assert_eq!(
+        lookup(&s, "/dnsdb/v2/lookup/rdata/name/%2A.example.com"),
+        ["alias.example.org./CNAME", "example.com./MX", "example.com./NS"]
+    );
+    assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rdata/name/%2A.example.com/NS"), ["example.com./NS"]);
+    // Raw: the wire name of example.com, and 192.0.2.1 as 4 bytes.
+    assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rrset/raw/076578616d706c6503636f6d00/MX"), ["example.com./MX"]);
+    assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rdata/raw/c0000201"), ["example.com./A"]);
+}
+
+#[test]
+fn limit_offset_and_cursor_page_consistently() {
+    let s = serve(false);
+    let base = "/dnsdb/v2/lookup/rrset/name/%2A.paged.example";
+    let (all, term) = saf(&get(s.addr, base, &[]));
+    assert_eq!((all.len() as u64, term["cond"].as_str()), (PAGED, Some("succeeded")));
+    // A limit that cuts: `limited`, with a cursor; a limit equal to the results: succeeded.
+    let (first, term) = saf(&get(s.addr, &format!("{base}?limit=7"), &[]));
+    assert_eq!((first.len(), term["cond"].as_str()), (7, Some("limited")));
+    assert_eq!(first[..], all[..7]);
+    let (_, term_exact) = saf(&get(s.addr, &format!("{base}?limit={PAGED}"), &[]));
+    assert_eq!(term_exact["cond"], "succeeded");
+    // Cursor pages concatenate to the whole answer, in order, nothing twice.
+    let mut pages = first.clone();
+    let mut cursor = term["cursor"].as_str().unwrap().to_string();
+    loop {
+        let (objs, term) = saf(&get(s.addr, &format!("{base}?limit=7&cursor={cursor}"), &[]));
+        pages.extend(objs);
+        match term["cond"].as_str() {
+            Some("limited") => cursor = term["cursor"].as_str().unwrap().to_string(),
+            Some("succeeded") => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(pages, all);
+    // Offset pages are slices of the whole.
+    let (objs, _) = saf(&get(s.addr, &format!("{base}?limit=5&offset=10"), &[]));
+    assert_eq!(objs[..], all[10..15]);
+    // A cursor of another query is refused.
+    let r = get(s.addr, &format!("/dnsdb/v2/lookup/rrset/name/%2A.example.com?cursor={cursor}"), &[]);
+    assert_eq!(r.status, 400, "{}", r.body);
+    // Summaries: count and span over the answer; max_count stops early.
+    let (objs, term) = saf(&get(s.addr, "/dnsdb/v2/summarize/rrset/name/%2A.paged.example", &[]));
+    assert_eq!(term["cond"], "succeeded");
+    let sum: u64 = (1..=PAGED).sum();
+    assert_eq!(objs[0]["count"], sum);
+    assert_eq!(objs[0]["num_results"], PAGED);
+    assert_eq!((objs[0]["time_first"].as_u64(), objs[0]["time_last"].as_u64()), (Some(1000), Some(2000 + PAGED - 1)));
+    let (objs, _) = saf(&get(s.addr, "/dnsdb/v2/summarize/rrset/name/%2A.paged.example?max_count=10", &[]));
+    assert!(objs[0]["count"].as_u64().unwrap() >= 10 && objs[0]["num_results"].as_u64().unwrap() < PAGED);
+    // COF pages carry the cursor in a header (pypdns's x-dribble-cursor).
+    let r = get(s.addr, "/cof/v1/lookup/rrset/name/%2A.paged.example?limit=10", &[]);
+    assert_eq!(r.body.lines().count(), 10);
+    assert!(r.headers.contains("x-dribble-cursor: "), "{}", r.headers);
+    // Estimates bound the answer.
+    let r = get(s.addr, "/dnsledger/v1/estimate/rrset/name/%2A.paged.example", &[]);
+    let est: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(est["estimate"], PAGED);
+}
+
+#[test]
+fn bad_queries_keys_and_quotas_get_dnsdb_status_codes() {
+    let s = serve(true);
+    for path in [
+        "/dnsdb/v2/lookup/rrset/name/*",
+        "/dnsdb/v2/lookup/rrset/name/%2A",
+        "/dnsdb/v2/lookup/rrset/name/a..example.com",
+        "/dnsdb/v2/lookup/rrset/name/ww*w.example.com",
+        "/dnsdb/v2/lookup/rrset/name/example.com/NOSUCHTYPE",
+        "/dnsdb/v2/lookup/rdata/ip/192.0.2.300",
+        "/dnsdb/v2/lookup/rdata/ip/192.0.2.0,40",
+        "/dnsdb/v2/lookup/rdata/ip/2001:db8::,129",
+        "/dnsdb/v2/lookup/rdata/raw/xyz0",
+        "/dnsdb/v2/lookup/rrset/raw/ff",
+        "/dnsdb/v2/lookup/rrset/name/example.com?limit=1000000000",
+        "/dnsdb/v2/lookup/rrset/name/example.com?limit=-5",
+        "/dnsdb/v2/lookup/rrset/name/example.com?time_first_after=yesterday",
+        "/dnsdb/v2/lookup/rrset/name/example.com?cursor=00",
+        "/dnsdb/v2/lookup/rrset/name/example.com?no_such_parameter=1",
+    ] {
+        let r = get(s.addr, path, &[&key()]);
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        assert!(r.body.trim().len() > 5, "{path}: a message");
+    }
+    let long = format!("/dnsdb/v2/lookup/rrset/name/{}.example.com", "x".repeat(70));
+    assert_eq!(get(s.addr, &long, &[&key()]).status, 400);
+    assert_eq!(get(s.addr, "/dnsdb/v2/lookup/rrset/name/example.com?offset=101", &[&key()]).status, 416);
+    assert_eq!(get(s.addr, "/dnsdb/v2/lookup/nothing/here/x", &[&key()]).status, 404);
+    assert_eq!(get(s.addr, "/dnsdb/v2/lookup/rrset/name/example.com", &["Accept: text/html"]).status, 403);
+    assert_eq!(get(s.addr, "/dnsdb/v2/lookup/rrset/name/example.com", &[&key(), "Accept: text/html"]).status, 415);
+    // Keys: missing, wrong, right; CIRCL clients' Authorization forms.
+    assert_eq!(get(s.addr, "/dnsdb/v2/ping", &[]).status, 403);
+    assert_eq!(get(s.addr, "/dnsdb/v2/ping", &["X-API-Key: wrong-key-0123456789"]).status, 403);
+    assert_eq!(get(s.addr, "/dnsdb/v2/ping", &[&key()]).body, "{\"ping\":\"ok\"}\n");
+    assert_eq!(get(s.addr, "/pdns/query/example.com", &[&format!("Authorization: {KEY}")]).status, 200);
+    // Quota: 3 queries, then 429; rate_limit shows it and does not count.
+    for _ in 0..3 {
+        let r = get(s.addr, "/dnsdb/v2/lookup/rrset/name/example.com", &[&format!("X-API-Key: {LIMITED_KEY}")]);
+        assert_eq!(r.status, 200);
+    }
+    let r = get(s.addr, "/dnsdb/v2/lookup/rrset/name/example.com", &[&format!("X-API-Key: {LIMITED_KEY}")]);
+    assert_eq!(r.status, 429, "{}", r.body);
+    let rate = get(s.addr, "/dnsdb/v2/rate_limit", &[&format!("X-API-Key: {LIMITED_KEY}")]);
+    let rate: serde_json::Value = serde_json::from_str(&rate.body).unwrap();
+    assert_eq!((rate["rate"]["limit"].as_u64(), rate["rate"]["remaining"].as_u64()), (Some(3), Some(0)));
+    // The other key is not affected, and the server is still up.
+    assert_eq!(get(s.addr, "/dnsdb/v2/lookup/rrset/name/example.com", &[&key()]).status, 200);
+    let mut p = s.proc;
+    assert!(p.is_running());
+}
+
+fn dnsdbq(s: &Server, args: &[&str]) -> (Vec<serde_json::Value>, String) {
+    require("dnsdbq", "dnsdbq");
+    let out = Command::new("dnsdbq")
+        .env("DNSDB_SERVER", format!("http://{}", s.addr))
+        .env("DNSDB_API_KEY", KEY)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "dnsdbq {args:?}: {stderr}");
+    let objs = stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    (objs, stdout + &stderr)
+}
+
+#[test]
+fn dnsdbq_runs_every_kind_of_query_against_us() {
+    let s = serve(true);
+    let q = |args: &[&str]| names(&dnsdbq(&s, &[&["-j"], args].concat()).0);
+    assert_eq!(q(&["-r", "example.com/NS"]), ["example.com./NS"]);
+    assert_eq!(q(&["-r", "example.com/NS/com"]), ["example.com./NS"]);
+    assert_eq!(q(&["-r", "*.example.com"]), ["deep.b.example.com./AAAA", "www.example.com./A"]);
+    assert_eq!(q(&["-r", "www.example.*"]), ["www.example.com./A", "www.example.net./A"]);
+    assert_eq!(q(&["-n", "www.example.com"]), ["alias.example.org./CNAME"]);
+    assert_eq!(q(&["-n", "*.example.com", "-t", "NS"]), ["example.com./NS"]);
+    assert_eq!(q(&["-i", "192.0.2.1"]), ["example.com./A"]);
+    assert_eq!(q(&["-i", "192.0.2.0/24"]), ["example.com./A", "www.example.com./A", "www.example.net./A"]);
+    assert_eq!(q(&["-i", "192.0.2.0,24"]).len(), 3);
+    assert_eq!(q(&["-i", "2001:db8::/32"]), ["deep.b.example.com./AAAA", "v6edge.example.org./AAAA"]);
+    assert_eq!(q(&["-i", "192.0.1.255-192.0.2.1"]), ["example.com./A", "low.example.org./A"]);
+    // Time fences the way dnsdbq builds them: overlap (-A/-B) and strict (-c).
+    assert_eq!(
+        q(&["-r", "*.example.com", "-A", "250", "-B", "320"]),
+        ["deep.b.example.com./AAAA", "www.example.com./A"]
+    );
+    assert_eq!(q(&["-r", "*.example.com", "-c", "-A", "120", "-B", "380"]), ["deep.b.example.com./AAAA"]);
+    // Text output has the records and times.
+    let (_, text) = dnsdbq(&s, &["-r", "www.example.com/A"]);
+    assert!(text.contains("www.example.com.  A  192.0.2.80"), "{text}");
+    assert!(text.contains(";; count: 7; bailiwick: example.com."), "{text}");
+    // Summarize.
+    let (objs, _) = dnsdbq(&s, &["-j", "-V", "summarize", "-r", "*.paged.example"]);
+    assert_eq!(objs[0]["num_results"], PAGED);
+    // A limit (the `limited` terminator is checked over plain HTTP: dnsdbq expects it
+    // quietly when it asked for the limit itself).
+    let (objs, _) = dnsdbq(&s, &["-j", "-l", "5", "-r", "*.paged.example"]);
+    assert_eq!(objs.len(), 5);
+    let (objs, _) = dnsdbq(&s, &["-j", "-l", "5", "-O", "28", "-r", "*.paged.example"]);
+    assert_eq!(objs.len(), 2);
+    // Rate limit info, and an error message shown to the user.
+    let (_, text) = dnsdbq(&s, &["-I"]);
+    assert!(text.contains("results_max: 1000"), "{text}");
+    let (_, text) = dnsdbq(&s, &["-r", "a..example.com"]);
+    assert!(text.contains("not a valid DNS name"), "{text}");
+}
+
+/// The Python clients, from the virtualenv .ci/run makes (or $DNSLEDGER_PYTHON).
+fn python() -> String {
+    let py = std::env::var("DNSLEDGER_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/py/bin/python").to_string());
+    assert!(
+        Path::new(&py).is_file(),
+        "{py} not found: .ci/run creates it (python3 -m venv target/py && target/py/bin/pip install dnsdb2 pypdns)"
+    );
+    py
+}
+
+fn python_lines(script: &str) -> Vec<String> {
+    let out = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+}
+
+#[test]
+fn dnsdb2_and_pypdns_work_unchanged() {
+    let s = serve(true);
+    let url = format!("http://{}", s.addr);
+    let got: BTreeSet<String> = python_lines(&format!(
+        r#"
+import dnsdb2
+c = dnsdb2.Client("{KEY}", server="{url}")
+assert c.ping()
+for o in c.lookup_rrset("*.example.com"):
+    print("rrset", o["rrname"], o["rrtype"])
+for o in c.lookup_rdata_ip("192.0.2.0/24"):
+    print("ip", o["rrname"])
+for o in c.lookup_rdata_name("www.example.com"):
+    print("name", o["rrname"], o["rrtype"])
+for o in c.summarize_rrset("*.paged.example"):
+    print("summary", o["count"], o["num_results"])
+try:
+    list(c.lookup_rrset("*.paged.example", limit=3))
+except dnsdb2.QueryLimited:
+    print("limited")
+try:
+    list(c.lookup_rrset("example.com", rrtype="NOSUCHTYPE"))
+except dnsdb2.QueryError as e:
+    print("error")
+print("rate", c.rate_limit()["rate"]["limit"])
+"#
+    ))
+    .into_iter()
+    .collect();
+    let sum: u64 = (1..=PAGED).sum();
+    for want in [
+        "rrset deep.b.example.com. AAAA".to_string(),
+        "rrset www.example.com. A".into(),
+        "ip example.com.".into(),
+        "ip www.example.net.".into(),
+        "name alias.example.org. CNAME".into(),
+        format!("summary {sum} {PAGED}"),
+        "limited".into(),
+        "error".into(),
+        "rate unlimited".into(),
+    ] {
+        assert!(got.contains(&want), "{want} in {got:?}");
+    }
+    let got: BTreeSet<String> = python_lines(&format!(
+        r#"
+import pypdns
+p = pypdns.PyPDNS(url="{url}/pdns/query", auth_token="{KEY}")
+for r in p.rfc_query("www.example.com"):
+    print("name", r.rrname, r.rrtype, sorted(r.rdata) if isinstance(r.rdata, list) else r.rdata)
+for r in p.rfc_query("192.0.2.0/24"):
+    print("ip", r.rrname)
+n = sum(1 for _ in p.iter_query("*.paged.example"))
+print("paged", n)
+try:
+    pypdns.PyPDNS(url="{url}/pdns/query", auth_token="wrong-key-0123456789").rfc_query("example.com")
+except pypdns.errors.PDNSError as e:
+    print("refused", type(e).__name__)
+"#
+    ))
+    .into_iter()
+    .collect();
+    for want in [
+        "name www.example.com. A ['192.0.2.80', '192.0.2.81']".to_string(),
+        "ip example.com.".into(),
+        "ip www.example.net.".into(),
+        format!("paged {PAGED}"),
+        "refused ForbiddenError".into(),
+    ] {
+        assert!(got.contains(&want), "{want} in {got:?}");
+    }
+}
+
+#[test]
+fn dnsledger_query_asks_a_server_like_a_local_store() {
+    let s = serve(true);
+    let ask = |args: &[&str]| {
+        let mut c = dnsledger();
+        c.arg("query").args(["--server", &format!("http://{}", s.addr), "--key", KEY]).args(args);
+        String::from_utf8(run(c).stdout).unwrap()
+    };
+    let json = ask(&["-j", "rrset", "*.example.com"]);
+    let objs: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(names(&objs), ["deep.b.example.com./AAAA", "www.example.com./A"]);
+    let csv = ask(&["-p", "csv", "-k", "count", "--reverse", "rdata", "ip", "192.0.2.0/24"]);
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "time_first,time_last,count,bailiwick,rrname,rrtype,rdata");
+    assert!(rows[1].contains(",7,example.com.,www.example.com.,A,192.0.2.8"), "{csv}");
+    assert_eq!(rows.len(), 1 + 2 + 1 + 1, "one row per rdata: {csv}");
+    let summary = ask(&["--summarize", "rrset", "*.paged.example"]);
+    assert!(summary.contains(&format!("num_results: {PAGED}")), "{summary}");
+    let mut wrong = dnsledger();
+    wrong.arg("query").args(["--server", &format!("http://{}", s.addr), "--key", "nope", "rrset", "example.com"]);
+    let out = wrong.output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
+}
