@@ -65,6 +65,11 @@ struct Server {
 /// Imports the fixture into a fresh store and serves it; with `keys`, two keys (one limited
 /// to 3 queries a day).
 fn serve(keys: bool) -> Server {
+    serve_with(keys, "", &[])
+}
+
+/// [`serve`] with more `[api]` lines and more arguments.
+fn serve_with(keys: bool, extra: &str, args: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let cof = dir.path().join("fixture.ndjson");
     std::fs::write(&cof, fixture_lines()).unwrap();
@@ -76,21 +81,21 @@ fn serve(keys: bool) -> Server {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut cmd = dnsledger();
     cmd.arg("api").arg("--db").arg(&db);
-    if keys {
+    if keys || !extra.is_empty() {
         let conf = dir.path().join("api.toml");
-        std::fs::write(
-            &conf,
-            format!(
-                "[api]\nlisten = \"{addr}\"\nmax_limit = 1000\nmax_offset = 100\n\
-                 [[api.keys]]\nname = \"analyst\"\nkey = \"{KEY}\"\n\
+        let mut text = format!("[api]\nlisten = \"{addr}\"\nmax_limit = 1000\nmax_offset = 100\n{extra}\n");
+        if keys {
+            text += &format!(
+                "[[api.keys]]\nname = \"analyst\"\nkey = \"{KEY}\"\n\
                  [[api.keys]]\nname = \"trial\"\nkey = \"{LIMITED_KEY}\"\nqueries_per_day = 3\n"
-            ),
-        )
-        .unwrap();
+            );
+        }
+        std::fs::write(&conf, text).unwrap();
         cmd.arg("--api-config").arg(conf);
     } else {
         cmd.arg("--api").arg(addr.to_string());
     }
+    cmd.args(args);
     let proc = Proc::spawn("api", cmd, dir.path());
     wait_for("the API", Duration::from_secs(20), || std::net::TcpStream::connect(addr).is_ok());
     Server { addr, proc, _dir: dir }
@@ -488,4 +493,55 @@ fn dnsledger_query_asks_a_server_like_a_local_store() {
     let out = wrong.output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
+}
+
+#[test]
+fn https_and_hostile_http_are_handled_and_counted() {
+    let pki = tempfile::tempdir().unwrap();
+    tools::make_certs(pki.path(), "api.test", &[]);
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let tls = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        pki.path().join("server.pem").display(),
+        pki.path().join("server.key").display()
+    );
+    let s = serve_with(false, &tls, &["--metrics", &metrics.to_string()]);
+    // HTTPS with the CA: answers.
+    let mut c = dnsledger();
+    c.arg("query").args(["--server", &format!("https://127.0.0.1:{}", s.addr.port())]);
+    c.arg("--ca").arg(pki.path().join("ca.pem")).args(["-j", "rrset", "*.example.com"]);
+    let out = String::from_utf8(run(c).stdout).unwrap();
+    assert_eq!(out.lines().count(), 2, "{out}");
+    // Without the CA the client refuses the server.
+    let mut c = dnsledger();
+    c.arg("query").args(["--server", &format!("https://127.0.0.1:{}", s.addr.port())]);
+    c.arg("--ca").arg(pki.path().join("server.pem")).args(["rrset", "example.com"]);
+    assert!(!c.output().unwrap().status.success());
+    // Plaintext to the TLS port, an endless header, garbage: no answer, no crash.
+    let plain = get(s.addr, "/dnsdb/v2/ping", &[]);
+    assert_ne!(plain.status, 200);
+    let huge = format!("X-Filler: {}", "a".repeat(200_000));
+    let mut raw = std::net::TcpStream::connect(s.addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = raw.write_all(format!("GET / HTTP/1.1\r\n{huge}\r\n\r\n").as_bytes());
+    let _ = raw.read_to_end(&mut Vec::new());
+    let mut raw = std::net::TcpStream::connect(s.addr).unwrap();
+    let _ = raw.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 0, 1, 2, 3]);
+    drop(raw);
+    wait_for("failed connections counted", Duration::from_secs(10), || {
+        tools::metric(metrics, "dnsledger_api_connection_errors_total").unwrap_or(0) >= 3
+    });
+    let mut c = dnsledger();
+    c.arg("query").args(["--server", &format!("https://127.0.0.1:{}", s.addr.port())]);
+    c.arg("--ca").arg(pki.path().join("ca.pem")).args(["-j", "rrset", "a..b"]);
+    assert!(!c.output().unwrap().status.success());
+    // Still serving; the work is counted.
+    let mut c = dnsledger();
+    c.arg("query").args(["--server", &format!("https://127.0.0.1:{}", s.addr.port())]);
+    c.arg("--ca").arg(pki.path().join("ca.pem")).args(["-j", "rrset", "www.example.com"]);
+    assert_eq!(String::from_utf8(run(c).stdout).unwrap().lines().count(), 1);
+    assert_eq!(tools::metric(metrics, "dnsledger_api_results_total"), Some(3));
+    assert_eq!(tools::metric(metrics, "dnsledger_api_refused_total{reason=\"bad_request\"}"), Some(1));
+    // Two answered, one refused (a..b); the client with the wrong CA never got to ask.
+    assert_eq!(tools::metric(metrics, "dnsledger_api_requests_total{endpoint=\"lookup\"}"), Some(3));
 }

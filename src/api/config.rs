@@ -157,16 +157,21 @@ impl ApiConfig {
         }
     }
 
-    /// Reads a file holding an `[api]` table.
-    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+    /// Parses the text of a file holding an `[api]` table.
+    pub fn parse(text: &str) -> Result<Self, Vec<String>> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct File {
             api: RawApi,
         }
+        let file: File = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        Self::from_raw(file.api)
+    }
+
+    /// Reads a file holding an `[api]` table.
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let file: File = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        Self::from_raw(file.api).map_err(|e| anyhow::anyhow!("{}:\n  {}", path.display(), e.join("\n  ")))
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}:\n  {}", path.display(), e.join("\n  ")))
     }
 }
 
@@ -190,6 +195,17 @@ mod tests {
             assert!(errs.iter().any(|e| e.contains(want)), "{want} in {errs:?}");
         }
         assert!(toml::from_str::<RawApi>("listen = \"127.0.0.1:1\"\nbogus = 1").is_err());
+    }
+
+    #[test]
+    fn every_example_in_the_docs_parses() {
+        let doc = include_str!("../../docs/API.md");
+        let blocks: Vec<&str> = doc.split("```toml").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+        assert!(!blocks.is_empty());
+        for b in blocks {
+            let c = ApiConfig::parse(b).unwrap_or_else(|e| panic!("{e:?} in:\n{b}"));
+            assert!(c.tls.is_some() && c.keys.len() == 2, "{b}");
+        }
     }
 
     #[test]

@@ -306,20 +306,24 @@ impl Api {
     }
 
     async fn route(self: &Arc<Self>, req: &Request<Incoming>) -> (&'static str, Result<Response<Body>, ApiError>) {
-        let endpoint = match request::parse_path(req.uri().path()) {
-            Ok(e) => e,
-            Err(e) => return ("other", Err(e)),
-        };
-        let label = match &endpoint {
-            Endpoint::Ping => "ping",
-            Endpoint::RateLimit => "rate_limit",
-            Endpoint::Dnsdb { summarize: false, .. } => "lookup",
-            Endpoint::Dnsdb { summarize: true, .. } => "summarize",
-            Endpoint::Cof(_) => "cof",
-            Endpoint::Circl(_) => "circl",
-            Endpoint::Estimate(_) => "estimate",
-        };
-        (label, self.answer(req, endpoint).await)
+        // Labelled by the path's prefix, so that refused queries count under their endpoint.
+        let path = req.uri().path();
+        let label = [
+            ("/dnsdb/v2/lookup/", "lookup"),
+            ("/dnsdb/v2/summarize/", "summarize"),
+            ("/dnsdb/v2/ping", "ping"),
+            ("/dnsdb/v2/rate_limit", "rate_limit"),
+            ("/cof/", "cof"),
+            ("/pdns/", "circl"),
+            ("/dnsledger/v1/estimate/", "estimate"),
+        ]
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix))
+        .map_or("other", |(_, label)| label);
+        match request::parse_path(path) {
+            Ok(endpoint) => (label, self.answer(req, endpoint).await),
+            Err(e) => (label, Err(e)),
+        }
     }
 
     async fn answer(self: &Arc<Self>, req: &Request<Incoming>, endpoint: Endpoint) -> Result<Response<Body>, ApiError> {
