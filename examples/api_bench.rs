@@ -23,7 +23,7 @@ use dnsledger::sensor::{Kind, Rrset};
 use dnsledger::store::{Delta, Fences, Lookup, NamePattern, Store};
 
 fn owner(i: u64) -> String {
-    if i % 10 == 0 { format!("h{i}.big.bench.") } else { format!("h{i}.z{}.bench.", i % 100_000) }
+    if i.is_multiple_of(10) { format!("h{i}.big.bench.") } else { format!("h{i}.z{}.bench.", i % 100_000) }
 }
 
 fn address(i: u64) -> String {
@@ -40,7 +40,7 @@ fn build(store: &Store, n: u64) {
     let started = Instant::now();
     let mut batch = Vec::with_capacity(5_000);
     for i in have..n {
-        let zone = if i % 10 == 0 { "big.bench.".to_string() } else { format!("z{}.bench.", i % 100_000) };
+        let zone = if i.is_multiple_of(10) { "big.bench.".to_string() } else { format!("z{}.bench.", i % 100_000) };
         batch.push(Delta {
             kind: Kind::Positive,
             rrset: Rrset { rrname: owner(i), rrtype: 1, bailiwick: zone, rdata: vec![address(i)] },
