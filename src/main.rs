@@ -49,6 +49,8 @@ enum Command {
     Query(dnsledger::query::QueryArgs),
     /// Serve the query API over a store on its own.
     Api(ApiServeArgs),
+    /// Everything in one process: resolver, sensor, store, query API and web portal.
+    Serve(ServeArgs),
     /// Merge COF NDJSON files (exports of another passive DNS, or `query --json` output) into
     /// a store. Counts add up: importing a file twice counts it twice.
     Import {
@@ -205,6 +207,22 @@ struct ResolverArgs {
     /// No periodic summary lines (of the in-process sensor).
     #[arg(long, short = 'q')]
     quiet: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    resolver: ResolverArgs,
+    /// Data directory (created if missing): the store lives in DATA/store.
+    #[arg(long, default_value = "dnsledger-data")]
+    data: PathBuf,
+    /// The web portal and query API (HTTP).
+    #[arg(long, default_value = "127.0.0.1:8053")]
+    http: SocketAddr,
+    /// Upstream servers the resolver may ask although private or loopback (repeatable), for a
+    /// private root (see --root-hints).
+    #[arg(long)]
+    allow_servers: Vec<ipnet::IpNet>,
 }
 
 #[derive(Args)]
@@ -531,6 +549,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let n = dnsledger::import::import(&store, f)?;
                 eprintln!("import: {}: {n} RRsets merged", f.display());
             }
+        }
+        Command::Serve(a) => {
+            let mut config = resolver_config(&a.resolver)?;
+            if !a.allow_servers.is_empty() {
+                config.allow_servers = a.allow_servers.clone();
+            }
+            std::fs::create_dir_all(&a.data).with_context(|| format!("create {}", a.data.display()))?;
+            let sensor = config.sensor.get_or_insert_with(|| {
+                let mut s = dnsledger::sensor::SensorConfig::defaults();
+                s.db = a.data.join("store");
+                s.sensor_id = "serve".into();
+                s
+            });
+            if sensor.api.is_none() {
+                sensor.api = Some(dnsledger::api::ApiConfig::open(a.http));
+            }
+            eprintln!(
+                "serve: DNS on {}, portal and API on http://{}/, store in {}",
+                config.udp.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+                sensor.api.as_ref().map(|a| a.listen).unwrap_or(a.http),
+                sensor.db.display()
+            );
+            let (shutdown, registry) = service(config.metrics).await?;
+            dnsledger::resolver::run(config, &registry, shutdown, !a.resolver.quiet).await?;
         }
         Command::Api(a) => {
             let config = a.api.config()?.ok_or_else(|| anyhow::anyhow!("give --api ADDR or --api-config FILE"))?;

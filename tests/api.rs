@@ -545,3 +545,177 @@ fn https_and_hostile_http_are_handled_and_counted() {
     // Two answered, one refused (a..b); the client with the wrong CA never got to ask.
     assert_eq!(tools::metric(metrics, "dnsledger_api_requests_total{endpoint=\"lookup\"}"), Some(3));
 }
+
+/// A WebDriver session on Debian's chromium (headless) through chromedriver.
+struct Browser {
+    driver: SocketAddr,
+    session: String,
+    _proc: Proc,
+}
+
+fn webdriver(addr: SocketAddr, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    // chromedriver may keep the connection open: read the head, then Content-Length bytes.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    let (head_end, length) = loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "chromedriver closed the connection");
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..at]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                .unwrap_or(0);
+            break (at + 4, length);
+        }
+    };
+    while raw.len() < head_end + length {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "chromedriver closed the connection early");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let raw = String::from_utf8_lossy(&raw).to_string();
+    let json = &raw[head_end..];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {raw}"));
+    assert!(v["value"]["error"].is_null(), "webdriver {method} {path}: {v}");
+    v["value"].clone()
+}
+
+impl Browser {
+    fn start(dir: &Path) -> Browser {
+        require("chromedriver", "chromium-driver");
+        require("chromium", "chromium");
+        let port = free_port();
+        let mut cmd = Command::new("chromedriver");
+        cmd.arg(format!("--port={port}"));
+        let proc = Proc::spawn("chromedriver", cmd, dir);
+        let driver: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_for("chromedriver", Duration::from_secs(20), || std::net::TcpStream::connect(driver).is_ok());
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1400"]}}}});
+        let v = webdriver(driver, "POST", "/session", Some(caps));
+        Browser { driver, session: v["sessionId"].as_str().unwrap().to_string(), _proc: proc }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+        webdriver(self.driver, method, &format!("/session/{}{path}", self.session), body)
+    }
+
+    fn script(&self, js: &str) -> serde_json::Value {
+        self.call("POST", "/execute/sync", Some(serde_json::json!({"script": js, "args": []})))
+    }
+
+    fn element(&self, css: &str) -> String {
+        let v = self.call("POST", "/element", Some(serde_json::json!({"using": "css selector", "value": css})));
+        v.as_object().unwrap().values().next().unwrap().as_str().unwrap().to_string()
+    }
+
+    /// Types into the search box, submits, and waits for the status line to settle.
+    fn search(&self, q: &str) -> String {
+        let input = self.element("#q");
+        self.call("POST", &format!("/element/{input}/clear"), Some(serde_json::json!({})));
+        self.call("POST", &format!("/element/{input}/value"), Some(serde_json::json!({"text": q})));
+        let button = self.element("#search");
+        self.call("POST", &format!("/element/{button}/click"), Some(serde_json::json!({})));
+        self.settled()
+    }
+
+    fn settled(&self) -> String {
+        let mut status = String::new();
+        wait_for("the portal's answer", Duration::from_secs(20), || {
+            status = self.script("return document.getElementById('status').textContent").as_str().unwrap().to_string();
+            !status.is_empty() && !status.starts_with("Searching")
+        });
+        status
+    }
+
+    /// Owner names in the result tables, in order.
+    fn names(&self) -> Vec<String> {
+        let v = self.script(
+            "return [...document.querySelectorAll('section table tbody tr td:first-child > a:first-child')].map(a => a.textContent)",
+        );
+        v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ =
+            std::panic::catch_unwind(|| webdriver(self.driver, "DELETE", &format!("/session/{}", self.session), None));
+    }
+}
+
+#[test]
+fn the_portal_searches_pivots_and_draws_timelines_in_a_real_browser() {
+    let s = serve(false);
+    let dir = tempfile::tempdir().unwrap();
+    let b = Browser::start(dir.path());
+    b.call("POST", "/url", Some(serde_json::json!({"url": format!("http://{}/", s.addr)})));
+    // A wildcard: the records below the zone, then the records pointing below it; one
+    // timeline bar per RRset, placed by time.
+    let status = b.search("*.example.com");
+    assert_eq!(status, "5 RRsets found.");
+    assert_eq!(
+        b.names(),
+        ["deep.b.example.com.", "www.example.com.", "example.com.", "example.com.", "alias.example.org."]
+    );
+    let bars = b.script(
+        "return [...document.querySelectorAll('section:first-of-type svg.timeline rect.bar')].map(r => [+r.getAttribute('x'), +r.getAttribute('width')])",
+    );
+    let bars = bars.as_array().unwrap();
+    assert_eq!(bars.len(), 2);
+    // deep.b (150..350) starts before www (300..400) and both end inside the axis.
+    let (x0, x1) = (bars[0][0].as_f64().unwrap(), bars[1][0].as_f64().unwrap());
+    assert!(x0 < x1, "{bars:?}");
+    // A name: its records and the records pointing at it (the CNAME alias).
+    let status = b.search("www.example.com");
+    assert_eq!(status, "2 RRsets found.");
+    assert_eq!(b.names(), ["www.example.com.", "alias.example.org."]);
+    // An address and a prefix.
+    b.search("192.0.2.1");
+    assert_eq!(b.names(), ["example.com."]);
+    b.search("192.0.2.0/24");
+    assert_eq!(b.names(), ["example.com.", "www.example.com.", "www.example.net."]);
+    // Pivot: click the address of www.example.com -> the names on it.
+    let link = b.element("td.rdata a.pivot[href='#q=192.0.2.81']");
+    b.call("POST", &format!("/element/{link}/click"), Some(serde_json::json!({})));
+    wait_for("the pivot", Duration::from_secs(20), || b.names() == ["www.example.com."]);
+    // Pivot: an NS target -> the zones using it.
+    b.search("example.com");
+    let link = b.element("td.rdata a.pivot[href='#q=ns2.example.com.']");
+    b.call("POST", &format!("/element/{link}/click"), Some(serde_json::json!({})));
+    wait_for("the NS pivot", Duration::from_secs(20), || b.names() == ["example.com."]);
+    let titles = b.script("return [...document.querySelectorAll('section h2')].map(h => h.textContent).join('|')");
+    assert!(titles.as_str().unwrap().contains("Records pointing at ns2.example.com."), "{titles}");
+    // The screenshot of a result page, kept with the build.
+    b.search("*.example.com");
+    let png = b.call("GET", "/screenshot", None);
+    use base64::Engine as _;
+    let png = base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap()).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("portal.png");
+    std::fs::write(&shot, png).unwrap();
+    eprintln!("screenshot: {}", shot.display());
+    // Bad input gets a helpful message, never an error page.
+    for (q, says) in [
+        ("bad name!", "no spaces"),
+        ("exa_mple..com", "not a DNS name"),
+        ("192.0.2.0/40", "not a prefix"),
+        ("*", "would match everything"),
+    ] {
+        let status = b.search(q);
+        assert!(status.contains(says), "{q}: {status}");
+        let class = b.script("return document.getElementById('status').className");
+        assert_eq!(class, "alert", "{q}");
+    }
+}

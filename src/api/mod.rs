@@ -47,7 +47,7 @@ use crate::store::Store;
 #[derive(Debug)]
 pub struct ApiStats {
     /// Requests by endpoint (`lookup`, `summarize`, `cof`, `circl`, `estimate`, `ping`,
-    /// `rate_limit`, `other`).
+    /// `rate_limit`, `portal`, `other`).
     pub requests: ReasonCounter,
     /// Responses by status code.
     pub responses: ReasonCounter,
@@ -308,6 +308,11 @@ impl Api {
     async fn route(self: &Arc<Self>, req: &Request<Incoming>) -> (&'static str, Result<Response<Body>, ApiError>) {
         // Labelled by the path's prefix, so that refused queries count under their endpoint.
         let path = req.uri().path();
+        if let Some((content_type, body)) = portal_asset(path) {
+            let mut r = response(StatusCode::OK, content_type, Body::Full(Some(Bytes::from_static(body.as_bytes()))));
+            r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+            return ("portal", Ok(r));
+        }
         let label = [
             ("/dnsdb/v2/lookup/", "lookup"),
             ("/dnsdb/v2/summarize/", "summarize"),
@@ -391,6 +396,16 @@ fn circl_paging(req: &Request<Incoming>, params: &mut request::Params, max_page:
         params.limit = max_page;
     }
     Ok(())
+}
+
+/// The web portal: a page, a script and a style sheet, built into the binary (no CDN).
+fn portal_asset(path: &str) -> Option<(&'static str, &'static str)> {
+    match path {
+        "/" | "/index.html" => Some(("text/html; charset=utf-8", include_str!("portal/index.html"))),
+        "/portal.js" => Some(("text/javascript; charset=utf-8", include_str!("portal/portal.js"))),
+        "/portal.css" => Some(("text/css; charset=utf-8", include_str!("portal/portal.css"))),
+        _ => None,
+    }
 }
 
 fn accepts_json(req: &Request<Incoming>) -> bool {
