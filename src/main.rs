@@ -539,6 +539,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             load_config(&file)?;
             println!("{}: ok", file.display());
         }
+        Command::Query(q) if q.follow => dnsledger::query::remote::follow(&q, &mut std::io::stdout().lock()).await?,
         Command::Query(q) if q.server.is_some() => {
             dnsledger::query::remote::run(&q, q.summarize, &mut std::io::stdout().lock()).await?
         }

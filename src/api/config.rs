@@ -20,6 +20,8 @@ pub struct RawApi {
     max_offset: Option<u64>,
     scan_budget: Option<u64>,
     max_page: Option<u64>,
+    max_feeds: Option<usize>,
+    feed_retain: Option<u64>,
     #[serde(default)]
     keys: Vec<RawKey>,
 }
@@ -65,6 +67,11 @@ pub struct ApiConfig {
     /// Results per page of the COF and CIRCL endpoints (buffered to give the cursor in a
     /// header); DNSDB SAF responses stream instead.
     pub max_page: u64,
+    /// Live feed consumers at once; more get 503.
+    pub max_feeds: usize,
+    /// Entries of the feed log the store keeps (a consumer away longer misses the oldest, and
+    /// is told so).
+    pub feed_retain: u64,
     /// No keys: the API is open (keep it on loopback).
     pub keys: Vec<ApiKey>,
 }
@@ -112,6 +119,8 @@ impl ApiConfig {
         let max_page = positive("max_page", raw.max_page, 10_000);
         let max_connections = positive("max_connections", raw.max_connections.map(|v| v as u64), 256) as usize;
         let max_queries = positive("max_queries", raw.max_queries.map(|v| v as u64), 32) as usize;
+        let max_feeds = positive("max_feeds", raw.max_feeds.map(|v| v as u64), 16) as usize;
+        let feed_retain = positive("feed_retain", raw.feed_retain, 1_000_000);
         if default_limit > max_limit {
             err("default_limit", format!("{default_limit} is above max_limit {max_limit}"));
         }
@@ -151,6 +160,8 @@ impl ApiConfig {
                 max_offset,
                 scan_budget,
                 max_page,
+                max_feeds,
+                feed_retain,
                 keys,
             }),
             _ => Err(errors),

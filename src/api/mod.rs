@@ -47,7 +47,7 @@ use crate::store::Store;
 #[derive(Debug)]
 pub struct ApiStats {
     /// Requests by endpoint (`lookup`, `summarize`, `cof`, `circl`, `estimate`, `ping`,
-    /// `rate_limit`, `portal`, `other`).
+    /// `rate_limit`, `feed`, `portal`, `other`).
     pub requests: ReasonCounter,
     /// Responses by status code.
     pub responses: ReasonCounter,
@@ -112,6 +112,10 @@ pub struct Api {
     stats: Arc<ApiStats>,
     /// Queries running at once (server-wide).
     queries: Arc<Semaphore>,
+    /// Live feed consumers connected.
+    feeds: Arc<Semaphore>,
+    /// Ends live feeds (which never end on their own) at shutdown.
+    shutdown: CancellationToken,
     /// Per key: (UTC day, queries used that day).
     used: std::sync::Mutex<HashMap<usize, (u64, u64)>>,
     /// Per key: queries running now.
@@ -160,10 +164,18 @@ impl Drop for Slots {
 }
 
 impl Api {
-    pub fn new(store: Store, config: ApiConfig, own_sensor: Option<String>, stats: Arc<ApiStats>) -> Self {
+    pub fn new(
+        store: Store,
+        config: ApiConfig,
+        own_sensor: Option<String>,
+        stats: Arc<ApiStats>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             store,
             queries: Arc::new(Semaphore::new(config.max_queries)),
+            feeds: Arc::new(Semaphore::new(config.max_feeds)),
+            shutdown,
             running: config.keys.iter().map(|_| Arc::new(AtomicUsize::new(0))).collect(),
             used: std::sync::Mutex::new(HashMap::new()),
             config,
@@ -321,6 +333,7 @@ impl Api {
             ("/cof/", "cof"),
             ("/pdns/", "circl"),
             ("/dnsledger/v1/estimate/", "estimate"),
+            ("/feed/", "feed"),
         ]
         .iter()
         .find(|(prefix, _)| path.starts_with(prefix))
@@ -338,6 +351,15 @@ impl Api {
         let key = self.key_of(req)?;
         if !accepts_json(req) {
             return Err(ApiError::status(415, format!("Error: responses are {NDJSON} or application/json")));
+        }
+        if endpoint == Endpoint::Feed {
+            let params = request::parse_feed_params(req.uri().query())?;
+            let busy = || ApiError::status(503, "Error: too many feed consumers; retry later");
+            let permit = self.feeds.clone().try_acquire_owned().map_err(|_| busy())?;
+            if let Some(k) = key {
+                self.charge(k)?;
+            }
+            return Ok(respond::feed(self.clone(), params, permit));
         }
         let params = request::parse_params(req.uri().query(), self.limits(), now())?;
         match endpoint {
@@ -358,6 +380,8 @@ impl Api {
                 let slots = self.charge_and_slot(key)?;
                 Ok(respond::estimate(self.clone(), lookup, slots).await)
             }
+            // Answered above (it has parameters of its own).
+            Endpoint::Feed => Err(ApiError::status(404, "Error: no such endpoint")),
         }
     }
 
@@ -464,7 +488,7 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let stats = Arc::new(ApiStats::default());
     registry.register(stats.clone());
-    let api = Arc::new(Api::new(store, config, own_sensor, stats));
+    let api = Arc::new(Api::new(store, config, own_sensor, stats, shutdown.clone()));
     tracing::info!(%addr, tls = tls.is_some(), keys = api.config.keys.len(), "query API listening");
     tokio::spawn(serve(listener, api, tls, shutdown));
     Ok(addr)

@@ -43,6 +43,48 @@ pub enum Endpoint {
     Circl(Lookup),
     /// How many index entries a lookup would examine (an upper bound on its results).
     Estimate(Lookup),
+    /// The live feed of new RRsets and new domains.
+    Feed,
+}
+
+/// Parameters of the live feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedParams {
+    /// Resume after this token (absent: from now on; 0: from the oldest entry kept).
+    pub after: Option<u64>,
+    /// Only names at or below this zone (absolute, lower case).
+    pub zone: Option<String>,
+    /// Only RRsets of this type (new domains are not sent then).
+    pub rrtype: Option<u16>,
+    pub rrsets: bool,
+    pub domains: bool,
+}
+
+pub fn parse_feed_params(query: Option<&str>) -> Result<FeedParams, ApiError> {
+    let mut p = FeedParams { after: None, zone: None, rrtype: None, rrsets: true, domains: true };
+    for pair in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = decode(v)?;
+        match k {
+            "after" => {
+                p.after =
+                    Some(v.parse().map_err(|_| ApiError::bad(format!("`after={v}`: expected a token (a number)")))?)
+            }
+            "zone" => p.zone = Some(exact_name(&v)?),
+            "rrtype" => p.rrtype = rrtype(&v)?,
+            "type" => match v.as_str() {
+                "rrset" => p.domains = false,
+                "domain" => p.rrsets = false,
+                _ => return Err(ApiError::bad(format!("`type={v}`: rrset or domain"))),
+            },
+            "swclient" | "version" => {}
+            other => return Err(ApiError::bad(format!("unknown parameter `{other}`"))),
+        }
+    }
+    if p.rrtype.is_some() {
+        p.domains = false;
+    }
+    Ok(p)
 }
 
 /// Query parameters, validated.
@@ -72,6 +114,7 @@ pub fn parse_path(path: &str) -> Result<Endpoint, ApiError> {
     match raw.as_slice() {
         ["dnsdb", "v2", "ping"] => Ok(Endpoint::Ping),
         ["dnsdb", "v2", "rate_limit"] => Ok(Endpoint::RateLimit),
+        ["feed", "v1", "rrsets"] => Ok(Endpoint::Feed),
         ["dnsdb", "v2", verb @ ("lookup" | "summarize"), rest @ ..] => {
             let rest = rest.iter().map(|s| decode(s)).collect::<Result<Vec<_>, _>>()?;
             Ok(Endpoint::Dnsdb { summarize: *verb == "summarize", lookup: parse_lookup(&rest)? })

@@ -253,3 +253,109 @@ pub async fn estimate(api: Arc<Api>, lookup: Lookup, slots: Slots) -> Response<B
         _ => super::text(StatusCode::INTERNAL_SERVER_ERROR, "Error: store error\n".into()),
     }
 }
+
+/// How long an idle feed waits between looks at the store, and between keep-alive lines.
+const FEED_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+const FEED_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+const FEED_BATCH: usize = 1_000;
+
+/// The live feed: NDJSON lines `{"token":N,"type":"rrset","obj":{COF}}` and
+/// `{"token":N,"type":"domain","domain":NAME,"time_first":T}`, in the order the store merged
+/// them, from `after` on, for as long as the client stays (idle: `{"cond":"ongoing"}` every
+/// 15 s). The first line, `{"cond":"begin","token":N}`, says where it starts; a consumer that
+/// reconnects with `after` = the last token it handled misses nothing still kept, and gets
+/// nothing twice. Entries trimmed before a consumer came back are announced by a `gap` line.
+pub fn feed(api: Arc<Api>, p: super::request::FeedParams, permit: tokio::sync::OwnedSemaphorePermit) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_BUFFERED);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut after = p.after.unwrap_or_else(|| api.store.feed_durable());
+        if tx.send(Bytes::from(format!("{{\"cond\":\"begin\",\"token\":{after}}}\n"))).await.is_err() {
+            return;
+        }
+        let mut gap_told = false;
+        let mut idle = std::time::Instant::now();
+        let p = Arc::new(p);
+        loop {
+            if api.shutdown.is_cancelled() {
+                let line = format!(
+                    "{{\"cond\":\"failed\",\"msg\":\"the server is shutting down; reconnect with after={after}\",\"token\":{after}}}\n"
+                );
+                let _ = tx.send(Bytes::from(line)).await;
+                return;
+            }
+            let (store, filter) = (api.store.clone(), p.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                store.feed_read(after, FEED_BATCH, |item| feed_admits(&filter, item))
+            })
+            .await;
+            let read = match read {
+                Ok(Ok(r)) => r,
+                _ => {
+                    api.stats.cut.inc("store_error");
+                    let _ = tx.send(Bytes::from_static(b"{\"cond\":\"failed\",\"msg\":\"store error\"}\n")).await;
+                    return;
+                }
+            };
+            let mut out = Vec::new();
+            if !gap_told && read.oldest > after + 1 && read.through > after {
+                gap_told = true;
+                let _ = writeln!(
+                    out,
+                    "{{\"cond\":\"gap\",\"msg\":\"entries {}..{} are no longer kept\",\"oldest\":{}}}",
+                    after + 1,
+                    read.oldest - 1,
+                    read.oldest
+                );
+            }
+            for e in &read.entries {
+                match &e.item {
+                    crate::store::FeedItem::Rrset(entry) => {
+                        let _ = write!(out, "{{\"token\":{},\"type\":\"rrset\",\"obj\":", e.seq);
+                        write_cof(&mut out, entry, false, &[]);
+                        out.extend_from_slice(b"}\n");
+                        api.stats.results.inc();
+                    }
+                    crate::store::FeedItem::Domain { name, first } => {
+                        let _ = write!(out, "{{\"token\":{},\"type\":\"domain\",\"domain\":", e.seq);
+                        let _ = serde_json::to_writer(&mut out, name);
+                        let _ = writeln!(out, ",\"time_first\":{first}}}");
+                    }
+                }
+            }
+            let advanced = read.through > after;
+            after = read.through;
+            if !out.is_empty() {
+                idle = std::time::Instant::now();
+                if tx.send(Bytes::from(out)).await.is_err() {
+                    api.stats.cut.inc("client_gone");
+                    return;
+                }
+            } else if idle.elapsed() >= FEED_KEEPALIVE {
+                idle = std::time::Instant::now();
+                if tx.send(Bytes::from_static(b"{\"cond\":\"ongoing\"}\n")).await.is_err() {
+                    return;
+                }
+            }
+            if !advanced {
+                tokio::select! {
+                    _ = tokio::time::sleep(FEED_POLL) => {}
+                    _ = api.shutdown.cancelled() => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        }
+    });
+    response(StatusCode::OK, NDJSON, Body::Stream(rx))
+}
+
+fn feed_admits(p: &super::request::FeedParams, item: &crate::store::FeedItem) -> bool {
+    let under =
+        |name: &str| p.zone.as_deref().is_none_or(|z| z == "." || name == z || name.ends_with(&format!(".{z}")));
+    match item {
+        crate::store::FeedItem::Rrset(e) => {
+            p.rrsets && p.rrtype.is_none_or(|t| t == e.rrset.rrtype) && under(&e.rrset.rrname)
+        }
+        crate::store::FeedItem::Domain { name, .. } => p.domains && under(name),
+    }
+}

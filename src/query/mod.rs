@@ -73,8 +73,25 @@ pub struct QueryArgs {
     /// One summary (count, results, first and last seen) instead of the RRsets.
     #[arg(long, global = true)]
     pub summarize: bool,
+    /// Follow the server's live feed of new RRsets and new domains (--server only), resuming
+    /// after reconnects; no lookup is given then.
+    #[arg(long, requires = "server", conflicts_with_all = ["summarize", "sort"])]
+    pub follow: bool,
+    /// --follow: start after this token (0: the oldest entry the server keeps; default: now,
+    /// or the token in --state).
+    #[arg(long, requires = "follow")]
+    pub token: Option<u64>,
+    /// --follow: keep the last token handled in this file and resume from it.
+    #[arg(long, requires = "follow")]
+    pub state: Option<PathBuf>,
+    /// --follow: only names at or below this zone.
+    #[arg(long, requires = "follow")]
+    pub zone: Option<String>,
+    /// --follow: only RRsets of this type.
+    #[arg(long, requires = "follow")]
+    pub rrtype: Option<String>,
     #[command(subcommand)]
-    pub what: QueryWhat,
+    pub what: Option<QueryWhat>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,7 +236,8 @@ impl QueryArgs {
     fn lookup(&self) -> anyhow::Result<Lookup> {
         let types =
             |t: &Option<String>| t.as_deref().filter(|t| !t.eq_ignore_ascii_case("ANY")).map(parse_rrtype).transpose();
-        Ok(match &self.what {
+        let Some(what) = &self.what else { bail!("what to look up: rrset NAME, rdata ip ADDR or rdata name NAME") };
+        Ok(match what {
             QueryWhat::Rrset { name, rrtype, bailiwick } => Lookup::Rrset {
                 owner: NamePattern::parse(name).map_err(anyhow::Error::msg)?,
                 rrtype: types(rrtype)?,

@@ -60,7 +60,8 @@ fn parse_server(url: &str) -> anyhow::Result<Server> {
 pub fn request_path(args: &QueryArgs, summarize: bool) -> String {
     let enc = |s: &str| utf8_percent_encode(s, SEGMENT).to_string();
     let verb = if summarize { "summarize" } else { "lookup" };
-    let mut path = match &args.what {
+    let Some(what) = &args.what else { return String::new() };
+    let mut path = match what {
         QueryWhat::Rrset { name, rrtype, bailiwick } => {
             let mut p = format!("/dnsdb/v2/{verb}/rrset/name/{}", enc(name));
             if rrtype.is_some() || bailiwick.is_some() {
@@ -209,6 +210,9 @@ async fn next_chunk(body: &mut Incoming) -> anyhow::Result<Option<Bytes>> {
 pub async fn run(args: &QueryArgs, summarize: bool, out: &mut impl Write) -> anyhow::Result<()> {
     let Some(url) = &args.server else { bail!("no --server") };
     let server = parse_server(url)?;
+    if args.what.is_none() {
+        bail!("what to look up: rrset NAME, rdata ip ADDR or rdata name NAME (or --follow)");
+    }
     let path = request_path(args, summarize);
     let resp = get(&server, &path, args.key.as_deref(), args.ca.as_deref()).await?;
     let status = resp.status();
@@ -281,6 +285,141 @@ pub async fn run(args: &QueryArgs, summarize: bool, out: &mut impl Write) -> any
     }
     if !streaming {
         finish(args, &mut collected, out)?;
+    }
+    Ok(())
+}
+
+/// `--follow`: reads the live feed, printing each line and then recording its token (in
+/// `--state` if given); reconnects with back-off after any failure, resuming after the last
+/// token handled. Ends on SIGINT or SIGTERM, between lines.
+pub async fn follow(args: &QueryArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let Some(url) = &args.server else { bail!("no --server") };
+    let server = parse_server(url)?;
+    let mut token: Option<u64> = args.token;
+    if token.is_none()
+        && let Some(state) = &args.state
+        && let Ok(text) = std::fs::read_to_string(state)
+    {
+        token = Some(text.trim().parse().with_context(|| format!("{}: not a token", state.display()))?);
+    }
+    let stop = {
+        let t = tokio_util::sync::CancellationToken::new();
+        let c = t.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            }
+            c.cancel();
+        });
+        t
+    };
+    let mut backoff = std::time::Duration::from_millis(250);
+    loop {
+        let mut path = "/feed/v1/rrsets?swclient=dnsledger".to_string();
+        if let Some(t) = token {
+            path += &format!("&after={t}");
+        }
+        if let Some(z) = &args.zone {
+            path += &format!("&zone={}", utf8_percent_encode(z, SEGMENT));
+        }
+        if let Some(t) = &args.rrtype {
+            path += &format!("&rrtype={}", utf8_percent_encode(t, SEGMENT));
+        }
+        let result = tokio::select! {
+            r = follow_once(&server, &path, args, &mut token, out) => r,
+            _ = stop.cancelled() => return Ok(()),
+        };
+        match result {
+            Ok(()) => eprintln!("query: the feed ended; reconnecting"),
+            Err(e) if e.to_string().starts_with("refused") => return Err(e),
+            Err(e) => eprintln!("query: feed: {e:#}; reconnecting in {backoff:?}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+async fn follow_once(
+    server: &Server,
+    path: &str,
+    args: &QueryArgs,
+    token: &mut Option<u64>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let resp = get(server, path, args.key.as_deref(), args.ca.as_deref()).await?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    if status.is_client_error() {
+        let mut text = Vec::new();
+        while let Some(c) = next_chunk(&mut body).await? {
+            text.extend_from_slice(&c);
+            if text.len() > 4096 {
+                break;
+            }
+        }
+        bail!("refused: {status}: {}", String::from_utf8_lossy(&text).trim());
+    }
+    if !status.is_success() {
+        bail!("{status}");
+    }
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(chunk) = next_chunk(&mut body).await? {
+        pending.extend_from_slice(&chunk);
+        while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=nl).collect();
+            let text = std::str::from_utf8(&line).context("feed line is not UTF-8")?.trim();
+            let v: serde_json::Value = serde_json::from_str(text).with_context(|| format!("feed line: {text:.200}"))?;
+            match v["cond"].as_str() {
+                Some("begin") => {
+                    if token.is_none() {
+                        *token = v["token"].as_u64();
+                    }
+                    continue;
+                }
+                Some("gap") => {
+                    eprintln!("query: feed: {}", v["msg"].as_str().unwrap_or("entries were missed"));
+                    continue;
+                }
+                Some("failed") => bail!("{}", v["msg"].as_str().unwrap_or("the feed failed")),
+                Some(_) => continue,
+                None => {}
+            }
+            let Some(seq) = v["token"].as_u64() else { bail!("feed line without a token: {text:.200}") };
+            match (args.format(), v["type"].as_str()) {
+                (super::Format::Json, _) => writeln!(out, "{text}")?,
+                (_, Some("domain")) => {
+                    writeln!(out, "{seq} domain {} {}", v["domain"].as_str().unwrap_or(""), v["time_first"])?
+                }
+                _ => {
+                    let o = &v["obj"];
+                    let rdata: Vec<&str> = o["rdata"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|d| d.as_str()).collect())
+                        .unwrap_or_default();
+                    writeln!(
+                        out,
+                        "{seq} rrset {} {} {}",
+                        o["rrname"].as_str().unwrap_or(""),
+                        o["rrtype"].as_str().unwrap_or(""),
+                        rdata.join(" | ")
+                    )?
+                }
+            }
+            out.flush()?;
+            *token = Some(seq);
+            if let Some(state) = &args.state {
+                let tmp = state.with_extension("tmp");
+                std::fs::write(&tmp, format!("{seq}\n")).with_context(|| format!("{}", tmp.display()))?;
+                std::fs::rename(&tmp, state).with_context(|| format!("{}", state.display()))?;
+            }
+        }
+        if pending.len() > MAX_LINE {
+            bail!("a feed line longer than {MAX_LINE} bytes");
+        }
     }
     Ok(())
 }

@@ -16,9 +16,11 @@
 //! is retried on its own, never by merging again, so nothing is counted twice. Keep batches small (the sensor uses 2,000
 //! RRsets): sled's memory grows with the batch.
 
+mod feed;
 pub mod keys;
 mod lookup;
 
+pub use feed::{FeedEntry, FeedItem, FeedRead};
 pub use lookup::{Ended, ForeignCursor, Lookup};
 
 use std::net::IpAddr;
@@ -176,6 +178,10 @@ pub struct Store {
     /// Held while the outbox is changed or read for sending; the value is the last sequence
     /// taken for sending and not yet removed (0: none), which a fold must not touch.
     outbox_lock: std::sync::Arc<std::sync::Mutex<u64>>,
+    /// Feed entries kept (0: no feed log).
+    feed_retain: u64,
+    /// The last feed number a sync made durable (shared by clones).
+    feed_durable: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The smallest outbox bound: twice what the forwarder takes at once, so that the entry that
@@ -271,7 +277,18 @@ impl Store {
             .open()
             .map_err(open_err)?;
         let t = db.open_tree("pdns").map_err(StoreError::Sled)?;
-        Ok(Self { db, t, outbox_limit: usize::MAX, outbox_lock: Default::default() })
+        let mut store = Self {
+            db,
+            t,
+            outbox_limit: usize::MAX,
+            outbox_lock: Default::default(),
+            feed_retain: 0,
+            feed_durable: Default::default(),
+        };
+        // What a previous process wrote is on disk now.
+        let written = store.feed_written()?;
+        store.feed_durable = std::sync::Arc::new(written.into());
+        Ok(store)
     }
 
     /// Adds a flush's deltas (each RRset at most once): counters summed, first/last widened,
@@ -427,6 +444,7 @@ impl Store {
     fn merge_with(&self, deltas: &[Delta], outbox: bool, mut batch: sled::Batch) -> Result<MergeStats, StoreError> {
         let mut stats = MergeStats::default();
         let mut new_positive = 0u64;
+        let mut fresh = Vec::new();
         for d in deltas {
             let positive = d.kind == Kind::Positive;
             let rkey = rrset_key(&d.rrset);
@@ -445,10 +463,14 @@ impl Store {
                     if positive {
                         new_positive += 1;
                         index(&mut batch, &d.rrset, &rkey);
+                        if self.feed_retain > 0 {
+                            fresh.push((&d.rrset, rkey.clone(), d.first));
+                        }
                     }
                 }
             }
         }
+        self.feed_add(&mut batch, &fresh)?;
         if new_positive > 0 {
             let n = self.t.get(META_RRSETS)?.map(|v| u64_of(&v)).unwrap_or(0) + new_positive;
             batch.insert(META_RRSETS, &n.to_be_bytes());
@@ -486,7 +508,9 @@ impl Store {
     /// Makes everything merged so far durable. Retry this, never the merge, when it fails:
     /// the merge is applied already.
     pub fn sync(&self) -> Result<(), StoreError> {
+        let written = self.feed_written()?;
         self.db.flush()?;
+        self.feed_durable.fetch_max(written, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
 

@@ -1,0 +1,146 @@
+//! The live feed as a SOC consumes it: `dnsledger query --follow` reading
+//! `/feed/v1/rrsets` of a sensor while it ingests real unbound dnstap, then synthetic, across a
+//! SIGKILL and restart of the sensor (the consumer reconnects by itself). Every RRset the
+//! store ends with is received exactly once, and so is every new domain.
+
+mod tools;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dnsledger::store::Store;
+use tools::{Proc, dnsledger, free_port, wait_for, wait_for_socket};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
+fn replay(file: &Path, sock: &Path) {
+    let mut c = dnsledger();
+    c.args(["tap", "replay"]).arg(file).arg("--unix").arg(sock);
+    tools::run(c);
+}
+
+fn start_sensor(work: &Path, config: &Path, sock: &Path, api: SocketAddr, name: &str) -> Proc {
+    let _ = std::fs::remove_file(sock);
+    let mut cmd = dnsledger();
+    cmd.args(["sensor", "-q", "-c"]).arg(config);
+    let p = Proc::spawn(name, cmd, work);
+    wait_for_socket(sock);
+    wait_for("the API", Duration::from_secs(20), || std::net::TcpStream::connect(api).is_ok());
+    p
+}
+
+/// The feed lines the consumer printed so far.
+fn lines(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.ends_with('}'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits until the consumer's output stops growing (two flush windows without a new line).
+fn settle(out: &Path) -> usize {
+    let mut last = (lines(out).len(), std::time::Instant::now());
+    wait_for("the feed to settle", Duration::from_secs(60), || {
+        let n = lines(out).len();
+        if n != last.0 {
+            last = (n, std::time::Instant::now());
+        }
+        n > 0 && last.1.elapsed() > Duration::from_secs(3)
+    });
+    last.0
+}
+
+#[test]
+fn a_follower_gets_every_new_rrset_once_across_a_sensor_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let (db, sock, config) = (work.join("db"), work.join("dnstap.sock"), work.join("sensor.toml"));
+    let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    std::fs::write(
+        &config,
+        format!(
+            "db = \"{}\"\n[listen]\nunix = [\"{}\"]\n[privacy]\nprivate_networks = []\n\
+             [aggregate]\nwindow_seconds = 1\n[api]\nlisten = \"{api}\"\n",
+            db.display(),
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let sensor = start_sensor(work, &config, &sock, api, "sensor-1");
+
+    let state = work.join("feed.token");
+    let mut follow = dnsledger();
+    follow.args(["query", "--server", &format!("http://{api}"), "--follow", "--token", "0", "-j"]);
+    follow.arg("--state").arg(&state);
+    let consumer = Proc::spawn("consumer", follow, work);
+
+    replay(&data("unbound-resolver.dnstap"), &sock);
+    let before_crash = settle(&consumer_stdout(work));
+    sensor.signal("KILL");
+    drop(sensor);
+    let sensor = start_sensor(work, &config, &sock, api, "sensor-2");
+    // New names after the restart: synthetic resolver traffic (the BIND capture of the same
+    // questions would only repeat the unbound capture's RRsets).
+    let synthetic = work.join("synthetic.dnstap");
+    let mut generate = dnsledger();
+    generate.args(["tap", "generate", "--frames", "3000", "--names", "500", "--zones", "20"]).arg(&synthetic);
+    tools::run(generate);
+    replay(&synthetic, &sock);
+    wait_for("more after the restart", Duration::from_secs(60), || lines(&consumer_stdout(work)).len() > before_crash);
+    settle(&consumer_stdout(work));
+    let log = consumer.terminate();
+    assert!(log.contains("reconnecting"), "the consumer saw the sensor go away: {log}");
+    sensor.terminate();
+
+    let got = lines(&consumer_stdout(work));
+    let tokens: Vec<u64> = got.iter().map(|l| l["token"].as_u64().unwrap()).collect();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens strictly increase, none twice: {tokens:?}");
+    assert_eq!(std::fs::read_to_string(&state).unwrap().trim(), tokens.last().unwrap().to_string());
+    let mut received = BTreeSet::new();
+    let mut domains = BTreeSet::new();
+    for l in &got {
+        match l["type"].as_str().unwrap() {
+            "rrset" => {
+                let o = &l["obj"];
+                let rdata: Vec<String> =
+                    o["rdata"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect();
+                let key = (
+                    o["rrname"].as_str().unwrap().to_string(),
+                    o["rrtype"].as_str().unwrap().to_string(),
+                    o["bailiwick"].as_str().unwrap().to_string(),
+                    rdata,
+                );
+                assert!(received.insert(key.clone()), "received twice: {key:?}");
+            }
+            "domain" => assert!(domains.insert(l["domain"].as_str().unwrap().to_string()), "domain twice: {l}"),
+            other => panic!("{other}"),
+        }
+    }
+    let store = Store::open(&db).unwrap();
+    let stored: BTreeSet<_> = store
+        .all(false)
+        .map(|e| {
+            let e = e.unwrap();
+            (e.rrset.rrname, dnsledger::dns::rrtype_name(e.rrset.rrtype.into()), e.rrset.bailiwick, e.rrset.rdata)
+        })
+        .collect();
+    assert!(stored.len() > 20, "{}", stored.len());
+    assert_eq!(received, stored, "the feed delivered exactly the store's RRsets");
+    let delegated: BTreeSet<String> = stored
+        .iter()
+        .filter(|(n, t, _, _)| t == "NS" && n.trim_end_matches('.').contains('.'))
+        .map(|(n, ..)| n.clone())
+        .collect();
+    assert_eq!(domains, delegated, "each delegated domain announced once");
+    assert!(domains.contains("example.com."), "{domains:?}");
+}
+
+fn consumer_stdout(work: &Path) -> PathBuf {
+    work.join("consumer.stdout")
+}
