@@ -25,6 +25,7 @@ pub mod api;
 pub mod collector;
 pub mod dns;
 pub mod dnstap;
+pub mod export;
 pub mod forward;
 pub mod framestream;
 pub mod generate;

@@ -49,6 +49,18 @@ enum Command {
     Query(dnsledger::query::QueryArgs),
     /// Serve the query API over a store on its own.
     Api(ApiServeArgs),
+    /// Write one UTC day's new and updated RRsets as zstd-compressed COF
+    /// (DIR/dnsledger-YYYY-MM-DD.cof.zst); `[api] export_dir` does it daily.
+    Export {
+        #[arg(long)]
+        db: PathBuf,
+        /// The day, YYYY-MM-DD (UTC).
+        #[arg(long)]
+        day: String,
+        /// Output directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Everything in one process: resolver, sensor, store, query API and web portal.
     Serve(ServeArgs),
     /// Merge COF NDJSON files (exports of another passive DNS, or `query --json` output) into
@@ -574,6 +586,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let (shutdown, registry) = service(config.metrics).await?;
             dnsledger::resolver::run(config, &registry, shutdown, !a.resolver.quiet).await?;
+        }
+        Command::Export { db, day, dir } => {
+            let t = dnsledger::query::parse_time(&day).map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(t >= 0 && t % 86_400 == 0, "--day: a date, YYYY-MM-DD");
+            anyhow::ensure!(db.is_dir(), "no store at {}", db.display());
+            let store = dnsledger::store::Store::open(&db)?;
+            let day = t as u64 / 86_400;
+            let n = dnsledger::export::export_day(&store, day, &dir)?;
+            eprintln!("export: {n} RRsets in {}", dnsledger::export::file_for(&dir, day).display());
         }
         Command::Api(a) => {
             let config = a.api.config()?.ok_or_else(|| anyhow::anyhow!("give --api ADDR or --api-config FILE"))?;

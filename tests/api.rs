@@ -611,3 +611,37 @@ fn the_portal_searches_pivots_and_draws_timelines_in_a_real_browser() {
         assert_eq!(class, "alert", "{q}");
     }
 }
+
+#[test]
+fn daily_exports_are_compressed_cof_of_the_days_rrsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cof = dir.path().join("fixture.ndjson");
+    // One more RRset, seen only on 2024-01-01.
+    let day = 1_704_067_200u64;
+    let extra = serde_json::json!({"rrname": "later.example.net.", "rrtype": "TXT", "bailiwick": "example.net.",
+        "rdata": ["\"2024\""], "time_first": day + 10, "time_last": day + 20, "count": 2});
+    std::fs::write(&cof, format!("{}{extra}\n", fixture_lines())).unwrap();
+    let db = dir.path().join("db");
+    let mut import = dnsledger();
+    import.arg("import").arg("--db").arg(&db).arg(&cof);
+    run(import);
+    let read = |d: &str| -> Vec<serde_json::Value> {
+        let mut c = dnsledger();
+        c.args(["export", "--day", d, "--db"]).arg(&db).arg("--dir").arg(dir.path().join("out"));
+        run(c);
+        let file = dir.path().join("out").join(format!("dnsledger-{d}.cof.zst"));
+        let mut text = String::new();
+        zstd::stream::read::Decoder::new(std::fs::File::open(file).unwrap())
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let epoch = read("1970-01-01");
+    assert_eq!(epoch.len() as u64, FIXTURE.len() as u64 + PAGED);
+    let later = read("2024-01-01");
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0]["rrname"], "later.example.net.");
+    assert_eq!((later[0]["count"].as_u64(), later[0]["rdata"][0].as_str()), (Some(2), Some("\"2024\"")));
+    assert!(read("2023-12-31").is_empty());
+}

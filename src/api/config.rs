@@ -22,6 +22,8 @@ pub struct RawApi {
     max_page: Option<u64>,
     max_feeds: Option<usize>,
     feed_retain: Option<u64>,
+    export_dir: Option<PathBuf>,
+    export_at: Option<String>,
     #[serde(default)]
     keys: Vec<RawKey>,
 }
@@ -72,6 +74,9 @@ pub struct ApiConfig {
     /// Entries of the feed log the store keeps (a consumer away longer misses the oldest, and
     /// is told so).
     pub feed_retain: u64,
+    /// Daily COF exports: the directory, and the time of day (seconds after 00:00 UTC) when
+    /// the previous day's file is written.
+    pub export: Option<(PathBuf, u64)>,
     /// No keys: the API is open (keep it on loopback).
     pub keys: Vec<ApiKey>,
 }
@@ -121,6 +126,23 @@ impl ApiConfig {
         let max_queries = positive("max_queries", raw.max_queries.map(|v| v as u64), 32) as usize;
         let max_feeds = positive("max_feeds", raw.max_feeds.map(|v| v as u64), 16) as usize;
         let feed_retain = positive("feed_retain", raw.feed_retain, 1_000_000);
+        let export_at = match raw.export_at.as_deref().unwrap_or("00:10").split_once(':') {
+            Some((h, m)) => match (h.parse::<u64>(), m.parse::<u64>()) {
+                (Ok(h), Ok(m)) if h < 24 && m < 60 => h * 3600 + m * 60,
+                _ => {
+                    err("export_at", "HH:MM (UTC)".into());
+                    0
+                }
+            },
+            None => {
+                err("export_at", "HH:MM (UTC)".into());
+                0
+            }
+        };
+        if raw.export_at.is_some() && raw.export_dir.is_none() {
+            err("export_at", "needs export_dir".into());
+        }
+        let export = raw.export_dir.map(|d| (d, export_at));
         if default_limit > max_limit {
             err("default_limit", format!("{default_limit} is above max_limit {max_limit}"));
         }
@@ -162,6 +184,7 @@ impl ApiConfig {
                 max_page,
                 max_feeds,
                 feed_retain,
+                export,
                 keys,
             }),
             _ => Err(errors),

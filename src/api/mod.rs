@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{ApiConfig, ApiKey, RawApi};
 use request::{ApiError, Endpoint, Limits};
+pub use respond::write_cof;
 
 use crate::metrics::{
     Counter, Histogram, LATENCY_BUCKETS, Metrics, ReasonCounter, Registry, write_metric, write_reasons,
@@ -490,6 +491,9 @@ pub async fn start(
     registry.register(stats.clone());
     let api = Arc::new(Api::new(store, config, own_sensor, stats, shutdown.clone()));
     tracing::info!(%addr, tls = tls.is_some(), keys = api.config.keys.len(), "query API listening");
+    if let Some((dir, at)) = &api.config.export {
+        tokio::spawn(crate::export::schedule(api.store.clone(), dir.clone(), *at, shutdown.clone()));
+    }
     tokio::spawn(serve(listener, api, tls, shutdown));
     Ok(addr)
 }
