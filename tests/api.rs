@@ -549,10 +549,18 @@ fn https_and_hostile_http_are_handled_and_counted() {
 
 #[test]
 fn the_portal_searches_pivots_and_draws_timelines_in_a_real_browser() {
-    let s = serve(false);
+    let s = serve(true);
     let dir = tempfile::tempdir().unwrap();
     let b = Browser::start(dir.path());
     b.call("POST", "/url", Some(serde_json::json!({"url": format!("http://{}/", s.addr)})));
+    // Without the key the page says what to do; with it (entered once) searches work.
+    let status = b.search("www.example.com");
+    assert!(status.contains("wants an API key"), "{status}");
+    let details = b.element("#key-box summary");
+    b.call("POST", &format!("/element/{details}/click"), Some(serde_json::json!({})));
+    let key = b.element("#key");
+    b.call("POST", &format!("/element/{key}/value"), Some(serde_json::json!({"text": KEY})));
+    b.script("document.getElementById('key').dispatchEvent(new Event('change'))");
     // A wildcard: the records below the zone, then the records pointing below it; one
     // timeline bar per RRset, placed by time.
     let status = b.search("*.example.com");
