@@ -26,8 +26,10 @@ struct Cof {
     rrname: String,
     rrtype: serde_json::Value,
     rdata: serde_json::Value,
-    time_first: u64,
-    time_last: u64,
+    time_first: Option<u64>,
+    time_last: Option<u64>,
+    zone_time_first: Option<u64>,
+    zone_time_last: Option<u64>,
     count: Option<u64>,
     bailiwick: Option<String>,
 }
@@ -37,8 +39,12 @@ const MAX_LINE: usize = 1024 * 1024;
 const BATCH: usize = 2_000;
 
 fn delta(c: Cof) -> anyhow::Result<Delta> {
-    let owner = crate::api::request::pattern(&c.rrname).map_err(|e| anyhow::anyhow!("rrname: {}", e.msg))?;
-    let crate::store::NamePattern::Exact(rrname) = owner else { bail!("rrname: no wildcards") };
+    // A literal wildcard owner (`*.example.com.`) is a name like any other here.
+    let rrname = hickory_proto::rr::Name::from_ascii(&c.rrname)
+        .map_err(|e| anyhow::anyhow!("rrname: {e}"))?
+        .to_lowercase()
+        .to_string();
+    let rrname = crate::query::absolute(&rrname);
     let rrtype = match &c.rrtype {
         serde_json::Value::String(s) => crate::query::parse_rrtype(s)?,
         serde_json::Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()).context("rrtype: 0-65535")?,
@@ -58,13 +64,31 @@ fn delta(c: Cof) -> anyhow::Result<Delta> {
     if rdata.is_empty() {
         bail!("rdata: empty");
     }
+    // Names in rdata as the sensor writes them: lower case, absolute (so that rdata-name
+    // lookups find them).
+    for d in rdata.iter_mut() {
+        let absolute = |t: &str| crate::query::absolute(t);
+        let fields: Vec<&str> = d.split_whitespace().collect();
+        let fixed = match (rrtype, fields.as_slice()) {
+            (2 | 5 | 12 | 39, [t]) => Some(absolute(t)),
+            (15, [pref, t]) => Some(format!("{pref} {}", absolute(t))),
+            (33, [p, w, port, t]) => Some(format!("{p} {w} {port} {}", absolute(t))),
+            _ => None,
+        };
+        if let Some(f) = fixed {
+            *d = f;
+        }
+    }
     rdata.sort_unstable();
     rdata.dedup();
     let bailiwick = match c.bailiwick {
         Some(b) => crate::query::absolute(&b),
         None => ".".into(),
     };
-    if c.time_first > c.time_last {
+    let (Some(first), Some(last)) = (c.time_first.or(c.zone_time_first), c.time_last.or(c.zone_time_last)) else {
+        bail!("time_first and time_last (or zone_time_first and zone_time_last) are required");
+    };
+    if first > last {
         bail!("time_first is after time_last");
     }
     let count = c.count.unwrap_or(1);
@@ -74,8 +98,8 @@ fn delta(c: Cof) -> anyhow::Result<Delta> {
     Ok(Delta {
         kind: Kind::Positive,
         rrset: Rrset { rrname, rrtype, bailiwick, rdata },
-        first: c.time_first,
-        last: c.time_last,
+        first,
+        last,
         count,
         sensors: Vec::new(),
     })
@@ -116,6 +140,9 @@ pub fn import(store: &Store, path: &Path) -> anyhow::Result<u64> {
     if !errors.is_empty() {
         bail!("{}: nothing imported:\n  {}", path.display(), errors.join("\n  "));
     }
+    // A file may hold an RRset more than once (two days' exports): one delta each, summed,
+    // since a merge takes each RRset at most once.
+    let deltas = crate::store::fold(Vec::new(), &deltas);
     for chunk in deltas.chunks(BATCH) {
         store.merge(chunk, false)?;
     }

@@ -112,7 +112,10 @@ struct Reply {
 fn get(addr: SocketAddr, path: &str, headers: &[&str]) -> Reply {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    let mut req = format!("GET {path} HTTP/1.0\r\n");
+    if !headers.iter().any(|h| h.to_ascii_lowercase().starts_with("host:")) {
+        req += &format!("Host: {addr}\r\n");
+    }
     for h in headers {
         req += h;
         req += "\r\n";
@@ -193,6 +196,12 @@ fn wildcards_at_the_apex_and_below_and_cidr_edges() {
         lookup(&s, "/dnsdb/v2/lookup/rrset/name/example.%2A"),
         ["example.com./A", "example.com./MX", "example.com./NS"]
     );
+    // Without keys, only requests addressed to an IP or localhost (DNS rebinding guard).
+    let rebound = get(s.addr, "/dnsdb/v2/lookup/rrset/name/example.com", &["Host: pdns.attacker.example"]);
+    assert_eq!(rebound.status, 403, "{}", rebound.body);
+    let local =
+        get(s.addr, "/dnsdb/v2/lookup/rrset/name/example.com", &[&format!("Host: localhost:{}", s.addr.port())]);
+    assert_eq!(local.status, 200, "{}", local.body);
     // IPv4 prefix edges: .0 and .255 inside, the neighbours outside.
     assert_eq!(
         lookup(&s, "/dnsdb/v2/lookup/rdata/ip/192.0.2.0%2C24"),
@@ -628,7 +637,8 @@ fn daily_exports_are_compressed_cof_of_the_days_rrsets() {
     let day = 1_704_067_200u64;
     let extra = serde_json::json!({"rrname": "later.example.net.", "rrtype": "TXT", "bailiwick": "example.net.",
         "rdata": ["\"2024\""], "time_first": day + 10, "time_last": day + 20, "count": 2});
-    std::fs::write(&cof, format!("{}{extra}\n", fixture_lines())).unwrap();
+    // Given twice: summed (the merge takes each RRset once per batch).
+    std::fs::write(&cof, format!("{}{extra}\n{extra}\n", fixture_lines())).unwrap();
     let db = dir.path().join("db");
     let mut import = dnsledger();
     import.arg("import").arg("--db").arg(&db).arg(&cof);
@@ -650,6 +660,6 @@ fn daily_exports_are_compressed_cof_of_the_days_rrsets() {
     let later = read("2024-01-01");
     assert_eq!(later.len(), 1);
     assert_eq!(later[0]["rrname"], "later.example.net.");
-    assert_eq!((later[0]["count"].as_u64(), later[0]["rdata"][0].as_str()), (Some(2), Some("\"2024\"")));
+    assert_eq!((later[0]["count"].as_u64(), later[0]["rdata"][0].as_str()), (Some(4), Some("\"2024\"")));
     assert!(read("2023-12-31").is_empty());
 }

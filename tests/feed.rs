@@ -94,6 +94,13 @@ fn a_follower_gets_every_new_rrset_once_across_a_sensor_crash() {
     replay(&synthetic, &sock);
     wait_for("more after the restart", Duration::from_secs(60), || lines(&consumer_stdout(work)).len() > before_crash);
     settle(&consumer_stdout(work));
+    // A token this feed never gave (another store's) is refused, not waited for.
+    let mut raw = std::net::TcpStream::connect(api).unwrap();
+    use std::io::{Read, Write};
+    raw.write_all(b"GET /feed/v1/rrsets?after=999999999 HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 400"), "{answer}");
     let log = consumer.terminate();
     assert!(log.contains("reconnecting"), "the consumer saw the sensor go away: {log}");
     sensor.terminate();

@@ -256,7 +256,13 @@ impl Api {
     fn slots(&self, key: Option<usize>) -> Result<Slots, ApiError> {
         let busy = || ApiError::status(503, "Error: too many queries at once; retry shortly");
         let server = self.queries.clone().try_acquire_owned().map_err(|_| busy())?;
-        let key = match key {
+        Ok(Slots { _server: server, key: self.key_slot(key)? })
+    }
+
+    /// One of the key's `max_concurrent` (held until the guard holding it drops).
+    fn key_slot(&self, key: Option<usize>) -> Result<Option<Arc<AtomicUsize>>, ApiError> {
+        let busy = || ApiError::status(503, "Error: too many queries at once for this key; retry shortly");
+        Ok(match key {
             Some(i) => {
                 let r = self.running[i].clone();
                 let n = r.fetch_add(1, Ordering::Relaxed);
@@ -267,8 +273,7 @@ impl Api {
                 Some(r)
             }
             None => None,
-        };
-        Ok(Slots { _server: server, key })
+        })
     }
 
     /// `/dnsdb/v2/rate_limit` in the form dnsdbq -I prints.
@@ -307,7 +312,8 @@ impl Api {
                     503 => "busy",
                     _ => "other",
                 });
-                tracing::debug!(status = e.status, msg = %e.msg, "query refused");
+                // The message echoes what the client sent: not logged.
+                tracing::debug!(status = e.status, "query refused");
                 // dnsdbq shows the first line of an error body; dnsdb2 raises it.
                 let body = format!("{}\n", e.msg);
                 text(StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST), body)
@@ -350,17 +356,31 @@ impl Api {
             return Err(ApiError::status(405, "Error: only GET is served"));
         }
         let key = self.key_of(req)?;
+        if key.is_none() && !addressed_by_ip(req) {
+            return Err(ApiError::status(
+                403,
+                "Error: without API keys this server answers only requests to an IP address or localhost \
+                 (a guard against DNS rebinding); configure keys to serve it under a name",
+            ));
+        }
         if !accepts_json(req) {
             return Err(ApiError::status(415, format!("Error: responses are {NDJSON} or application/json")));
         }
         if endpoint == Endpoint::Feed {
             let params = request::parse_feed_params(req.uri().query())?;
+            let at = self.store.feed_durable();
+            if let Some(after) = params.after.filter(|a| *a > at) {
+                return Err(ApiError::bad(format!(
+                    "Error: token {after} is ahead of this feed (at {at}): a token of another store?"
+                )));
+            }
             let busy = || ApiError::status(503, "Error: too many feed consumers; retry later");
             let permit = self.feeds.clone().try_acquire_owned().map_err(|_| busy())?;
+            let slots = Slots { _server: permit, key: self.key_slot(key)? };
             if let Some(k) = key {
                 self.charge(k)?;
             }
-            return Ok(respond::feed(self.clone(), params, permit));
+            return Ok(respond::feed(self.clone(), params, slots));
         }
         let params = request::parse_params(req.uri().query(), self.limits(), now())?;
         match endpoint {
@@ -433,6 +453,19 @@ fn portal_asset(path: &str) -> Option<(&'static str, &'static str)> {
     }
 }
 
+/// Whether the request's Host is an address or localhost (or absent, as HTTP/1.0 allows): a
+/// page from elsewhere that rebinds its own name to our address cannot pass this.
+fn addressed_by_ip(req: &Request<Incoming>) -> bool {
+    let Some(host) = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()) else { return true };
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').filter(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok()).map_or(host, |(h, _)| h)
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 fn accepts_json(req: &Request<Incoming>) -> bool {
     let Some(accept) = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()) else { return true };
     accept.split(',').map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase()).any(|t| {
@@ -468,6 +501,7 @@ fn response(status: StatusCode, content_type: &'static str, body: Body) -> Respo
     let mut r = Response::new(body);
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r.headers_mut().insert("x-content-type-options", header::HeaderValue::from_static("nosniff"));
     r
 }
 

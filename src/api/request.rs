@@ -255,14 +255,11 @@ const MAX_HEX: usize = 2 * 65_535;
 
 /// Hex digits to bytes (raw names and rdata, cursors).
 pub fn unhex(s: &str) -> Result<Vec<u8>, ApiError> {
-    if s.len() > MAX_HEX || !s.len().is_multiple_of(2) || s.is_empty() {
-        return Err(ApiError::bad(format!("`{:.40}`: expected an even number of hex digits", s)));
+    if s.len() > MAX_HEX || !s.len().is_multiple_of(2) || s.is_empty() || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad("expected an even number of hex digits"));
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16))
-        .collect::<Result<_, _>>()
-        .map_err(|_| ApiError::bad(format!("`{:.40}` is not hex", s)))
+    let digit = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+    Ok(s.as_bytes().chunks(2).map(|p| digit(p[0]) << 4 | digit(p[1])).collect())
 }
 
 /// Raw rdata: what the store's indexes can answer (addresses and names in rdata).
@@ -442,6 +439,8 @@ mod tests {
             "/dnsdb/v2/lookup/rdata/ip/192.0.2.0,33",
             "/dnsdb/v2/lookup/rdata/ip/192.0.2.9-192.0.2.1",
             "/dnsdb/v2/lookup/rdata/raw/zz",
+            "/dnsdb/v2/lookup/rdata/raw/a%C3%A9b",
+            "/dnsdb/v2/lookup/rdata/raw/+f",
             "/dnsdb/v2/lookup/rdata/raw/0a0b0c/TXT",
             "/dnsdb/v2/lookup/rrset/raw/03616263",
             "/dnsdb/v2/lookup/rrset/name/a/A/b/c",

@@ -14,6 +14,8 @@ use super::{Api, Body, NDJSON, Slots, response};
 use crate::store::{Ended, Entry, Lookup};
 
 const CHUNK: usize = 32 * 1024;
+/// How long a response waits for a client to take the next chunk before giving up on it.
+const SEND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 const CHUNKS_BUFFERED: usize = 8;
 
 /// How a walk ended, for the terminator.
@@ -63,6 +65,11 @@ fn walk(api: &Api, lookup: &Lookup, p: &Params, mut emit: impl FnMut(&Entry) -> 
     });
     match ended {
         Err(e) => End::Failed(e.to_string()),
+        // A cursor from the middle of the skipped offset could not be resumed correctly
+        // (with the offset it skips too much, without it too little).
+        Ok(Ended::Budget(_)) if skipped < p.offset => {
+            End::Failed("scan limit reached while skipping the offset; page with the cursor instead".into())
+        }
         Ok(Ended::Budget(pos)) => End::Budget(pos),
         Ok(_) => stop.unwrap_or(End::Done),
     }
@@ -124,6 +131,7 @@ pub fn write_cof(out: &mut Vec<u8>, e: &Entry, humantime: bool, sensors: &[Strin
 /// A DNSDB SAF response: begin, objects (or one summary), terminator.
 pub fn saf(api: Arc<Api>, lookup: Lookup, p: Params, summarize: bool, slots: Slots) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_BUFFERED);
+    let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let _slots = slots;
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + 4096);
@@ -133,7 +141,8 @@ pub fn saf(api: Arc<Api>, lookup: Lookup, p: Params, summarize: bool, slots: Slo
                 return true;
             }
             let chunk = Bytes::from(std::mem::replace(buf, Vec::with_capacity(CHUNK + 4096)));
-            tx.blocking_send(chunk).is_ok()
+            // A client that stops reading gives its slot back after SEND_DEADLINE.
+            matches!(handle.block_on(tokio::time::timeout(SEND_DEADLINE, tx.send(chunk))), Ok(Ok(())))
         };
         let mut summary = (0u64, 0u64, u64::MAX, 0u64); // count, results, first, last
         let end = walk(&api, &lookup, &p, |e| {
@@ -144,6 +153,10 @@ pub fn saf(api: Arc<Api>, lookup: Lookup, p: Params, summarize: bool, slots: Slo
                 summary.3 = summary.3.max(e.last);
                 if p.max_count.is_some_and(|m| summary.0 >= m) {
                     return Emit::Enough;
+                }
+                // Nothing is sent until the end: look now and then whether the client left.
+                if summary.1.is_multiple_of(4096) && tx.is_closed() {
+                    return Emit::Gone;
                 }
                 return Emit::Go;
             }
@@ -204,6 +217,7 @@ pub async fn page(api: Arc<Api>, lookup: Lookup, p: Params, slots: Slots) -> Res
         let mut out = Vec::new();
         let end = walk(&worker, &lookup, &p, |e| {
             let mut sensors = worker.store.contributors(&e.rrset).unwrap_or_default();
+            sensors.truncate(256);
             if sensors.is_empty()
                 && let Some(own) = &worker.own_sensor
             {
@@ -265,15 +279,18 @@ const FEED_BATCH: usize = 1_000;
 /// 15 s). The first line, `{"cond":"begin","token":N}`, says where it starts; a consumer that
 /// reconnects with `after` = the last token it handled misses nothing still kept, and gets
 /// nothing twice. Entries trimmed before a consumer came back are announced by a `gap` line.
-pub fn feed(api: Arc<Api>, p: super::request::FeedParams, permit: tokio::sync::OwnedSemaphorePermit) -> Response<Body> {
+pub fn feed(api: Arc<Api>, p: super::request::FeedParams, slots: Slots) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_BUFFERED);
     tokio::spawn(async move {
-        let _permit = permit;
+        let _slots = slots;
         let mut after = p.after.unwrap_or_else(|| api.store.feed_durable());
-        if tx.send(Bytes::from(format!("{{\"cond\":\"begin\",\"token\":{after}}}\n"))).await.is_err() {
+        let send = |b: Bytes| {
+            let tx = tx.clone();
+            async move { matches!(tokio::time::timeout(SEND_DEADLINE, tx.send(b)).await, Ok(Ok(()))) }
+        };
+        if !send(Bytes::from(format!("{{\"cond\":\"begin\",\"token\":{after}}}\n"))).await {
             return;
         }
-        let mut gap_told = false;
         let mut idle = std::time::Instant::now();
         let p = Arc::new(p);
         loop {
@@ -281,7 +298,7 @@ pub fn feed(api: Arc<Api>, p: super::request::FeedParams, permit: tokio::sync::O
                 let line = format!(
                     "{{\"cond\":\"failed\",\"msg\":\"the server is shutting down; reconnect with after={after}\",\"token\":{after}}}\n"
                 );
-                let _ = tx.send(Bytes::from(line)).await;
+                let _ = send(Bytes::from(line)).await;
                 return;
             }
             let (store, filter) = (api.store.clone(), p.clone());
@@ -293,13 +310,13 @@ pub fn feed(api: Arc<Api>, p: super::request::FeedParams, permit: tokio::sync::O
                 Ok(Ok(r)) => r,
                 _ => {
                     api.stats.cut.inc("store_error");
-                    let _ = tx.send(Bytes::from_static(b"{\"cond\":\"failed\",\"msg\":\"store error\"}\n")).await;
+                    let _ = send(Bytes::from_static(b"{\"cond\":\"failed\",\"msg\":\"store error\"}\n")).await;
                     return;
                 }
             };
             let mut out = Vec::new();
-            if !gap_told && read.oldest > after + 1 && read.through > after {
-                gap_told = true;
+            // Entries trimmed before they could be read (after=0 asks for "the oldest kept").
+            if after > 0 && read.oldest > after.saturating_add(1) && read.through > after {
                 let _ = writeln!(
                     out,
                     "{{\"cond\":\"gap\",\"msg\":\"entries {}..{} are no longer kept\",\"oldest\":{}}}",
@@ -327,13 +344,15 @@ pub fn feed(api: Arc<Api>, p: super::request::FeedParams, permit: tokio::sync::O
             after = read.through;
             if !out.is_empty() {
                 idle = std::time::Instant::now();
-                if tx.send(Bytes::from(out)).await.is_err() {
+                if !send(Bytes::from(out)).await {
                     api.stats.cut.inc("client_gone");
                     return;
                 }
             } else if idle.elapsed() >= FEED_KEEPALIVE {
                 idle = std::time::Instant::now();
-                if tx.send(Bytes::from_static(b"{\"cond\":\"ongoing\"}\n")).await.is_err() {
+                // The token lets a consumer whose filter matched nothing for a while resume
+                // from here rather than rescan.
+                if !send(Bytes::from(format!("{{\"cond\":\"ongoing\",\"token\":{after}}}\n"))).await {
                     return;
                 }
             }
@@ -350,8 +369,7 @@ pub fn feed(api: Arc<Api>, p: super::request::FeedParams, permit: tokio::sync::O
 }
 
 fn feed_admits(p: &super::request::FeedParams, item: &crate::store::FeedItem) -> bool {
-    let under =
-        |name: &str| p.zone.as_deref().is_none_or(|z| z == "." || name == z || name.ends_with(&format!(".{z}")));
+    let under = |name: &str| p.zone.as_deref().is_none_or(|z| crate::store::keys::at_or_below(name, z));
     match item {
         crate::store::FeedItem::Rrset(e) => {
             p.rrsets && p.rrtype.is_none_or(|t| t == e.rrset.rrtype) && under(&e.rrset.rrname)

@@ -44,11 +44,19 @@ fn parse_server(url: &str) -> anyhow::Result<Server> {
     };
     let (authority, base) = rest.split_once('/').map(|(a, b)| (a, format!("/{b}"))).unwrap_or((rest, String::new()));
     let base = base.trim_end_matches('/').trim_end_matches("/dnsdb/v2").to_string();
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-            (h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse().context("--server: port")?)
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').context("--server: `[` without `]`")?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().context("--server: port")?,
+            None => default_port,
+        };
+        (h.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().context("--server: port")?),
+            None => (authority.to_string(), default_port),
         }
-        _ => (authority.to_string(), if tls { 443 } else { 80 }),
     };
     if host.is_empty() {
         bail!("--server: `{url}` has no host");
@@ -168,7 +176,14 @@ async fn get(
         .with_context(|| format!("connect {}:{}", server.host, server.port))?;
     let req = {
         let mut r = Request::get(format!("{}{path}", server.base))
-            .header(header::HOST, format!("{}:{}", server.host, server.port))
+            .header(
+                header::HOST,
+                if server.host.contains(':') {
+                    format!("[{}]:{}", server.host, server.port)
+                } else {
+                    format!("{}:{}", server.host, server.port)
+                },
+            )
             .header(header::ACCEPT, "application/x-ndjson");
         if let Some(k) = key {
             r = r.header("X-API-Key", k);
@@ -326,10 +341,14 @@ pub async fn follow(args: &QueryArgs, out: &mut impl Write) -> anyhow::Result<()
         if let Some(t) = &args.rrtype {
             path += &format!("&rrtype={}", utf8_percent_encode(t, SEGMENT));
         }
+        let mut delivered = false;
         let result = tokio::select! {
-            r = follow_once(&server, &path, args, &mut token, out) => r,
+            r = follow_once(&server, &path, args, &mut token, &mut delivered, out) => r,
             _ = stop.cancelled() => return Ok(()),
         };
+        if delivered {
+            backoff = std::time::Duration::from_millis(250);
+        }
         match result {
             Ok(()) => eprintln!("query: the feed ended; reconnecting"),
             Err(e) if e.to_string().starts_with("refused") => return Err(e),
@@ -348,8 +367,17 @@ async fn follow_once(
     path: &str,
     args: &QueryArgs,
     token: &mut Option<u64>,
+    delivered: &mut bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
+    let save = |seq: u64| -> anyhow::Result<()> {
+        if let Some(state) = &args.state {
+            let tmp = state.with_extension("tmp");
+            std::fs::write(&tmp, format!("{seq}\n")).with_context(|| format!("{}", tmp.display()))?;
+            std::fs::rename(&tmp, state).with_context(|| format!("{}", state.display()))?;
+        }
+        Ok(())
+    };
     let resp = get(server, path, args.key.as_deref(), args.ca.as_deref()).await?;
     let status = resp.status();
     let mut body = resp.into_body();
@@ -367,16 +395,26 @@ async fn follow_once(
         bail!("{status}");
     }
     let mut pending: Vec<u8> = Vec::new();
-    while let Some(chunk) = next_chunk(&mut body).await? {
+    // The server sends at least a keep-alive line every 15 s; silence means a dead connection.
+    while let Some(chunk) = tokio::time::timeout(std::time::Duration::from_secs(45), next_chunk(&mut body))
+        .await
+        .map_err(|_| anyhow::anyhow!("no data for 45 s"))??
+    {
+        *delivered = true;
         pending.extend_from_slice(&chunk);
         while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=nl).collect();
             let text = std::str::from_utf8(&line).context("feed line is not UTF-8")?.trim();
             let v: serde_json::Value = serde_json::from_str(text).with_context(|| format!("feed line: {text:.200}"))?;
             match v["cond"].as_str() {
-                Some("begin") => {
-                    if token.is_none() {
-                        *token = v["token"].as_u64();
+                Some("begin") | Some("ongoing") => {
+                    // Where the server is: recorded, so that a quiet filter does not make a
+                    // reconnect rescan (or, without state, start from "now" again).
+                    if let Some(t) = v["token"].as_u64()
+                        && token.is_none_or(|old| t > old)
+                    {
+                        *token = Some(t);
+                        save(t)?;
                     }
                     continue;
                 }
@@ -411,11 +449,7 @@ async fn follow_once(
             }
             out.flush()?;
             *token = Some(seq);
-            if let Some(state) = &args.state {
-                let tmp = state.with_extension("tmp");
-                std::fs::write(&tmp, format!("{seq}\n")).with_context(|| format!("{}", tmp.display()))?;
-                std::fs::rename(&tmp, state).with_context(|| format!("{}", state.display()))?;
-            }
+            save(seq)?;
         }
         if pending.len() > MAX_LINE {
             bail!("a feed line longer than {MAX_LINE} bytes");
@@ -448,6 +482,8 @@ mod tests {
         let a = args(&["rrset", "example.com", "--", "MX", "example.com"]);
         assert!(request_path(&a, false).starts_with("/dnsdb/v2/lookup/rrset/name/example.com/MX/example.com?"));
         assert!(parse_server("ftp://x").is_err());
+        let s = parse_server("http://[::1]").unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("::1", 80));
         let s = parse_server("https://api.example:8443/dnsdb/v2").unwrap();
         assert_eq!((s.tls, s.host.as_str(), s.port, s.base.as_str()), (true, "api.example", 8443, ""));
     }

@@ -86,9 +86,13 @@ impl Store {
         }
         batch.insert(META_FEED_SEQ, &seq.to_be_bytes());
         let mut lo = self.t.get(META_FEED_LO)?.map(|v| u64_of(&v)).unwrap_or(1);
-        while seq + 1 - lo > self.feed_retain {
+        // At most twice what this merge adds (plus some), so that lowering `retain` shrinks
+        // the log over the next merges instead of in one huge batch.
+        let mut budget = 2 * new.len() + 1_000;
+        while seq + 1 - lo > self.feed_retain && budget > 0 {
             batch.remove(feed_key(lo));
             lo += 1;
+            budget -= 1;
         }
         batch.insert(META_FEED_LO, &lo.to_be_bytes());
         Ok(())

@@ -27,6 +27,12 @@ pub fn reverse_name(name: &str) -> String {
     out
 }
 
+/// Whether `name` is `zone` or below it, label by label (an escaped dot inside a label is not
+/// a boundary). Both absolute, lower case.
+pub fn at_or_below(name: &str, zone: &str) -> bool {
+    reverse_name(name).starts_with(&reverse_name(zone))
+}
+
 /// Splits presentation-format labels on unescaped dots.
 fn split_labels(name: &str) -> Vec<&str> {
     let bytes = name.as_bytes();
@@ -172,6 +178,8 @@ mod tests {
         let zone = reverse_name("example.com.");
         assert!(reverse_name("deep.www.example.com.").starts_with(&zone));
         assert!(!reverse_name("www.badexample.com.").starts_with(&zone));
+        assert!(at_or_below("a.example.com.", "example.com.") && at_or_below("example.com.", "example.com."));
+        assert!(!at_or_below("a\\.example.com.", "example.com.") && at_or_below("x.", "."));
     }
 
     #[test]

@@ -155,6 +155,8 @@ impl Store {
         let walk = lookup.walk();
         let start = match (&walk, after) {
             (_, Some(a)) => Bound::Excluded(a.to_vec()),
+            // `*.zone`: the zone's own entries (prefix + 0x00) sort first; start past them.
+            (Walk::Prefix { prefix, below: Some(_), .. }, None) => Bound::Included([&prefix[..], &[1]].concat()),
             (Walk::Prefix { prefix, .. }, None) => Bound::Included(prefix.clone()),
             (Walk::Range { lo, .. }, None) => Bound::Included(lo.clone()),
             (Walk::Everything, None) => Bound::Included(vec![TAG_RRSET]),
@@ -244,6 +246,7 @@ impl Store {
     pub fn count_entries(&self, lookup: &Lookup, cap: u64) -> Result<(u64, bool), StoreError> {
         let walk = lookup.walk();
         let start = match &walk {
+            Walk::Prefix { prefix, below: Some(_), .. } => [&prefix[..], &[1]].concat(),
             Walk::Prefix { prefix, .. } => prefix.clone(),
             Walk::Range { lo, .. } => lo.clone(),
             Walk::Everything => return Ok((self.len() as u64, true)),

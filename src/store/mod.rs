@@ -215,7 +215,7 @@ pub fn fold(mut into: Vec<Delta>, more: &[Delta]) -> Vec<Delta> {
                 let e = &mut into[i];
                 e.first = e.first.min(d.first);
                 e.last = e.last.max(d.last);
-                e.count += d.count;
+                e.count = e.count.saturating_add(d.count);
                 union_sensors(&mut e.sensors, &d.sensors);
             }
             None => {
@@ -558,9 +558,7 @@ impl NamePattern {
         let NamePattern::Exact(n) = name else { return false };
         match self {
             NamePattern::Exact(e) => e == n,
-            NamePattern::Below(z) => {
-                n.len() > z.len() && n.ends_with(z.as_str()) && n[..n.len() - z.len()].ends_with('.')
-            }
+            NamePattern::Below(z) => n != z && keys::at_or_below(n, z),
             NamePattern::RightWildcard(p) => n.starts_with(p.as_str()),
         }
     }
@@ -853,6 +851,9 @@ mod tests {
                 delta(rr("a.b.example.com.", 28, "example.com.", &["2001:db8::1"]), 30, 40, 1),
                 delta(rr("www.example.net.", 1, "example.net.", &["192.0.2.81"]), 30, 40, 1),
                 delta(rr("www.badexample.com.", 5, "badexample.com.", &["www.example.com."]), 30, 40, 1),
+                // An escaped dot is not a label boundary: a\.example.com. is not below
+                // example.com., and must not hide the set from `*.example.com`.
+                delta(rr("hostile.test.", 15, "test.", &["10 mail.example.com.", "20 a\\.example.com."]), 30, 40, 1),
             ],
             false,
         )
@@ -876,7 +877,7 @@ mod tests {
         assert_eq!(names(target), ["example.com."]);
         // Two targets below example.com in one MX set: reported once.
         let target = s.lookup(&rdata_name("*.example.com"), &all, 100).unwrap();
-        assert_eq!(names(target), ["example.com.", "www.badexample.com."]);
+        assert_eq!(names(target), ["example.com.", "hostile.test.", "www.badexample.com."]);
         let target = s.lookup(&rdata_name("www.example.*"), &all, 100).unwrap();
         assert_eq!(names(target), ["www.badexample.com."]);
         let late = Fences { first_after: Some(25), ..Fences::default() };
