@@ -32,6 +32,7 @@ pub mod generate;
 pub mod import;
 pub mod metrics;
 pub mod pki;
+pub mod psl;
 pub mod query;
 pub mod resolver;
 pub mod sensor;

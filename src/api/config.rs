@@ -24,6 +24,7 @@ pub struct RawApi {
     feed_retain: Option<u64>,
     export_dir: Option<PathBuf>,
     export_at: Option<String>,
+    public_suffix_list: Option<PathBuf>,
     #[serde(default)]
     keys: Vec<RawKey>,
 }
@@ -77,6 +78,8 @@ pub struct ApiConfig {
     /// Daily COF exports: the directory, and the time of day (seconds after 00:00 UTC) when
     /// the previous day's file is written.
     pub export: Option<(PathBuf, u64)>,
+    /// The Public Suffix List for the feed's new domains (default: Debian's, if installed).
+    pub public_suffix_list: Option<PathBuf>,
     /// No keys: the API is open (keep it on loopback).
     pub keys: Vec<ApiKey>,
 }
@@ -185,6 +188,7 @@ impl ApiConfig {
                 max_feeds,
                 feed_retain,
                 export,
+                public_suffix_list: raw.public_suffix_list,
                 keys,
             }),
             _ => Err(errors),

@@ -507,6 +507,18 @@ fn response(status: StatusCode, content_type: &'static str, body: Body) -> Respo
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The store as the process serving the API over it must open it: with the feed log.
+pub fn with_feed(store: Store, config: &ApiConfig) -> anyhow::Result<Store> {
+    let list = crate::psl::SuffixList::load(config.public_suffix_list.as_deref())
+        .with_context(|| format!("public_suffix_list {:?}", config.public_suffix_list))?;
+    if list.is_empty() {
+        tracing::warn!(
+            "no public suffix list (install Debian's publicsuffix): new domains are judged by their last label"
+        );
+    }
+    Ok(store.with_feed(config.feed_retain, Arc::new(list)))
+}
+
 /// Binds the API and serves it until `shutdown`; returns the bound address.
 pub async fn start(
     config: ApiConfig,

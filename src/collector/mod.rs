@@ -129,7 +129,7 @@ pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: Cancell
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("listen {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, db = %config.db.display(), "collector listening");
     if let Some(api) = &config.api {
-        store = store.with_feed(api.feed_retain);
+        store = crate::api::with_feed(store, api)?;
         crate::api::start(api.clone(), store.clone(), None, registry, shutdown.clone()).await?;
     }
     let stats = Arc::new(CollectorStats::default());

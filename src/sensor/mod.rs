@@ -540,7 +540,7 @@ pub async fn run_fed(
         store = store.with_outbox_limit(f.max_outbox_batches);
     }
     if let Some(api) = &config.api {
-        store = store.with_feed(api.feed_retain);
+        store = crate::api::with_feed(store, api)?;
         crate::api::start(api.clone(), store.clone(), Some(config.sensor_id.clone()), registry, shutdown.clone())
             .await?;
     }

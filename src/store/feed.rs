@@ -9,9 +9,8 @@
 //! given and the oldest kept. At most `retain` entries are kept; older ones are trimmed in the
 //! merges that add new ones.
 //!
-//! A "new domain" is a name with at least two labels whose NS RRset is seen for the first
-//! time: a delegation. Without a public suffix list, a second-level public suffix (`co.uk.`)
-//! counts once as a domain too.
+//! A "new domain" is a registrable domain (public suffix + one label, by the Public Suffix
+//! List, see `crate::psl`) that no RRset stored before had its owner in.
 
 use std::sync::atomic::Ordering;
 
@@ -53,14 +52,12 @@ fn feed_key(seq: u64) -> Vec<u8> {
     tagged(TAG_FEED, &seq.to_be_bytes())
 }
 
-fn labels(name: &str) -> usize {
-    name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()).count()
-}
-
 impl Store {
-    /// Keeps a feed log of at most `retain` entries (0: no feed).
-    pub fn with_feed(mut self, retain: u64) -> Self {
+    /// Keeps a feed log of at most `retain` entries (0: no feed), new domains judged by
+    /// `suffixes`.
+    pub fn with_feed(mut self, retain: u64, suffixes: std::sync::Arc<crate::psl::SuffixList>) -> Self {
         self.feed_retain = retain;
+        self.suffixes = suffixes;
         self
     }
 
@@ -70,18 +67,20 @@ impl Store {
             return Ok(());
         }
         let mut seq = self.t.get(META_FEED_SEQ)?.map(|v| u64_of(&v)).unwrap_or(0);
-        let mut domains: Vec<&str> = Vec::new();
+        let mut domains: Vec<String> = Vec::new();
         for (r, rkey, first) in new {
             seq += 1;
             batch.insert(feed_key(seq), [&[0u8][..], rkey].concat());
-            if r.rrtype == 2 && labels(&r.rrname) >= 2 && !domains.contains(&r.rrname.as_str()) {
-                let dkey = tagged(TAG_DOMAIN, r.rrname.as_bytes());
-                if self.t.get(&dkey)?.is_none() {
-                    batch.insert(dkey, &[]);
-                    domains.push(&r.rrname);
-                    seq += 1;
-                    batch.insert(feed_key(seq), [&[1u8][..], &first.to_be_bytes(), r.rrname.as_bytes()].concat());
-                }
+            let Some(domain) = self.suffixes.registrable(&r.rrname) else { continue };
+            if domains.contains(&domain) {
+                continue;
+            }
+            let dkey = tagged(TAG_DOMAIN, domain.as_bytes());
+            if self.t.get(&dkey)?.is_none() {
+                batch.insert(dkey, &[]);
+                seq += 1;
+                batch.insert(feed_key(seq), [&[1u8][..], &first.to_be_bytes(), domain.as_bytes()].concat());
+                domains.push(domain);
             }
         }
         batch.insert(META_FEED_SEQ, &seq.to_be_bytes());
@@ -186,25 +185,27 @@ mod tests {
     #[test]
     fn new_rrsets_and_domains_once_durable_only_and_trimmed() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap().with_feed(5);
+        let psl = std::sync::Arc::new(crate::psl::SuffixList::parse("com\n"));
+        let s = Store::open(dir.path()).unwrap().with_feed(5, psl.clone());
         s.merge(&[delta("a.com.", 2, "ns.a.com."), delta("www.a.com.", 1, "192.0.2.1")], false).unwrap();
         // Not synced: nothing served yet.
         assert!(all(&s).is_empty());
         s.sync().unwrap();
         assert_eq!(all(&s), [(1, "a.com.".into()), (2, "domain a.com.".into()), (3, "www.a.com.".into())]);
-        // Seen again: no new entries; a new NS set for the same domain is an RRset, not a domain.
+        // Seen again: no new entries; a new NS set of a known domain is an RRset only.
         s.merge(&[delta("a.com.", 2, "ns.a.com."), delta("a.com.", 2, "ns2.a.com.")], false).unwrap();
         s.merge(&[delta("com.", 2, "a.gtld."), delta("b.com.", 1, "192.0.2.2")], false).unwrap();
         s.sync().unwrap();
         let got = all(&s);
-        assert_eq!(got.first().map(|e| e.0), Some(2), "trimmed to 5: {got:?}");
+        assert_eq!(got.first().map(|e| e.0), Some(3), "trimmed to 5: {got:?}");
         assert_eq!(got.len(), 5);
-        assert!(got.iter().all(|(_, n)| n != "domain com."), "a TLD is not a new domain: {got:?}");
+        assert!(got.iter().all(|(_, n)| n != "domain com."), "a public suffix is not a domain: {got:?}");
+        assert!(got.iter().any(|(_, n)| n == "domain b.com."), "{got:?}");
         let read = s.feed_read(4, 1, |_| true).unwrap();
-        assert_eq!((read.entries.len(), read.through, read.oldest), (1, 5, 2));
+        assert_eq!((read.entries.len(), read.through, read.oldest), (1, 5, 3));
         // Reopened: the log and its numbers survive.
         drop(s);
-        let s = Store::open(dir.path()).unwrap().with_feed(5);
+        let s = Store::open(dir.path()).unwrap().with_feed(5, psl);
         assert_eq!(all(&s), got);
     }
 }

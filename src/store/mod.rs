@@ -182,6 +182,8 @@ pub struct Store {
     feed_retain: u64,
     /// The last feed number a sync made durable (shared by clones).
     feed_durable: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Public suffixes, for the feed's new domains.
+    suffixes: std::sync::Arc<crate::psl::SuffixList>,
 }
 
 /// The smallest outbox bound: twice what the forwarder takes at once, so that the entry that
@@ -284,6 +286,7 @@ impl Store {
             outbox_lock: Default::default(),
             feed_retain: 0,
             feed_durable: Default::default(),
+            suffixes: Default::default(),
         };
         // What a previous process wrote is on disk now.
         let written = store.feed_written()?;
