@@ -165,54 +165,100 @@ impl Store {
         let mut examined = 0u64;
         // The last entry examined: where a walk stopped by its budget resumes.
         let mut prev: Option<sled::IVec> = None;
+        // Index walks fetch their RRsets in batches, in RRset-key order: consecutive gets
+        // then land in the same sled pages (random gets were 10x slower on a large store).
+        // Batches start small, so that a walk that stops early fetches little ahead.
+        let index = match &walk {
+            Walk::Prefix { sep, .. } => *sep,
+            Walk::Range { .. } => true,
+            Walk::Everything => false,
+        };
+        let mut pending: Vec<(sled::IVec, usize)> = Vec::new();
+        let mut batch = 16usize;
         for item in self.t.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
             let (k, v) = item?;
-            let rkey: &[u8] = match &walk {
+            let rkey_at = match &walk {
                 Walk::Prefix { prefix, below, key_at, sep } => {
                     if !k.starts_with(prefix) {
-                        return Ok(Ended::Exhausted);
+                        break;
                     }
                     if below.is_some_and(|n| k.get(n) == Some(&0)) {
                         continue;
                     }
                     if *sep {
                         match k[*key_at..].iter().position(|b| *b == 0) {
-                            Some(p) => &k[key_at + p + 1..],
+                            Some(p) => key_at + p + 1,
                             None => continue,
                         }
                     } else {
-                        &k[*key_at..]
+                        *key_at
                     }
                 }
                 Walk::Range { hi, .. } => {
                     if k.len() < hi.len() || k[..hi.len()] > hi[..] {
-                        return Ok(Ended::Exhausted);
+                        break;
                     }
-                    &k[hi.len()..]
+                    hi.len()
                 }
                 Walk::Everything => {
                     if k.first() != Some(&TAG_RRSET) {
-                        return Ok(Ended::Exhausted);
+                        break;
                     }
-                    &k[1..]
+                    1
                 }
             };
             if examined == budget {
+                if let Some(end) = self.visit_pending(&mut pending, lookup, fences, &mut visit)? {
+                    return Ok(end);
+                }
                 let at = prev.as_deref().map(<[u8]>::to_vec).or_else(|| after.map(<[u8]>::to_vec)).unwrap_or_default();
                 return Ok(Ended::Budget(at));
             }
             examined += 1;
             prev = Some(k.clone());
-            let entry = if matches!(walk, Walk::Everything) || (k[0] == TAG_RRSET) {
-                decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?
-            } else {
-                match self.t.get(tagged(TAG_RRSET, rkey))? {
-                    Some(v) => decode_value(&v).ok_or_else(|| StoreError::Corrupt(rkey.to_vec()))?,
-                    // An index entry is written in the same batch as its RRset; a missing one
-                    // means a foreign or damaged store, not a result.
-                    None => continue,
+            if index {
+                pending.push((k, rkey_at));
+                if pending.len() >= batch {
+                    if let Some(end) = self.visit_pending(&mut pending, lookup, fences, &mut visit)? {
+                        return Ok(end);
+                    }
+                    batch = (batch * 2).min(1024);
                 }
-            };
+                continue;
+            }
+            let entry = decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
+            if lookup.admits(&entry, fences) && !visit(&k, entry) {
+                return Ok(Ended::Stopped(k.to_vec()));
+            }
+        }
+        if let Some(end) = self.visit_pending(&mut pending, lookup, fences, &mut visit)? {
+            return Ok(end);
+        }
+        Ok(Ended::Exhausted)
+    }
+
+    /// Fetches the RRsets of a batch of index entries (sorted by RRset key), then visits
+    /// them in index order; `Some` if the visitor stopped.
+    fn visit_pending(
+        &self,
+        pending: &mut Vec<(sled::IVec, usize)>,
+        lookup: &Lookup,
+        fences: &Fences,
+        visit: &mut impl FnMut(&[u8], Entry) -> bool,
+    ) -> Result<Option<Ended>, StoreError> {
+        let mut order: Vec<usize> = (0..pending.len()).collect();
+        order.sort_unstable_by(|&a, &b| pending[a].0[pending[a].1..].cmp(&pending[b].0[pending[b].1..]));
+        let mut values: Vec<Option<sled::IVec>> = vec![None; pending.len()];
+        for i in order {
+            let (k, at) = &pending[i];
+            values[i] = self.t.get(tagged(TAG_RRSET, &k[*at..]))?;
+        }
+        for (i, (k, at)) in pending.drain(..).enumerate() {
+            // An index entry is written in the same batch as its RRset; a missing one means a
+            // foreign or damaged store, not a result.
+            let Some(v) = values[i].take() else { continue };
+            let rkey = &k[at..];
+            let entry = decode_value(&v).ok_or_else(|| StoreError::Corrupt(rkey.to_vec()))?;
             if !lookup.admits(&entry, fences) {
                 continue;
             }
@@ -222,10 +268,10 @@ impl Store {
                 continue;
             }
             if !visit(&k, entry) {
-                return Ok(Ended::Stopped(k.to_vec()));
+                return Ok(Some(Ended::Stopped(k.to_vec())));
             }
         }
-        Ok(Ended::Exhausted)
+        Ok(None)
     }
 
     /// The first `limit` RRsets of a lookup (for the command line and tests).
