@@ -430,11 +430,8 @@ fn circl_paging(req: &Request<Incoming>, params: &mut request::Params, max_page:
         params.limit = n.parse().map_err(|_| ApiError::bad("dribble-paginate-count: expected an integer"))?;
     }
     if let Some(c) = h("dribble-paginate-cursor").filter(|c| !c.is_empty()) {
-        let bytes = (0..c.len())
-            .step_by(2)
-            .map(|i| c.get(i..i + 2).and_then(|d| u8::from_str_radix(d, 16).ok()))
-            .collect::<Option<Vec<u8>>>()
-            .ok_or_else(|| ApiError::bad("dribble-paginate-cursor: not a cursor from this server"))?;
+        let bytes =
+            request::unhex(c).map_err(|_| ApiError::bad("dribble-paginate-cursor: not a cursor from this server"))?;
         params.cursor = Some(bytes);
     }
     if params.limit > max_page || params.limit == 0 {

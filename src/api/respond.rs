@@ -27,6 +27,8 @@ enum End {
     Budget(Vec<u8>),
     MaxCount,
     ClientGone,
+    /// The scan budget ran out while the offset was still being skipped.
+    OffsetTooFar,
     Failed(String),
 }
 
@@ -67,9 +69,7 @@ fn walk(api: &Api, lookup: &Lookup, p: &Params, mut emit: impl FnMut(&Entry) -> 
         Err(e) => End::Failed(e.to_string()),
         // A cursor from the middle of the skipped offset could not be resumed correctly
         // (with the offset it skips too much, without it too little).
-        Ok(Ended::Budget(_)) if skipped < p.offset => {
-            End::Failed("scan limit reached while skipping the offset; page with the cursor instead".into())
-        }
+        Ok(Ended::Budget(_)) if skipped < p.offset => End::OffsetTooFar,
         Ok(Ended::Budget(pos)) => End::Budget(pos),
         Ok(_) => stop.unwrap_or(End::Done),
     }
@@ -191,6 +191,10 @@ pub fn saf(api: Arc<Api>, lookup: Lookup, p: Params, summarize: bool, slots: Slo
                 api.stats.cut.inc("client_gone");
                 return;
             }
+            End::OffsetTooFar => {
+                api.stats.cut.inc("budget");
+                "{\"cond\":\"failed\",\"msg\":\"scan limit reached while skipping the offset; page with the cursor instead\"}".to_string()
+            }
             End::Failed(e) => {
                 api.stats.cut.inc("store_error");
                 tracing::error!(error = %e, "query failed in the store");
@@ -237,6 +241,13 @@ pub async fn page(api: Arc<Api>, lookup: Lookup, p: Params, slots: Slots) -> Res
     };
     let cursor = match end {
         End::Limited(c) | End::Budget(c) => Some(hex(&c)),
+        End::OffsetTooFar => {
+            api.stats.cut.inc("budget");
+            return super::text(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "Error: scan limit reached while skipping the offset; page with the cursor instead\n".into(),
+            );
+        }
         End::Failed(e) => {
             api.stats.cut.inc("store_error");
             tracing::error!(error = %e, "query failed in the store");
