@@ -17,6 +17,10 @@
 //! - [`resolver`]: hickory recursion with an upstream dnstap tap (`dnsledger resolver`).
 //! - [`forward`]: the outbox to the next hop over mutual TLS; [`collector`]: exactly-once
 //!   merge of senders' batches.
+//! - [`store`]: the sled store (RRsets, indexes, outbox, feed log) and its lookups.
+//! - [`api`]: the query API (DNSDB v2, COF, CIRCL), web portal and live feed;
+//!   [`query`]: `dnsledger query` (local or remote); [`import`], [`export`]: COF in and out;
+//!   [`psl`]: the Public Suffix List for new domains.
 //! - [`tap`]: the `dnsledger tap` debugging tool built on the two above.
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
 //! - [`tls`]: rustls configuration from PEM files.

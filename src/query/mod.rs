@@ -44,8 +44,8 @@ pub struct QueryArgs {
     /// Skip this many results first (servers only).
     #[arg(long, short = 'O', global = true, default_value_t = 0)]
     pub offset: u64,
-    /// Only RRsets first seen after this time: epoch seconds, -SECONDS or -N[smhdw] ago, or
-    /// YYYY-MM-DD[THH:MM:SS] (UTC).
+    /// Only RRsets first seen after this time: epoch seconds, `-SECONDS` or `-N[smhdw]` ago, or
+    /// `YYYY-MM-DD[THH:MM:SS]` (UTC).
     #[arg(long, global = true, allow_hyphen_values = true, value_parser = parse_time)]
     pub first_after: Option<i64>,
     /// Only RRsets first seen before this time.
