@@ -302,6 +302,8 @@ fn bad_queries_keys_and_quotas_get_dnsdb_status_codes() {
         "/dnsdb/v2/lookup/rrset/name/example.com?time_first_after=yesterday",
         "/dnsdb/v2/lookup/rrset/name/example.com?cursor=00",
         "/dnsdb/v2/lookup/rrset/name/example.com?no_such_parameter=1",
+        // An imported store has no per-day rows to answer aggr=false with.
+        "/dnsdb/v2/lookup/rrset/name/example.com?aggr=false",
     ] {
         let r = get(s.addr, path, &[&key()]);
         assert_eq!(r.status, 400, "{path}: {}", r.body);

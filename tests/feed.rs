@@ -94,6 +94,36 @@ fn a_follower_gets_every_new_rrset_once_across_a_sensor_crash() {
     replay(&synthetic, &sock);
     wait_for("more after the restart", Duration::from_secs(60), || lines(&consumer_stdout(work)).len() > before_crash);
     settle(&consumer_stdout(work));
+    // aggr=false: per-day rows of the same RRsets, whose counts add up to the aggregates.
+    let saf = |query: &str| -> Vec<serde_json::Value> {
+        let mut raw = std::net::TcpStream::connect(api).unwrap();
+        use std::io::{Read, Write};
+        write!(raw, "GET /dnsdb/v2/lookup/rrset/name/%2A.example.com?{query} HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        raw.read_to_string(&mut answer).unwrap();
+        let body = answer.split_once("\r\n\r\n").unwrap().1;
+        assert!(body.trim_end().ends_with("{\"cond\":\"succeeded\"}"), "{body}");
+        body.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["obj"].is_object())
+            .map(|v| v["obj"].clone())
+            .collect()
+    };
+    let key = |o: &serde_json::Value| {
+        (o["rrname"].to_string(), o["rrtype"].to_string(), o["bailiwick"].to_string(), o["rdata"].to_string())
+    };
+    let aggregates = saf("");
+    let rows = saf("aggr=false");
+    assert!(!aggregates.is_empty() && rows.len() >= aggregates.len());
+    for a in &aggregates {
+        let mine: Vec<&serde_json::Value> = rows.iter().filter(|r| key(r) == key(a)).collect();
+        let total: u64 = mine.iter().map(|r| r["count"].as_u64().unwrap()).sum();
+        assert_eq!(total, a["count"].as_u64().unwrap(), "{a}");
+        for r in mine {
+            let (f, l) = (r["time_first"].as_u64().unwrap(), r["time_last"].as_u64().unwrap());
+            assert!(f >= a["time_first"].as_u64().unwrap() && l <= a["time_last"].as_u64().unwrap(), "{r} in {a}");
+        }
+    }
     // A token this feed never gave (another store's) is refused, not waited for.
     let mut raw = std::net::TcpStream::connect(api).unwrap();
     use std::io::{Read, Write};

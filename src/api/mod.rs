@@ -388,6 +388,11 @@ impl Api {
             Endpoint::RateLimit => Ok(json(StatusCode::OK, self.rate_limit(key))),
             Endpoint::Dnsdb { summarize, lookup } => {
                 self.check_cursor(&lookup, &params)?;
+                if !params.aggr && !summarize && !self.store.keeps_days() {
+                    return Err(ApiError::bad(
+                        "aggr=false: this store keeps no per-day rows (only stores written by a process serving the API do)",
+                    ));
+                }
                 self.charge_and_slot(key).map(|slots| respond::saf(self.clone(), lookup, params, summarize, slots))
             }
             Endpoint::Cof(lookup) | Endpoint::Circl(lookup) => {
@@ -504,7 +509,8 @@ fn response(status: StatusCode, content_type: &'static str, body: Body) -> Respo
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The store as the process serving the API over it must open it: with the feed log.
+/// The store as the process serving the API over it must open it: with the feed log and
+/// per-day rows.
 pub fn with_feed(store: Store, config: &ApiConfig) -> anyhow::Result<Store> {
     let list = crate::psl::SuffixList::load(config.public_suffix_list.as_deref())
         .with_context(|| format!("public_suffix_list {:?}", config.public_suffix_list))?;
@@ -513,7 +519,7 @@ pub fn with_feed(store: Store, config: &ApiConfig) -> anyhow::Result<Store> {
             "no public suffix list (install Debian's publicsuffix): new domains are judged by their last label"
         );
     }
-    Ok(store.with_feed(config.feed_retain, Arc::new(list)))
+    Ok(store.with_feed(config.feed_retain, Arc::new(list)).with_days())
 }
 
 /// Binds the API and serves it until `shutdown`; returns the bound address.

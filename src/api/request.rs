@@ -96,6 +96,8 @@ pub struct Params {
     pub fences: Fences,
     pub max_count: Option<u64>,
     pub humantime: bool,
+    /// `false`: one row per RRset and UTC day (DNSDB's `aggr=false`).
+    pub aggr: bool,
     /// Resume strictly after this position (from a previous response's cursor).
     pub cursor: Option<Vec<u8>>,
 }
@@ -307,6 +309,7 @@ pub fn parse_params(query: Option<&str>, limits: Limits, now: u64) -> Result<Par
         fences: Fences::default(),
         max_count: None,
         humantime: false,
+        aggr: true,
         cursor: None,
     };
     let mut seen = std::collections::HashSet::new();
@@ -362,13 +365,7 @@ pub fn parse_params(query: Option<&str>, limits: Limits, now: u64) -> Result<Par
             "time_last_after" => p.fences.last_after = time(&v)?,
             "max_count" => p.max_count = Some(count(&v)?),
             "humantime" => p.humantime = boolean(&v)?,
-            "aggr" => {
-                if !boolean(&v)? {
-                    return Err(ApiError::bad(
-                        "aggr=false (per-period rows) is not available: this server keeps one aggregate per RRset",
-                    ));
-                }
-            }
+            "aggr" => p.aggr = boolean(&v)?,
             "cursor" => {
                 p.cursor = Some(unhex(&v).map_err(|_| ApiError::bad("`cursor`: not a cursor from this server"))?)
             }
@@ -462,7 +459,8 @@ mod tests {
         assert_eq!((p.limit, p.fences.first_after), (5, Some(900)));
         assert_eq!(parse_params(Some("limit=0"), LIMITS, 0).unwrap().limit, 1_000_000);
         assert_eq!(parse_params(Some("offset=2000000"), LIMITS, 0).unwrap_err().status, 416);
-        for bad in ["limit=2000000", "limit=-1", "limit=x", "aggr=false", "bogus=1", "limit=1&limit=2", "cursor=zz"] {
+        assert!(!parse_params(Some("aggr=f"), LIMITS, 0).unwrap().aggr);
+        for bad in ["limit=2000000", "limit=-1", "limit=x", "aggr=maybe", "bogus=1", "limit=1&limit=2", "cursor=zz"] {
             assert_eq!(parse_params(Some(bad), LIMITS, 0).unwrap_err().status, 400, "{bad}");
         }
         assert!(parse_params(Some("humantime=True&aggr=True"), LIMITS, 0).unwrap().humantime);

@@ -38,7 +38,9 @@ fn walk(api: &Api, lookup: &Lookup, p: &Params, mut emit: impl FnMut(&Entry) -> 
     let (mut skipped, mut sent) = (0u64, 0u64);
     let mut last = Vec::new();
     let mut stop: Option<End> = None;
-    let ended = api.store.walk(lookup, &p.fences, p.cursor.as_deref(), api.config.scan_budget, |pos, e| {
+    // Per-day rows are fenced one by one, not by their RRset's aggregate.
+    let fences = if p.aggr { p.fences } else { crate::store::Fences::default() };
+    let ended = api.store.walk(lookup, &fences, p.cursor.as_deref(), api.config.scan_budget, |pos, e| {
         if skipped < p.offset {
             skipped += 1;
             last.clear();
@@ -160,10 +162,26 @@ pub fn saf(api: Arc<Api>, lookup: Lookup, p: Params, summarize: bool, slots: Slo
                 }
                 return Emit::Go;
             }
-            buf.extend_from_slice(b"{\"obj\":");
-            write_cof(&mut buf, e, p.humantime, &[]);
-            buf.extend_from_slice(b"}\n");
-            api.stats.results.inc();
+            if p.aggr {
+                buf.extend_from_slice(b"{\"obj\":");
+                write_cof(&mut buf, e, p.humantime, &[]);
+                buf.extend_from_slice(b"}\n");
+                api.stats.results.inc();
+            } else {
+                let rows = match api.store.days_of(&e.rrset) {
+                    Ok(rows) => rows,
+                    Err(_) => return Emit::Gone,
+                };
+                for row in rows {
+                    let r = Entry { rrset: e.rrset.clone(), first: row.first, last: row.last, count: row.count };
+                    if p.fences.admit(&r) {
+                        buf.extend_from_slice(b"{\"obj\":");
+                        write_cof(&mut buf, &r, p.humantime, &[]);
+                        buf.extend_from_slice(b"}\n");
+                        api.stats.results.inc();
+                    }
+                }
+            }
             if flush(&mut buf, false) { Emit::Go } else { Emit::Gone }
         });
         if summarize && summary.1 > 0 {

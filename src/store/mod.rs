@@ -16,10 +16,12 @@
 //! is retried on its own, never by merging again, so nothing is counted twice. Keep batches small (the sensor uses 2,000
 //! RRsets): sled's memory grows with the batch.
 
+mod days;
 mod feed;
 pub mod keys;
 mod lookup;
 
+pub use days::DayRow;
 pub use feed::{FeedEntry, FeedItem, FeedRead};
 pub use lookup::{Ended, ForeignCursor, Lookup};
 
@@ -184,6 +186,8 @@ pub struct Store {
     feed_durable: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Public suffixes, for the feed's new domains.
     suffixes: std::sync::Arc<crate::psl::SuffixList>,
+    /// Keep per-day rows (`days.rs`).
+    days: bool,
 }
 
 /// The smallest outbox bound: twice what the forwarder takes at once, so that the entry that
@@ -287,6 +291,7 @@ impl Store {
             feed_retain: 0,
             feed_durable: Default::default(),
             suffixes: Default::default(),
+            days: false,
         };
         // What a previous process wrote is on disk now.
         let written = store.feed_written()?;
@@ -452,6 +457,9 @@ impl Store {
             let positive = d.kind == Kind::Positive;
             let rkey = rrset_key(&d.rrset);
             let key = tagged(if positive { TAG_RRSET } else { TAG_NEGATIVE }, &rkey);
+            if positive && self.days {
+                self.day_add(&mut batch, &rkey, d)?;
+            }
             match self.t.get(&key)? {
                 Some(old) => {
                     let (f, l, c) = value_counters(&old).ok_or_else(|| StoreError::Corrupt(key.clone()))?;
