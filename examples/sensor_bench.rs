@@ -14,7 +14,9 @@
 //! 3. over a unix socket: `fstrm_replay` into `dnsledger sensor` (release binary, or
 //!    `DNSLEDGER_BIN`) against `fstrm_capture` on the same input: frames/s and loss.
 //!
-//! `BENCH_COMPRESSION=1` with `--features compression` measures sled's zstd compression.
+//! `BENCH_COMPRESSION=1` with `--features compression` measures sled's zstd compression;
+//! `BENCH_API=1` gives phase 1 the store a sensor serving the API keeps (the feed log),
+//! `BENCH_API=days` with per-day rows too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,7 +43,15 @@ fn main() {
     let cfg_full = config(&db, "");
     let stats = Arc::new(SensorStats::default());
     let start = Instant::now();
-    let mut p = Pipeline::new(&cfg_full, Store::open_with(&db, cfg_full.compression).expect("store"), stats.clone());
+    let mut store = Store::open_with(&db, cfg_full.compression).expect("store");
+    // BENCH_API=1: the store as a sensor serving the API keeps it (feed log, per-day rows).
+    if let Some(v) = std::env::var_os("BENCH_API") {
+        let mut api = dnsledger::api::ApiConfig::open("127.0.0.1:0".parse().expect("addr"));
+        api.day_rows = v == "days";
+        store = dnsledger::api::with_feed(store, &api).expect("feed");
+        println!("store with the feed log{} (BENCH_API)", if api.day_rows { " and per-day rows" } else { "" });
+    }
+    let mut p = Pipeline::new(&cfg_full, store, stats.clone());
     for f in FileReader::open(&input, DNSTAP_CONTENT_TYPE).expect("input") {
         p.frame(f.expect("frame")).expect("pipeline");
     }

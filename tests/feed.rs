@@ -66,7 +66,7 @@ fn a_follower_gets_every_new_rrset_once_across_a_sensor_crash() {
         &config,
         format!(
             "db = \"{}\"\n[listen]\nunix = [\"{}\"]\n[privacy]\nprivate_networks = []\n\
-             [aggregate]\nwindow_seconds = 1\n[api]\nlisten = \"{api}\"\n",
+             [aggregate]\nwindow_seconds = 1\n[api]\nlisten = \"{api}\"\nday_rows = true\n",
             db.display(),
             sock.display()
         ),

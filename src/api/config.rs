@@ -25,6 +25,7 @@ pub struct RawApi {
     export_dir: Option<PathBuf>,
     export_at: Option<String>,
     public_suffix_list: Option<PathBuf>,
+    day_rows: Option<bool>,
     #[serde(default)]
     keys: Vec<RawKey>,
 }
@@ -80,6 +81,9 @@ pub struct ApiConfig {
     pub export: Option<(PathBuf, u64)>,
     /// The Public Suffix List for the feed's new domains (default: Debian's, if installed).
     pub public_suffix_list: Option<PathBuf>,
+    /// Keep per-day rows for `aggr=false` (costs the store about a third of its write speed
+    /// and doubles its size; docs/BENCHMARKS.md).
+    pub day_rows: bool,
     /// No keys: the API is open (keep it on loopback).
     pub keys: Vec<ApiKey>,
 }
@@ -189,6 +193,7 @@ impl ApiConfig {
                 feed_retain,
                 export,
                 public_suffix_list: raw.public_suffix_list,
+                day_rows: raw.day_rows.unwrap_or(false),
                 keys,
             }),
             _ => Err(errors),

@@ -390,7 +390,7 @@ impl Api {
                 self.check_cursor(&lookup, &params)?;
                 if !params.aggr && !summarize && !self.store.keeps_days() {
                     return Err(ApiError::bad(
-                        "aggr=false: this store keeps no per-day rows (only stores written by a process serving the API do)",
+                        "aggr=false: this store keeps no per-day rows (`day_rows = true` in the [api] of the process writing it)",
                     ));
                 }
                 self.charge_and_slot(key).map(|slots| respond::saf(self.clone(), lookup, params, summarize, slots))
@@ -509,8 +509,8 @@ fn response(status: StatusCode, content_type: &'static str, body: Body) -> Respo
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The store as the process serving the API over it must open it: with the feed log and
-/// per-day rows.
+/// The store as the process serving the API over it must open it: with the feed log, and
+/// per-day rows if configured.
 pub fn with_feed(store: Store, config: &ApiConfig) -> anyhow::Result<Store> {
     let list = crate::psl::SuffixList::load(config.public_suffix_list.as_deref())
         .with_context(|| format!("public_suffix_list {:?}", config.public_suffix_list))?;
@@ -519,7 +519,8 @@ pub fn with_feed(store: Store, config: &ApiConfig) -> anyhow::Result<Store> {
             "no public suffix list (install Debian's publicsuffix): new domains are judged by their last label"
         );
     }
-    Ok(store.with_feed(config.feed_retain, Arc::new(list)).with_days())
+    let store = store.with_feed(config.feed_retain, Arc::new(list));
+    Ok(if config.day_rows { store.with_days() } else { store })
 }
 
 /// Binds the API and serves it until `shutdown`; returns the bound address.
