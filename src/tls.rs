@@ -61,28 +61,25 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Resul
     Ok(Arc::new(builder.with_single_cert(load_certs(cert)?, load_key(key)?)?))
 }
 
-/// A TLS client configuration that trusts only `ca`, without a client certificate.
-pub fn client_config_anonymous(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+/// A client configuration builder that trusts only `ca`.
+fn client_trusting(
+    ca: &Path,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in load_certs(ca)? {
         roots.add(c).map_err(|e| TlsError::ClientCa { path: ca.into(), reason: e.to_string() })?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+        .with_root_certificates(roots))
+}
+
+/// A TLS client configuration that trusts only `ca`, without a client certificate.
+pub fn client_config_anonymous(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    Ok(Arc::new(client_trusting(ca)?.with_no_client_auth()))
 }
 
 /// A TLS client configuration that trusts only `ca` and authenticates with (`cert`, `key`).
 pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for c in load_certs(ca)? {
-        roots.add(c).map_err(|e| TlsError::ClientCa { path: ca.into(), reason: e.to_string() })?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(load_certs(cert)?, load_key(key)?)?;
-    Ok(Arc::new(config))
+    Ok(Arc::new(client_trusting(ca)?.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?))
 }

@@ -61,6 +61,10 @@ fn walk(api: &Api, lookup: &Lookup, p: &Params, mut emit: impl FnMut(&Entry) -> 
                 stop = Some(End::MaxCount);
                 return false;
             }
+            Emit::Failed(e) => {
+                stop = Some(End::Failed(e));
+                return false;
+            }
         }
         sent += 1;
         last.clear();
@@ -82,6 +86,8 @@ enum Emit {
     Gone,
     /// Summaries: max_count reached.
     Enough,
+    /// The store failed while reading what to send.
+    Failed(String),
 }
 
 /// One COF object. `sensors`: contributors to report (COF `sensor_id` is one string; all of
@@ -170,7 +176,7 @@ pub fn saf(api: Arc<Api>, lookup: Lookup, p: Params, summarize: bool, slots: Slo
             } else {
                 let rows = match api.store.days_of(&e.rrset) {
                     Ok(rows) => rows,
-                    Err(_) => return Emit::Gone,
+                    Err(e) => return Emit::Failed(e.to_string()),
                 };
                 for row in rows {
                     let r = Entry { rrset: e.rrset.clone(), first: row.first, last: row.last, count: row.count };

@@ -221,6 +221,18 @@ async fn next_chunk(body: &mut Incoming) -> anyhow::Result<Option<Bytes>> {
     }
 }
 
+/// The start (at most ~4 KiB) of an error response's body, for the user.
+async fn error_text(body: &mut Incoming) -> anyhow::Result<String> {
+    let mut text = Vec::new();
+    while let Some(c) = next_chunk(body).await? {
+        text.extend_from_slice(&c);
+        if text.len() > 4096 {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&text).trim().to_string())
+}
+
 /// Asks the server; prints results (and the terminator's message and cursor to stderr).
 pub async fn run(args: &QueryArgs, summarize: bool, out: &mut impl Write) -> anyhow::Result<()> {
     let Some(url) = &args.server else { bail!("no --server") };
@@ -233,14 +245,7 @@ pub async fn run(args: &QueryArgs, summarize: bool, out: &mut impl Write) -> any
     let status = resp.status();
     let mut body = resp.into_body();
     if !status.is_success() {
-        let mut text = Vec::new();
-        while let Some(c) = next_chunk(&mut body).await? {
-            text.extend_from_slice(&c);
-            if text.len() > 4096 {
-                break;
-            }
-        }
-        bail!("{status}: {}", String::from_utf8_lossy(&text).trim());
+        bail!("{status}: {}", error_text(&mut body).await?);
     }
     let mut pending: Vec<u8> = Vec::new();
     let mut collected = Vec::new();
@@ -382,14 +387,7 @@ async fn follow_once(
     let status = resp.status();
     let mut body = resp.into_body();
     if status.is_client_error() {
-        let mut text = Vec::new();
-        while let Some(c) = next_chunk(&mut body).await? {
-            text.extend_from_slice(&c);
-            if text.len() > 4096 {
-                break;
-            }
-        }
-        bail!("refused: {status}: {}", String::from_utf8_lossy(&text).trim());
+        bail!("refused: {status}: {}", error_text(&mut body).await?);
     }
     if !status.is_success() {
         bail!("{status}");
