@@ -137,141 +137,73 @@ fn target_matches(pattern: &NamePattern, rrtype: u16, rdata: &str) -> bool {
     rdata_target(rrtype, rdata).is_some_and(|t| pattern.matches(&NamePattern::Exact(t)))
 }
 
+/// An ordered key space a lookup walks: the sled tree, or the ClickHouse tables, which hold the
+/// same keys (RRset keys tagged `R`, index keys tagged `F`, `I`, `T`) and RRset values in the
+/// same encoding ([`super::keys::encode_value`]).
+pub trait Ordered {
+    /// Keys from `start` (below `end` when given), in key order; RRset keys with their values,
+    /// index keys with any value.
+    fn scan(&self, start: Bound<Vec<u8>>, end: Option<Vec<u8>>) -> Box<dyn Iterator<Item = Scanned> + '_>;
+    /// The values of these RRset keys (tagged, sorted), in the same order; `None` if absent.
+    fn get_sorted(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<sled::IVec>>, StoreError>;
+    /// How many RRsets there are (the estimate of a walk over everything).
+    fn rrsets(&self) -> u64;
+}
+
+/// One key (and value) of a scan.
+pub type Scanned = Result<(sled::IVec, sled::IVec), StoreError>;
+
+impl Ordered for Store {
+    fn scan(&self, start: Bound<Vec<u8>>, end: Option<Vec<u8>>) -> Box<dyn Iterator<Item = Scanned> + '_> {
+        let end = end.map_or(Bound::Unbounded, Bound::Excluded);
+        Box::new(self.t.range::<Vec<u8>, _>((start, end)).map(|r| r.map_err(StoreError::from)))
+    }
+
+    fn get_sorted(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<sled::IVec>>, StoreError> {
+        keys.iter().map(|k| self.t.get(k).map_err(StoreError::from)).collect()
+    }
+
+    fn rrsets(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+/// The smallest key above every key that starts with `prefix` (`None`: no such key).
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut p = prefix.to_vec();
+    while let Some(last) = p.pop() {
+        if last < 0xff {
+            p.push(last + 1);
+            return Some(p);
+        }
+    }
+    None
+}
+
+impl Walk {
+    /// Where a walk from the beginning starts, and the bound it never passes.
+    fn bounds(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+        match self {
+            // `*.zone`: the zone's own entries (prefix + 0x00) sort first; start past them.
+            Walk::Prefix { prefix, below: Some(_), .. } => ([&prefix[..], &[1]].concat(), successor(prefix)),
+            Walk::Prefix { prefix, .. } => (prefix.clone(), successor(prefix)),
+            Walk::Range { lo, hi } => (lo.clone(), successor(hi)),
+            Walk::Everything => (vec![TAG_RRSET], Some(vec![TAG_RRSET + 1])),
+        }
+    }
+}
+
 impl Store {
-    /// Walks `lookup` from the start (or strictly after `after`), calling `visit` with each
-    /// admitted RRset and its position until it returns false, the index is exhausted, or
-    /// `budget` index entries have been examined.
+    /// Walks `lookup` over this store: see [`walk`].
     pub fn walk(
         &self,
         lookup: &Lookup,
         fences: &Fences,
         after: Option<&[u8]>,
         budget: u64,
-        mut visit: impl FnMut(&[u8], Entry) -> bool,
+        visit: impl FnMut(&[u8], Entry) -> bool,
     ) -> Result<Ended, StoreError> {
-        if after.is_some_and(|a| !lookup.owns(a)) {
-            return Ok(Ended::Exhausted);
-        }
-        let walk = lookup.walk();
-        let start = match (&walk, after) {
-            (_, Some(a)) => Bound::Excluded(a.to_vec()),
-            // `*.zone`: the zone's own entries (prefix + 0x00) sort first; start past them.
-            (Walk::Prefix { prefix, below: Some(_), .. }, None) => Bound::Included([&prefix[..], &[1]].concat()),
-            (Walk::Prefix { prefix, .. }, None) => Bound::Included(prefix.clone()),
-            (Walk::Range { lo, .. }, None) => Bound::Included(lo.clone()),
-            (Walk::Everything, None) => Bound::Included(vec![TAG_RRSET]),
-        };
-        let budget = budget.max(1);
-        let mut examined = 0u64;
-        // The last entry examined: where a walk stopped by its budget resumes.
-        let mut prev: Option<sled::IVec> = None;
-        // Index walks fetch their RRsets in batches, in RRset-key order: consecutive gets
-        // then land in the same sled pages (random gets were 10x slower on a large store).
-        // Batches start small, so that a walk that stops early fetches little ahead.
-        let index = match &walk {
-            Walk::Prefix { sep, .. } => *sep,
-            Walk::Range { .. } => true,
-            Walk::Everything => false,
-        };
-        let mut pending: Vec<(sled::IVec, usize)> = Vec::new();
-        let mut batch = 16usize;
-        for item in self.t.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
-            let (k, v) = item?;
-            let rkey_at = match &walk {
-                Walk::Prefix { prefix, below, key_at, sep } => {
-                    if !k.starts_with(prefix) {
-                        break;
-                    }
-                    if below.is_some_and(|n| k.get(n) == Some(&0)) {
-                        continue;
-                    }
-                    if *sep {
-                        match k[*key_at..].iter().position(|b| *b == 0) {
-                            Some(p) => key_at + p + 1,
-                            None => continue,
-                        }
-                    } else {
-                        *key_at
-                    }
-                }
-                Walk::Range { hi, .. } => {
-                    if k.len() < hi.len() || k[..hi.len()] > hi[..] {
-                        break;
-                    }
-                    hi.len()
-                }
-                Walk::Everything => {
-                    if k.first() != Some(&TAG_RRSET) {
-                        break;
-                    }
-                    1
-                }
-            };
-            if examined == budget {
-                if let Some(end) = self.visit_pending(&mut pending, lookup, fences, &mut visit)? {
-                    return Ok(end);
-                }
-                let at = prev.as_deref().map(<[u8]>::to_vec).or_else(|| after.map(<[u8]>::to_vec)).unwrap_or_default();
-                return Ok(Ended::Budget(at));
-            }
-            examined += 1;
-            prev = Some(k.clone());
-            if index {
-                pending.push((k, rkey_at));
-                if pending.len() >= batch {
-                    if let Some(end) = self.visit_pending(&mut pending, lookup, fences, &mut visit)? {
-                        return Ok(end);
-                    }
-                    batch = (batch * 2).min(1024);
-                }
-                continue;
-            }
-            let entry = decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
-            if lookup.admits(&entry, fences) && !visit(&k, entry) {
-                return Ok(Ended::Stopped(k.to_vec()));
-            }
-        }
-        if let Some(end) = self.visit_pending(&mut pending, lookup, fences, &mut visit)? {
-            return Ok(end);
-        }
-        Ok(Ended::Exhausted)
-    }
-
-    /// Fetches the RRsets of a batch of index entries (sorted by RRset key), then visits
-    /// them in index order; `Some` if the visitor stopped.
-    fn visit_pending(
-        &self,
-        pending: &mut Vec<(sled::IVec, usize)>,
-        lookup: &Lookup,
-        fences: &Fences,
-        visit: &mut impl FnMut(&[u8], Entry) -> bool,
-    ) -> Result<Option<Ended>, StoreError> {
-        let mut order: Vec<usize> = (0..pending.len()).collect();
-        order.sort_unstable_by(|&a, &b| pending[a].0[pending[a].1..].cmp(&pending[b].0[pending[b].1..]));
-        let mut values: Vec<Option<sled::IVec>> = vec![None; pending.len()];
-        for i in order {
-            let (k, at) = &pending[i];
-            values[i] = self.t.get(tagged(TAG_RRSET, &k[*at..]))?;
-        }
-        for (i, (k, at)) in pending.drain(..).enumerate() {
-            // An index entry is written in the same batch as its RRset; a missing one means a
-            // foreign or damaged store, not a result.
-            let Some(v) = values[i].take() else { continue };
-            let rkey = &k[at..];
-            let entry = decode_value(&v).ok_or_else(|| StoreError::Corrupt(rkey.to_vec()))?;
-            if !lookup.admits(&entry, fences) {
-                continue;
-            }
-            if let Some(first) = lookup.first_entry(&entry, rkey)
-                && first[..] != k[..]
-            {
-                continue;
-            }
-            if !visit(&k, entry) {
-                return Ok(Some(Ended::Stopped(k.to_vec())));
-            }
-        }
-        Ok(None)
+        walk(self, lookup, fences, after, budget, visit)
     }
 
     /// The first `limit` RRsets of a lookup (for the command line and tests).
@@ -287,47 +219,186 @@ impl Store {
         Ok(out)
     }
 
-    /// Index entries a lookup spans (an upper bound on its results: before filters and
-    /// fences), counted up to `cap`; `true` when the count is complete.
+    /// Index entries a lookup spans: see [`count_entries`].
     pub fn count_entries(&self, lookup: &Lookup, cap: u64) -> Result<(u64, bool), StoreError> {
-        let walk = lookup.walk();
-        let start = match &walk {
-            Walk::Prefix { prefix, below: Some(_), .. } => [&prefix[..], &[1]].concat(),
-            Walk::Prefix { prefix, .. } => prefix.clone(),
-            Walk::Range { lo, .. } => lo.clone(),
-            Walk::Everything => return Ok((self.len() as u64, true)),
-        };
-        let mut n = 0u64;
-        for item in self.t.range(start..) {
-            let (k, _) = item?;
-            match &walk {
-                Walk::Prefix { prefix, below, .. } => {
-                    if !k.starts_with(prefix) {
-                        break;
-                    }
-                    if below.is_some_and(|n| k.get(n) == Some(&0)) {
-                        continue;
-                    }
-                }
-                Walk::Range { hi, .. } => {
-                    if k.len() < hi.len() || k[..hi.len()] > hi[..] {
-                        break;
-                    }
-                }
-                Walk::Everything => break,
-            }
-            n += 1;
-            if n >= cap {
-                return Ok((n, false));
-            }
-        }
-        Ok((n, true))
+        count_entries(self, lookup, cap)
     }
 
     /// Validates a position given back by a client against the lookup it came from.
     pub fn check_cursor(lookup: &Lookup, pos: &[u8]) -> Result<(), ForeignCursor> {
         if lookup.owns(pos) { Ok(()) } else { Err(ForeignCursor) }
     }
+}
+
+/// Walks `lookup` over `db` from the start (or strictly after `after`), calling `visit` with
+/// each admitted RRset and its position until it returns false, the index is exhausted, or
+/// `budget` index entries have been examined.
+pub fn walk<O: Ordered + ?Sized>(
+    db: &O,
+    lookup: &Lookup,
+    fences: &Fences,
+    after: Option<&[u8]>,
+    budget: u64,
+    mut visit: impl FnMut(&[u8], Entry) -> bool,
+) -> Result<Ended, StoreError> {
+    if after.is_some_and(|a| !lookup.owns(a)) {
+        return Ok(Ended::Exhausted);
+    }
+    let walk = lookup.walk();
+    let (from, end) = walk.bounds();
+    let start = match after {
+        Some(a) => Bound::Excluded(a.to_vec()),
+        None => Bound::Included(from),
+    };
+    let budget = budget.max(1);
+    let mut examined = 0u64;
+    // The last entry examined: where a walk stopped by its budget resumes.
+    let mut prev: Option<sled::IVec> = None;
+    // Index walks fetch their RRsets in batches, in RRset-key order: consecutive gets
+    // then land in the same sled pages (random gets were 10x slower on a large store).
+    // Batches start small, so that a walk that stops early fetches little ahead.
+    let index = match &walk {
+        Walk::Prefix { sep, .. } => *sep,
+        Walk::Range { .. } => true,
+        Walk::Everything => false,
+    };
+    let mut pending: Vec<(sled::IVec, usize)> = Vec::new();
+    let mut batch = 16usize;
+    for item in db.scan(start, end) {
+        let (k, v) = item?;
+        let rkey_at = match &walk {
+            Walk::Prefix { prefix, below, key_at, sep } => {
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                if below.is_some_and(|n| k.get(n) == Some(&0)) {
+                    continue;
+                }
+                if *sep {
+                    match k[*key_at..].iter().position(|b| *b == 0) {
+                        Some(p) => key_at + p + 1,
+                        None => continue,
+                    }
+                } else {
+                    *key_at
+                }
+            }
+            Walk::Range { hi, .. } => {
+                if k.len() < hi.len() || k[..hi.len()] > hi[..] {
+                    break;
+                }
+                hi.len()
+            }
+            Walk::Everything => {
+                if k.first() != Some(&TAG_RRSET) {
+                    break;
+                }
+                1
+            }
+        };
+        if examined == budget {
+            if let Some(end) = visit_pending(db, &mut pending, lookup, fences, &mut visit)? {
+                return Ok(end);
+            }
+            let at = prev.as_deref().map(<[u8]>::to_vec).or_else(|| after.map(<[u8]>::to_vec)).unwrap_or_default();
+            return Ok(Ended::Budget(at));
+        }
+        examined += 1;
+        prev = Some(k.clone());
+        if index {
+            pending.push((k, rkey_at));
+            if pending.len() >= batch {
+                if let Some(end) = visit_pending(db, &mut pending, lookup, fences, &mut visit)? {
+                    return Ok(end);
+                }
+                batch = (batch * 2).min(1024);
+            }
+            continue;
+        }
+        let entry = decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
+        if lookup.admits(&entry, fences) && !visit(&k, entry) {
+            return Ok(Ended::Stopped(k.to_vec()));
+        }
+    }
+    if let Some(end) = visit_pending(db, &mut pending, lookup, fences, &mut visit)? {
+        return Ok(end);
+    }
+    Ok(Ended::Exhausted)
+}
+
+/// Fetches the RRsets of a batch of index entries (sorted by RRset key), then visits them in
+/// index order; `Some` if the visitor stopped.
+fn visit_pending<O: Ordered + ?Sized>(
+    db: &O,
+    pending: &mut Vec<(sled::IVec, usize)>,
+    lookup: &Lookup,
+    fences: &Fences,
+    visit: &mut impl FnMut(&[u8], Entry) -> bool,
+) -> Result<Option<Ended>, StoreError> {
+    if pending.is_empty() {
+        return Ok(None);
+    }
+    let mut order: Vec<usize> = (0..pending.len()).collect();
+    order.sort_unstable_by(|&a, &b| pending[a].0[pending[a].1..].cmp(&pending[b].0[pending[b].1..]));
+    let keys: Vec<Vec<u8>> = order.iter().map(|&i| tagged(TAG_RRSET, &pending[i].0[pending[i].1..])).collect();
+    let mut values: Vec<Option<sled::IVec>> = vec![None; pending.len()];
+    for (i, v) in order.into_iter().zip(db.get_sorted(&keys)?) {
+        values[i] = v;
+    }
+    for (i, (k, at)) in pending.drain(..).enumerate() {
+        // An index entry is written in the same batch as its RRset; a missing one means a
+        // foreign or damaged store, not a result.
+        let Some(v) = values[i].take() else { continue };
+        let rkey = &k[at..];
+        let entry = decode_value(&v).ok_or_else(|| StoreError::Corrupt(rkey.to_vec()))?;
+        if !lookup.admits(&entry, fences) {
+            continue;
+        }
+        if let Some(first) = lookup.first_entry(&entry, rkey)
+            && first[..] != k[..]
+        {
+            continue;
+        }
+        if !visit(&k, entry) {
+            return Ok(Some(Ended::Stopped(k.to_vec())));
+        }
+    }
+    Ok(None)
+}
+
+/// Index entries a lookup spans in `db` (an upper bound on its results: before filters and
+/// fences), counted up to `cap`; `true` when the count is complete.
+pub fn count_entries<O: Ordered + ?Sized>(db: &O, lookup: &Lookup, cap: u64) -> Result<(u64, bool), StoreError> {
+    let walk = lookup.walk();
+    if matches!(walk, Walk::Everything) {
+        return Ok((db.rrsets(), true));
+    }
+    let (start, end) = walk.bounds();
+    let mut n = 0u64;
+    for item in db.scan(Bound::Included(start), end) {
+        let (k, _) = item?;
+        match &walk {
+            Walk::Prefix { prefix, below, .. } => {
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                if below.is_some_and(|n| k.get(n) == Some(&0)) {
+                    continue;
+                }
+            }
+            Walk::Range { hi, .. } => {
+                if k.len() < hi.len() || k[..hi.len()] > hi[..] {
+                    break;
+                }
+            }
+            Walk::Everything => break,
+        }
+        n += 1;
+        if n >= cap {
+            return Ok((n, false));
+        }
+    }
+    Ok((n, true))
 }
 
 #[cfg(test)]

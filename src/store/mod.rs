@@ -23,7 +23,7 @@ mod lookup;
 
 pub use days::DayRow;
 pub use feed::{FeedEntry, FeedItem, FeedRead};
-pub use lookup::{Ended, ForeignCursor, Lookup};
+pub use lookup::{Ended, ForeignCursor, Lookup, Ordered, Scanned, count_entries, walk};
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -577,22 +577,32 @@ impl NamePattern {
 
 /// Index entries of a new positive RRset: forward owner, rdata addresses, rdata names.
 fn index(batch: &mut sled::Batch, r: &Rrset, rkey: &[u8]) {
+    for k in index_keys(r, rkey) {
+        batch.insert(k, &[]);
+    }
+}
+
+/// The index keys of a positive RRset (`rkey`: its RRset key): `F` forward owner, `I` rdata
+/// address, `T` rdata name; each ends with the RRset key.
+pub fn index_keys(r: &Rrset, rkey: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(1 + r.rdata.len());
     let mut k = tagged(TAG_BY_NAME, r.rrname.as_bytes());
     k.push(0);
     k.extend_from_slice(rkey);
-    batch.insert(k, &[]);
+    out.push(k);
     for rdata in &r.rdata {
         if let Some(ip) = rdata_ip(r.rrtype, rdata) {
             let mut k = tagged(TAG_BY_IP, &ip_key(ip));
             k.extend_from_slice(rkey);
-            batch.insert(k, &[]);
+            out.push(k);
         }
         if let Some(target) = rdata_target(r.rrtype, rdata) {
             let mut k = tagged(TAG_BY_TARGET, &owner_prefix(&target));
             k.extend_from_slice(rkey);
-            batch.insert(k, &[]);
+            out.push(k);
         }
     }
+    out
 }
 
 fn u64_of(v: &[u8]) -> u64 {
