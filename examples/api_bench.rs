@@ -109,8 +109,15 @@ fn main() {
     config.scan_budget = u64::MAX;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let registry = Registry::default();
-    let addr =
-        runtime.block_on(dnsledger::api::start(config, store.clone(), None, &registry, shutdown.clone())).expect("api");
+    let addr = runtime
+        .block_on(dnsledger::api::start(
+            config,
+            dnsledger::db::Db::Sled(store.clone()),
+            None,
+            &registry,
+            shutdown.clone(),
+        ))
+        .expect("api");
 
     // Exact lookups of random owners (xorshift; deterministic).
     let mut x = 0x9e37_79b9_7f4a_7c15u64;

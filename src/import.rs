@@ -105,8 +105,32 @@ fn delta(c: Cof) -> anyhow::Result<Delta> {
     })
 }
 
-/// Reads every line of `path` (or stdin for `-`), then merges. Returns RRset lines merged.
+/// Reads every line of `path` (or stdin for `-`), then merges. Returns RRsets merged.
 pub fn import(store: &Store, path: &Path) -> anyhow::Result<u64> {
+    let deltas = read(path)?;
+    for chunk in deltas.chunks(BATCH) {
+        store.merge(chunk, false)?;
+    }
+    store.sync()?;
+    Ok(deltas.len() as u64)
+}
+
+/// [`import`] into a ClickHouse cluster: each chunk is a batch of its own import stream (a new
+/// one per run), applied exactly once like a sensor's.
+pub async fn import_clickhouse(cluster: &crate::clickhouse::Cluster, path: &Path) -> anyhow::Result<u64> {
+    let deltas = read(path)?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let stream = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
+    for (i, chunk) in deltas.chunks(BATCH).enumerate() {
+        let seq = i as u64 + 1;
+        let range = crate::clickhouse::BatchRange { sender: "import", stream, first: seq, last: seq };
+        cluster.apply(range, chunk).await?;
+    }
+    Ok(deltas.len() as u64)
+}
+
+/// Every RRset of a COF file, repeated RRsets summed; nothing unless all of it parses.
+fn read(path: &Path) -> anyhow::Result<Vec<Delta>> {
     let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -142,10 +166,5 @@ pub fn import(store: &Store, path: &Path) -> anyhow::Result<u64> {
     }
     // A file may hold an RRset more than once (two days' exports): one delta each, summed,
     // since a merge takes each RRset at most once.
-    let deltas = crate::store::fold(Vec::new(), &deltas);
-    for chunk in deltas.chunks(BATCH) {
-        store.merge(chunk, false)?;
-    }
-    store.sync()?;
-    Ok(deltas.len() as u64)
+    Ok(crate::store::fold(Vec::new(), &deltas))
 }

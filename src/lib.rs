@@ -26,7 +26,9 @@
 //! - [`tls`]: rustls configuration from PEM files.
 
 pub mod api;
+pub mod clickhouse;
 pub mod collector;
+pub mod db;
 pub mod dns;
 pub mod dnstap;
 pub mod export;

@@ -63,22 +63,42 @@ enum Command {
     },
     /// Everything in one process: resolver, sensor, store, query API and web portal.
     Serve(ServeArgs),
+    /// The ClickHouse backend.
+    #[command(subcommand)]
+    Clickhouse(ClickhouseCommand),
     /// Merge COF NDJSON files (exports of another passive DNS, or `query --json` output) into
     /// a store. Counts add up: importing a file twice counts it twice.
     Import {
-        #[arg(long)]
-        db: PathBuf,
+        #[arg(long, required_unless_present = "clickhouse")]
+        db: Option<PathBuf>,
+        /// Import into a ClickHouse cluster instead: a file with a `[clickhouse]` table.
+        #[arg(long, conflicts_with = "db")]
+        clickhouse: Option<PathBuf>,
         /// COF files (`-`: standard input).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
 }
 
+#[derive(Subcommand)]
+enum ClickhouseCommand {
+    /// Create the database, tables and views on every shard (idempotent; collectors also do
+    /// this when they start).
+    Init {
+        /// A file with a `[clickhouse]` table.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
 #[derive(Args)]
 struct CollectorArgs {
-    /// Store directory.
-    #[arg(long)]
-    db: PathBuf,
+    /// Store directory (the embedded sled store).
+    #[arg(long, required_unless_present = "clickhouse")]
+    db: Option<PathBuf>,
+    /// Store into a ClickHouse cluster instead: a file with a `[clickhouse]` table.
+    #[arg(long, conflicts_with = "db")]
+    clickhouse: Option<PathBuf>,
     /// Address senders connect to.
     #[arg(long)]
     listen: SocketAddr,
@@ -129,8 +149,11 @@ impl ApiArgs {
 #[derive(Args)]
 struct ApiServeArgs {
     /// Store directory (a sensor's or a collector's, not in use by another process).
-    #[arg(long)]
-    db: PathBuf,
+    #[arg(long, required_unless_present = "clickhouse")]
+    db: Option<PathBuf>,
+    /// Serve a ClickHouse cluster instead: a file with a `[clickhouse]` table.
+    #[arg(long, conflicts_with = "db")]
+    clickhouse: Option<PathBuf>,
     #[command(flatten)]
     api: ApiArgs,
     /// Serve Prometheus metrics on this address.
@@ -466,8 +489,15 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<dnsledger::sensor::Sens
 async fn run_collector(a: CollectorArgs, upstream: Option<dnsledger::forward::ForwardConfig>) -> anyhow::Result<()> {
     anyhow::ensure!(a.max_connections > 0, "--max-connections must be at least 1");
     let (shutdown, registry) = service(a.metrics).await?;
+    let backend = match (a.db, &a.clickhouse) {
+        (_, Some(file)) => {
+            dnsledger::collector::Backend::ClickHouse(dnsledger::clickhouse::ClickHouseConfig::load(file)?)
+        }
+        (Some(db), None) => dnsledger::collector::Backend::Sled(db),
+        (None, None) => anyhow::bail!("give --db DIR or --clickhouse FILE"),
+    };
     let config = dnsledger::collector::CollectorConfig {
-        db: a.db,
+        backend,
         listen: a.listen,
         cert: a.tls_cert,
         key: a.tls_key,
@@ -512,6 +542,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", file.display());
         }
         Command::Collector(a) => run_collector(a, None).await?,
+        Command::Clickhouse(ClickhouseCommand::Init { config }) => {
+            let cluster = dnsledger::clickhouse::Cluster::new(dnsledger::clickhouse::ClickHouseConfig::load(&config)?)?;
+            cluster.init().await?;
+            println!(
+                "clickhouse: schema of database {} ready on {} shard(s)",
+                cluster.config().database,
+                cluster.shard_count()
+            );
+        }
         Command::Pki(PkiCommand::Ca { dir, name }) => {
             dnsledger::pki::create_ca(&dir, &name)?;
             println!("{}: CA \"{name}\" created (keep ca.key offline)", dir.join("ca.pem").display());
@@ -556,7 +595,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dnsledger::query::remote::run(&q, q.summarize, &mut std::io::stdout().lock()).await?
         }
         Command::Query(q) => dnsledger::query::run(&q, &mut std::io::stdout().lock())?,
-        Command::Import { db, files } => {
+        Command::Import { db, clickhouse: Some(config), files } => {
+            let _ = db;
+            let cluster = dnsledger::clickhouse::Cluster::new(dnsledger::clickhouse::ClickHouseConfig::load(&config)?)?;
+            cluster.init().await?;
+            for f in &files {
+                let n = dnsledger::import::import_clickhouse(&cluster, f).await?;
+                eprintln!("import: {}: {n} RRsets merged", f.display());
+            }
+        }
+        Command::Import { db, clickhouse: None, files } => {
+            let db = db.ok_or_else(|| anyhow::anyhow!("give --db DIR or --clickhouse FILE"))?;
             let store = dnsledger::store::Store::open(&db)?;
             for f in &files {
                 let n = dnsledger::import::import(&store, f)?;
@@ -598,11 +647,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Api(a) => {
             let config = a.api.config()?.ok_or_else(|| anyhow::anyhow!("give --api ADDR or --api-config FILE"))?;
-            anyhow::ensure!(a.db.is_dir(), "no store at {}", a.db.display());
-            let store = dnsledger::store::Store::open(&a.db)?;
+            let (db, what) = match (&a.db, &a.clickhouse) {
+                (_, Some(file)) => {
+                    let cluster =
+                        dnsledger::clickhouse::Cluster::new(dnsledger::clickhouse::ClickHouseConfig::load(file)?)?;
+                    let what = format!("ClickHouse database {}", cluster.config().database);
+                    (dnsledger::db::Db::ClickHouse(std::sync::Arc::new(cluster)), what)
+                }
+                (Some(dir), None) => {
+                    anyhow::ensure!(dir.is_dir(), "no store at {}", dir.display());
+                    (dnsledger::db::Db::Sled(dnsledger::store::Store::open(dir)?), dir.display().to_string())
+                }
+                (None, None) => anyhow::bail!("give --db DIR or --clickhouse FILE"),
+            };
             let (shutdown, registry) = service(a.metrics).await?;
-            let addr = dnsledger::api::start(config, store.clone(), None, &registry, shutdown.clone()).await?;
-            eprintln!("api: serving {} on http://{addr}", a.db.display());
+            let addr = dnsledger::api::start(config, db, None, &registry, shutdown.clone()).await?;
+            eprintln!("api: serving {what} on http://{addr}");
             shutdown.cancelled().await;
         }
         Command::Sensor(a) => {

@@ -39,6 +39,7 @@ pub use config::{ApiConfig, ApiKey, RawApi};
 use request::{ApiError, Endpoint, Limits};
 pub use respond::write_cof;
 
+use crate::db::Db;
 use crate::metrics::{
     Counter, Histogram, LATENCY_BUCKETS, Metrics, ReasonCounter, Registry, write_metric, write_reasons,
 };
@@ -108,7 +109,7 @@ impl Metrics for ApiStats {
 
 /// Shared state of one API server.
 pub struct Api {
-    store: Store,
+    db: Db,
     config: ApiConfig,
     stats: Arc<ApiStats>,
     /// Queries running at once (server-wide).
@@ -166,14 +167,14 @@ impl Drop for Slots {
 
 impl Api {
     pub fn new(
-        store: Store,
+        db: Db,
         config: ApiConfig,
         own_sensor: Option<String>,
         stats: Arc<ApiStats>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            store,
+            db,
             queries: Arc::new(Semaphore::new(config.max_queries)),
             feeds: Arc::new(Semaphore::new(config.max_feeds)),
             shutdown,
@@ -368,7 +369,13 @@ impl Api {
         }
         if endpoint == Endpoint::Feed {
             let params = request::parse_feed_params(req.uri().query())?;
-            let at = self.store.feed_durable();
+            let Some(store) = self.db.sled() else {
+                return Err(ApiError::status(
+                    404,
+                    "Error: the live feed is served from a sled store; this server reads a ClickHouse cluster",
+                ));
+            };
+            let at = store.feed_durable();
             if let Some(after) = params.after.filter(|a| *a > at) {
                 return Err(ApiError::bad(format!(
                     "Error: token {after} is ahead of this feed (at {at}): a token of another store?"
@@ -388,7 +395,7 @@ impl Api {
             Endpoint::RateLimit => Ok(json(StatusCode::OK, self.rate_limit(key))),
             Endpoint::Dnsdb { summarize, lookup } => {
                 self.check_cursor(&lookup, &params)?;
-                if !params.aggr && !summarize && !self.store.keeps_days() {
+                if !params.aggr && !summarize && !self.db.sled().is_some_and(Store::keeps_days) {
                     return Err(ApiError::bad(
                         "aggr=false: this store keeps no per-day rows (`day_rows = true` in the [api] of the process writing it)",
                     ));
@@ -526,7 +533,7 @@ pub fn with_feed(store: Store, config: &ApiConfig) -> anyhow::Result<Store> {
 /// Binds the API and serves it until `shutdown`; returns the bound address.
 pub async fn start(
     config: ApiConfig,
-    store: Store,
+    db: Db,
     own_sensor: Option<String>,
     registry: &Registry,
     shutdown: CancellationToken,
@@ -539,10 +546,15 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let stats = Arc::new(ApiStats::default());
     registry.register(stats.clone());
-    let api = Arc::new(Api::new(store, config, own_sensor, stats, shutdown.clone()));
+    if config.export.is_some() && db.sled().is_none() {
+        anyhow::bail!("[api] export_dir: daily exports are written from a sled store, not from ClickHouse");
+    }
+    let api = Arc::new(Api::new(db, config, own_sensor, stats, shutdown.clone()));
     tracing::info!(%addr, tls = tls.is_some(), keys = api.config.keys.len(), "query API listening");
-    if let Some((dir, at)) = &api.config.export {
-        tokio::spawn(crate::export::schedule(api.store.clone(), dir.clone(), *at, shutdown.clone()));
+    if let Some((dir, at)) = &api.config.export
+        && let Some(store) = api.db.sled()
+    {
+        tokio::spawn(crate::export::schedule(store.clone(), dir.clone(), *at, shutdown.clone()));
     }
     tokio::spawn(serve(listener, api, tls, shutdown));
     Ok(addr)

@@ -33,14 +33,32 @@ enum End {
 }
 
 /// Walks `lookup` honouring offset, limit and cursor; `emit` returns false when the client is
-/// gone.
-fn walk(api: &Api, lookup: &Lookup, p: &Params, mut emit: impl FnMut(&Entry) -> Emit) -> End {
+/// gone. Also returns the shards that were unavailable before or after the walk (ClickHouse):
+/// when there are any, the results are partial.
+fn walk(api: &Api, lookup: &Lookup, p: &Params, emit: impl FnMut(&Entry) -> Emit) -> (End, Vec<usize>) {
+    let mut down = api.db.unavailable();
+    let end = walk_db(api, lookup, p, emit);
+    down.extend(api.db.unavailable());
+    down.sort_unstable();
+    down.dedup();
+    (end, down)
+}
+
+/// What to tell a client whose results are partial.
+fn partial_note(down: &[usize]) -> Option<String> {
+    (!down.is_empty()).then(|| {
+        let list = down.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        format!("partial results: shard(s) {list} of the cluster unavailable")
+    })
+}
+
+fn walk_db(api: &Api, lookup: &Lookup, p: &Params, mut emit: impl FnMut(&Entry) -> Emit) -> End {
     let (mut skipped, mut sent) = (0u64, 0u64);
     let mut last = Vec::new();
     let mut stop: Option<End> = None;
     // Per-day rows are fenced one by one, not by their RRset's aggregate.
     let fences = if p.aggr { p.fences } else { crate::store::Fences::default() };
-    let ended = api.store.walk(lookup, &fences, p.cursor.as_deref(), api.config.scan_budget, |pos, e| {
+    let ended = api.db.walk(lookup, &fences, p.cursor.as_deref(), api.config.scan_budget, |pos, e| {
         if skipped < p.offset {
             skipped += 1;
             last.clear();
@@ -153,7 +171,7 @@ pub fn saf(api: Arc<Api>, lookup: Lookup, p: Params, summarize: bool, slots: Slo
             matches!(handle.block_on(tokio::time::timeout(SEND_DEADLINE, tx.send(chunk))), Ok(Ok(())))
         };
         let mut summary = (0u64, 0u64, u64::MAX, 0u64); // count, results, first, last
-        let end = walk(&api, &lookup, &p, |e| {
+        let (end, down) = walk(&api, &lookup, &p, |e| {
             if summarize {
                 summary.0 = summary.0.saturating_add(e.count);
                 summary.1 += 1;
@@ -174,12 +192,15 @@ pub fn saf(api: Arc<Api>, lookup: Lookup, p: Params, summarize: bool, slots: Slo
                 buf.extend_from_slice(b"}\n");
                 api.stats.results.inc();
             } else {
-                let rows = match api.store.days_of(&e.rrset) {
+                let Some(store) = api.db.sled() else {
+                    return Emit::Failed("per-day rows are kept only in sled stores".into());
+                };
+                let rows = match store.days_of(&e.rrset) {
                     Ok(rows) => rows,
                     Err(e) => return Emit::Failed(e.to_string()),
                 };
                 for row in rows {
-                    let r = Entry { rrset: e.rrset.clone(), first: row.first, last: row.last, count: row.count };
+                    let r = Entry { first: row.first, last: row.last, count: row.count, ..e.clone() };
                     if p.fences.admit(&r) {
                         buf.extend_from_slice(b"{\"obj\":");
                         write_cof(&mut buf, &r, p.humantime, &[]);
@@ -197,16 +218,25 @@ pub fn saf(api: Arc<Api>, lookup: Lookup, p: Params, summarize: bool, slots: Slo
                 summary.0, summary.1, summary.2, summary.3
             );
         }
+        let partial = partial_note(&down);
+        if partial.is_some() {
+            api.stats.cut.inc("partial");
+        }
+        let also = partial.as_deref().map(|n| format!("; {n}")).unwrap_or_default();
         let terminator = match &end {
+            // Everything that could be read was sent, but not everything was readable.
+            End::Done | End::MaxCount if partial.is_some() => {
+                format!("{{\"cond\":\"failed\",\"msg\":\"{}\"}}", partial.as_deref().unwrap_or_default())
+            }
             End::Done | End::MaxCount => "{\"cond\":\"succeeded\"}".to_string(),
             End::Limited(c) => {
                 api.stats.cut.inc("limit");
-                format!("{{\"cond\":\"limited\",\"msg\":\"Result limit reached\",\"cursor\":\"{}\"}}", hex(c))
+                format!("{{\"cond\":\"limited\",\"msg\":\"Result limit reached{also}\",\"cursor\":\"{}\"}}", hex(c))
             }
             End::Budget(c) => {
                 api.stats.cut.inc("budget");
                 format!(
-                    "{{\"cond\":\"limited\",\"msg\":\"Scan limit reached ({} index entries); resume with the cursor\",\"cursor\":\"{}\"}}",
+                    "{{\"cond\":\"limited\",\"msg\":\"Scan limit reached ({} index entries); resume with the cursor{also}\",\"cursor\":\"{}\"}}",
                     api.config.scan_budget,
                     hex(c)
                 )
@@ -243,8 +273,8 @@ pub async fn page(api: Arc<Api>, lookup: Lookup, p: Params, slots: Slots) -> Res
     let done = tokio::task::spawn_blocking(move || {
         let _slots = slots;
         let mut out = Vec::new();
-        let end = walk(&worker, &lookup, &p, |e| {
-            let mut sensors = worker.store.contributors(&e.rrset).unwrap_or_default();
+        let (end, down) = walk(&worker, &lookup, &p, |e| {
+            let mut sensors = worker.db.contributors(e);
             sensors.truncate(256);
             if sensors.is_empty()
                 && let Some(own) = &worker.own_sensor
@@ -256,10 +286,10 @@ pub async fn page(api: Arc<Api>, lookup: Lookup, p: Params, slots: Slots) -> Res
             worker.stats.results.inc();
             Emit::Go
         });
-        (out, end)
+        (out, end, down)
     })
     .await;
-    let (out, end) = match done {
+    let (out, end, down) = match done {
         Ok(v) => v,
         Err(_) => return super::text(StatusCode::INTERNAL_SERVER_ERROR, "Error: the query failed\n".into()),
     };
@@ -280,6 +310,10 @@ pub async fn page(api: Arc<Api>, lookup: Lookup, p: Params, slots: Slots) -> Res
         _ => None,
     };
     let mut r = response(StatusCode::OK, NDJSON, Body::Full(Some(Bytes::from(out))));
+    if let Some(note) = partial_note(&down).and_then(|n| header::HeaderValue::from_str(&n).ok()) {
+        api.stats.cut.inc("partial");
+        r.headers_mut().insert("x-dnsledger-partial", note);
+    }
     if let Some(c) = cursor.and_then(|c| header::HeaderValue::from_str(&c).ok()) {
         api.stats.cut.inc("limit");
         r.headers_mut().insert("x-dribble-cursor", c.clone());
@@ -294,7 +328,7 @@ pub async fn estimate(api: Arc<Api>, lookup: Lookup, slots: Slots) -> Response<B
     let worker = api.clone();
     let counted = tokio::task::spawn_blocking(move || {
         let _slots = slots;
-        worker.store.count_entries(&lookup, worker.config.scan_budget)
+        worker.db.count_entries(&lookup, worker.config.scan_budget)
     })
     .await;
     match counted {
@@ -318,7 +352,9 @@ pub fn feed(api: Arc<Api>, p: super::request::FeedParams, slots: Slots) -> Respo
     let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_BUFFERED);
     tokio::spawn(async move {
         let _slots = slots;
-        let mut after = p.after.unwrap_or_else(|| api.store.feed_durable());
+        // The request was refused earlier if the database has no feed log.
+        let Some(store) = api.db.sled().cloned() else { return };
+        let mut after = p.after.unwrap_or_else(|| store.feed_durable());
         let send = |b: Bytes| {
             let tx = tx.clone();
             async move { matches!(tokio::time::timeout(SEND_DEADLINE, tx.send(b)).await, Ok(Ok(()))) }
@@ -336,7 +372,7 @@ pub fn feed(api: Arc<Api>, p: super::request::FeedParams, slots: Slots) -> Respo
                 let _ = send(Bytes::from(line)).await;
                 return;
             }
-            let (store, filter) = (api.store.clone(), p.clone());
+            let (store, filter) = (store.clone(), p.clone());
             let read = tokio::task::spawn_blocking(move || {
                 store.feed_read(after, FEED_BATCH, |item| feed_admits(&filter, item))
             })

@@ -26,16 +26,27 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::clickhouse::{BatchRange, Cluster, Outcome};
+use crate::db::Db;
 use crate::forward::identity::sender_id;
 use crate::forward::wire::{self, Status};
 use crate::metrics::{
     Counter, Histogram, LATENCY_BUCKETS, Metrics, ReasonCounter, Registry, write_metric, write_reasons,
 };
-use crate::store::{Applied, Store};
+use crate::store::{Applied, Delta, Store};
+
+/// Where a collector keeps what it applies.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// The embedded sled store in this directory.
+    Sled(PathBuf),
+    /// A ClickHouse cluster (any number of collectors may write to it).
+    ClickHouse(crate::clickhouse::ClickHouseConfig),
+}
 
 #[derive(Clone, Debug)]
 pub struct CollectorConfig {
-    pub db: PathBuf,
+    pub backend: Backend,
     pub listen: SocketAddr,
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -122,15 +133,22 @@ pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: Cancell
     if let Some(f) = &config.upstream {
         crate::tls::client_config(&f.ca, &f.cert, &f.key).map_err(|e| anyhow::anyhow!("upstream: {e}"))?;
     }
-    let mut store = Store::open(&config.db)?;
+    let path = match &config.backend {
+        Backend::Sled(path) => path.clone(),
+        Backend::ClickHouse(ch) => {
+            anyhow::ensure!(config.upstream.is_none(), "a relay keeps its outbox in sled, not ClickHouse");
+            return run_clickhouse(&config, ch.clone(), tls, registry, shutdown).await;
+        }
+    };
+    let mut store = Store::open(&path)?;
     if let Some(f) = &config.upstream {
         store = store.with_outbox_limit(f.max_outbox_batches);
     }
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("listen {}", config.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, db = %config.db.display(), "collector listening");
+    tracing::info!(listen = %listener.local_addr()?, db = %path.display(), "collector listening");
     if let Some(api) = &config.api {
         store = crate::api::with_feed(store, api)?;
-        crate::api::start(api.clone(), store.clone(), None, registry, shutdown.clone()).await?;
+        crate::api::start(api.clone(), Db::Sled(store.clone()), None, registry, shutdown.clone()).await?;
     }
     let stats = Arc::new(CollectorStats::default());
     registry.register(stats.clone());
@@ -143,10 +161,80 @@ pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: Cancell
         tracing::info!(upstream = %f.collector, "relaying upstream");
         tokio::spawn(crate::forward::run(f, store.clone(), fstats, shutdown.clone()))
     });
-    let slots = Arc::new(Semaphore::new(config.max_connections));
     // One writer: batches from all senders are applied one at a time, so a sender's mark is
     // read and written without a race.
-    let writer = Arc::new(Mutex::new(store));
+    let writer = Writer::Sled(Arc::new(Mutex::new(store)), outbox);
+    accept(&config, listener, acceptor, stats, writer.clone(), trusted_relays, shutdown).await;
+    if let Some(f) = forwarder {
+        let _ = f.await;
+    }
+    if let Writer::Sled(store, _) = writer {
+        store.lock().await.sync()?;
+    }
+    Ok(())
+}
+
+/// The collector over a ClickHouse cluster: no local state, so any number of collectors may
+/// run side by side; each applies what it receives straight into the cluster.
+async fn run_clickhouse(
+    config: &CollectorConfig,
+    ch: crate::clickhouse::ClickHouseConfig,
+    tls: Arc<rustls::ServerConfig>,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let cluster = Arc::new(Cluster::new(ch)?);
+    // The cluster may come up after us: retry the schema until it answers.
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match cluster.init().await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?wait, "ClickHouse schema not ready; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("listen {}", config.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        shards = cluster.shard_count(),
+        database = %cluster.config().database,
+        "collector listening (ClickHouse)"
+    );
+    if let Some(api) = &config.api {
+        crate::api::start(api.clone(), Db::ClickHouse(cluster.clone()), None, registry, shutdown.clone()).await?;
+    }
+    let stats = Arc::new(CollectorStats::default());
+    registry.register(stats.clone());
+    let trusted_relays = Arc::new(config.trusted_relays.clone());
+    let writer = Writer::ClickHouse(cluster);
+    accept(config, listener, TlsAcceptor::from(tls), stats, writer, trusted_relays, shutdown).await;
+    Ok(())
+}
+
+/// Where batches are applied.
+#[derive(Clone)]
+enum Writer {
+    /// The sled store (one writer at a time), and whether applied batches go to its outbox.
+    Sled(Arc<Mutex<Store>>, bool),
+    ClickHouse(Arc<Cluster>),
+}
+
+async fn accept(
+    config: &CollectorConfig,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    stats: Arc<CollectorStats>,
+    writer: Writer,
+    trusted_relays: Arc<Vec<String>>,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(config.max_connections));
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -167,16 +255,46 @@ pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: Cancell
         let (acceptor, stats, writer, shutdown) = (acceptor.clone(), stats.clone(), writer.clone(), shutdown.clone());
         let relays = trusted_relays.clone();
         tokio::spawn(async move {
-            serve(tcp, peer, acceptor, stats, writer, (outbox, relays), shutdown).await;
+            serve(tcp, peer, acceptor, stats, writer, relays, shutdown).await;
             drop(permit);
         });
     }
-    if let Some(f) = forwarder {
-        let _ = f.await;
+}
+
+/// Applies one batch: into sled (merge and mark in one atomic batch, then sync), or into
+/// ClickHouse (exactly once by deterministic, deduplicated blocks).
+async fn apply(
+    writer: &Writer,
+    sender: &str,
+    id: wire::BatchId,
+    deltas: Vec<Delta>,
+    trusted: bool,
+) -> Result<Applied, String> {
+    match writer {
+        Writer::Sled(store, outbox) => {
+            let store = store.clone().lock_owned().await;
+            let (sender, outbox) = (sender.to_string(), *outbox);
+            tokio::task::spawn_blocking(move || {
+                let applied =
+                    store.merge_from(&sender, id.stream, (id.first, id.sequence), &deltas, outbox, trusted)?;
+                // Also before a DUPLICATE or an overlap: the earlier merge it refers to may
+                // not be durable yet (its own sync may have failed); cheap when it is.
+                store.sync()?;
+                Ok::<_, crate::store::StoreError>(applied)
+            })
+            .await
+            .map_err(|e| format!("store task: {e}"))?
+            .map_err(|e| e.to_string())
+        }
+        Writer::ClickHouse(cluster) => {
+            let deltas = crate::store::attribute(&deltas, sender, trusted);
+            let range = BatchRange { sender, stream: id.stream, first: id.first, last: id.sequence };
+            match cluster.apply(range, &deltas).await.map_err(|e| e.to_string())? {
+                Outcome::Applied => Ok(Applied::Merged(Default::default())),
+                Outcome::Duplicate => Ok(Applied::Duplicate { through: id.sequence }),
+            }
+        }
     }
-    let store = writer.lock().await;
-    store.sync()?;
-    Ok(())
 }
 
 async fn serve(
@@ -184,8 +302,8 @@ async fn serve(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     stats: Arc<CollectorStats>,
-    writer: Arc<Mutex<Store>>,
-    (outbox, trusted_relays): (bool, Arc<Vec<String>>),
+    writer: Writer,
+    trusted_relays: Arc<Vec<String>>,
     shutdown: CancellationToken,
 ) {
     let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -234,30 +352,20 @@ async fn serve(
             }
             Ok((id, deltas)) => {
                 let start = std::time::Instant::now();
-                let store = writer.clone().lock_owned().await;
-                let sender_id = sender.clone();
                 let n = deltas.len() as u64;
-                let applied = tokio::task::spawn_blocking(move || {
-                    let applied =
-                        store.merge_from(&sender_id, id.stream, (id.first, id.sequence), &deltas, outbox, trusted)?;
-                    // Also before a DUPLICATE or an overlap: the earlier merge it refers to may
-                    // not be durable yet (its own sync may have failed); cheap when it is.
-                    store.sync()?;
-                    Ok::<_, crate::store::StoreError>(applied)
-                })
-                .await;
+                let applied = apply(&writer, &sender, id, deltas, trusted).await;
                 stats.apply_time.observe(start.elapsed());
                 match applied {
-                    Ok(Ok(Applied::Merged(_))) => {
+                    Ok(Applied::Merged(_)) => {
                         stats.batches_applied.inc();
                         stats.summaries_applied.add(n);
                         (Status::Ok, id.sequence, String::new(), id.sequence)
                     }
-                    Ok(Ok(Applied::Duplicate { through })) => {
+                    Ok(Applied::Duplicate { through }) => {
                         stats.batches_duplicate.inc();
                         (Status::Duplicate, id.sequence, String::new(), through)
                     }
-                    Ok(Ok(Applied::Overlap { through })) => {
+                    Ok(Applied::Overlap { through }) => {
                         stats.batches_rejected.inc("overlap");
                         tracing::info!(
                             sender,
@@ -268,19 +376,14 @@ async fn serve(
                         );
                         (Status::Rejected, id.sequence, format!("applied through {through}"), through)
                     }
-                    Ok(Ok(Applied::Gap { expected })) => {
+                    Ok(Applied::Gap { expected }) => {
                         stats.batches_rejected.inc("sequence_gap");
                         tracing::error!(sender, got = id.first, expected, "sequence gap: batch refused");
                         (Status::Rejected, id.sequence, format!("sequence gap: expected {expected}"), expected - 1)
                     }
-                    Ok(Err(e)) => {
-                        stats.batches_rejected.inc("store");
-                        tracing::error!(sender, error = %e, "store failed; batch not acknowledged");
-                        (Status::Rejected, id.sequence, "store failure".into(), 0)
-                    }
                     Err(e) => {
                         stats.batches_rejected.inc("store");
-                        tracing::error!(sender, error = %e, "store task failed");
+                        tracing::error!(sender, error = %e, "store failed; batch not acknowledged");
                         (Status::Rejected, id.sequence, "store failure".into(), 0)
                     }
                 }

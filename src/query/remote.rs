@@ -161,6 +161,7 @@ impl Obj {
             first: self.time_first.or(self.zone_time_first).unwrap_or(0),
             last: self.time_last.or(self.zone_time_last).unwrap_or(0),
             count: self.count.unwrap_or(0),
+            sensors: Vec::new(),
         })
     }
 }

@@ -541,8 +541,14 @@ pub async fn run_fed(
     }
     if let Some(api) = &config.api {
         store = crate::api::with_feed(store, api)?;
-        crate::api::start(api.clone(), store.clone(), Some(config.sensor_id.clone()), registry, shutdown.clone())
-            .await?;
+        crate::api::start(
+            api.clone(),
+            crate::db::Db::Sled(store.clone()),
+            Some(config.sensor_id.clone()),
+            registry,
+            shutdown.clone(),
+        )
+        .await?;
     }
     let stats = Arc::new(SensorStats::default());
     let lstats = Arc::new(ListenerStats::default());

@@ -127,7 +127,27 @@ pub fn decode_value(v: &[u8]) -> Option<Entry> {
     for _ in 0..n {
         rdata.push(p.string()?);
     }
-    Some(Entry { rrset: Rrset { rrname, rrtype, bailiwick, rdata }, first, last, count })
+    // Optional: the contributing sensors (values made from ClickHouse rows).
+    let mut sensors = Vec::new();
+    if p.at < v.len() {
+        let n = p.u32()? as usize;
+        for _ in 0..n {
+            sensors.push(p.string()?);
+        }
+    }
+    Some(Entry { rrset: Rrset { rrname, rrtype, bailiwick, rdata }, first, last, count, sensors })
+}
+
+/// A value with the entry's sensors after the RRset (see [`decode_value`]).
+pub fn encode_entry(e: &Entry) -> Vec<u8> {
+    let mut v = encode_value(e.first, e.last, e.count, &e.rrset);
+    if !e.sensors.is_empty() {
+        v.extend_from_slice(&(e.sensors.len() as u32).to_be_bytes());
+        for s in &e.sensors {
+            put_str(&mut v, s);
+        }
+    }
+    v
 }
 
 /// Only the counters of a value, for merging without decoding the strings.

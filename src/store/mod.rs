@@ -42,6 +42,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("store: corrupt value under key {0:02x?}")]
     Corrupt(Vec<u8>),
+    #[error("store: {0}")]
+    Backend(String),
     #[error("store: the flush thread panicked")]
     FlushPanicked,
 }
@@ -53,6 +55,9 @@ pub struct Entry {
     pub first: u64,
     pub last: u64,
     pub count: u64,
+    /// The sensors behind it, when the database keeps them with the RRset (ClickHouse); the
+    /// sled store keeps contributors apart ([`Store::contributors`]) and leaves this empty.
+    pub sensors: Vec<String>,
 }
 
 impl Entry {
@@ -242,6 +247,8 @@ const TAG_OUTBOX: u8 = b'O';
 const META_OUTBOX_SEQ: &[u8] = b"Moutbox_seq";
 const META_RRSETS: &[u8] = b"Mrrsets";
 const META_STREAM: &[u8] = b"Mstream";
+/// The outbox range in flight (first, last): a retry resends exactly it (see `outbox_take`).
+const META_PINNED: &[u8] = b"Mpinned";
 const TAG_SENDER: u8 = b'S';
 const TAG_CONTRIBUTOR: u8 = b'C';
 
@@ -283,11 +290,13 @@ impl Store {
             .open()
             .map_err(open_err)?;
         let t = db.open_tree("pdns").map_err(StoreError::Sled)?;
+        // A range pinned before a restart is still in flight: never folded into.
+        let pinned = t.get(META_PINNED).map_err(StoreError::Sled)?.filter(|v| v.len() == 16).map(|v| u64_of(&v[8..]));
         let mut store = Self {
             db,
             t,
             outbox_limit: usize::MAX,
-            outbox_lock: Default::default(),
+            outbox_lock: std::sync::Arc::new(std::sync::Mutex::new(pinned.unwrap_or(0))),
             feed_retain: 0,
             feed_durable: Default::default(),
             suffixes: Default::default(),
@@ -345,17 +354,7 @@ impl Store {
         let mut mark = stream.to_be_bytes().to_vec();
         mark.extend_from_slice(&last.to_be_bytes());
         batch.insert(mark_key, mark);
-        // Who is behind each delta: the sensors a trusted relay names, otherwise the sender.
-        let attributed: Vec<Delta> = deltas
-            .iter()
-            .map(|d| {
-                let mut d = d.clone();
-                if !trust_sensors || d.sensors.is_empty() {
-                    d.sensors = vec![sender.to_string()];
-                }
-                d
-            })
-            .collect();
+        let attributed = attribute(deltas, sender, trust_sensors);
         for d in &attributed {
             for s in &d.sensors {
                 let mut k = tagged(TAG_CONTRIBUTOR, &rrset_key(&d.rrset));
@@ -411,6 +410,22 @@ impl Store {
     pub fn outbox_take(&self, max_batches: usize, max_deltas: usize) -> Result<Vec<(u64, Vec<Delta>)>, StoreError> {
         let mut in_flight = self.outbox_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<(u64, Vec<Delta>)> = Vec::new();
+        // A range sent before and not acknowledged is sent again as it was, even after a
+        // restart: the next hop may have applied it (ClickHouse recognises a batch by its
+        // exact range and content).
+        if let Some((first, last)) = self.pinned()? {
+            for item in self.t.range(tagged(TAG_OUTBOX, &first.to_be_bytes())..=tagged(TAG_OUTBOX, &last.to_be_bytes()))
+            {
+                let (k, v) = item?;
+                let deltas = decode_deltas(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
+                out.push((u64_of(&k[1..]), deltas));
+            }
+            if out.first().map(|o| o.0) == Some(first) && out.last().map(|o| o.0) == Some(last) {
+                *in_flight = (*in_flight).max(last);
+                return Ok(out);
+            }
+            out.clear();
+        }
         let mut n = 0;
         for item in self.t.scan_prefix([TAG_OUTBOX]).take(max_batches) {
             let (k, v) = item?;
@@ -421,13 +436,22 @@ impl Store {
             n += deltas.len();
             out.push((u64_of(&k[1..]), deltas));
         }
-        if let Some((last, _)) = out.last() {
+        if let (Some((first, _)), Some((last, _))) = (out.first(), out.last()) {
             *in_flight = (*in_flight).max(*last);
+            let mut pin = first.to_be_bytes().to_vec();
+            pin.extend_from_slice(&last.to_be_bytes());
+            self.t.insert(META_PINNED, pin)?;
+            self.t.flush()?;
         }
         Ok(out)
     }
 
-    /// Deletes every outbox batch up to and including `sequence`.
+    /// The outbox range taken and not yet acknowledged.
+    fn pinned(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        Ok(self.t.get(META_PINNED)?.filter(|v| v.len() == 16).map(|v| (u64_of(&v[..8]), u64_of(&v[8..]))))
+    }
+
+    /// Deletes outbox entries up to `sequence` (acknowledged by the next hop).
     pub fn outbox_remove_through(&self, sequence: u64) -> Result<(), StoreError> {
         let mut in_flight = self.outbox_lock.lock().unwrap_or_else(|e| e.into_inner());
         if *in_flight <= sequence {
@@ -437,6 +461,9 @@ impl Store {
         for item in self.t.range(tagged(TAG_OUTBOX, &0u64.to_be_bytes())..=tagged(TAG_OUTBOX, &sequence.to_be_bytes()))
         {
             batch.remove(item?.0);
+        }
+        if self.pinned()?.is_some_and(|(first, _)| first <= sequence) {
+            batch.remove(META_PINNED);
         }
         self.t.apply_batch(batch)?;
         Ok(())
@@ -573,6 +600,20 @@ impl NamePattern {
             NamePattern::RightWildcard(p) => n.starts_with(p.as_str()),
         }
     }
+}
+
+/// Who is behind each delta: the sensors a trusted relay names, otherwise the sender.
+pub fn attribute(deltas: &[Delta], sender: &str, trust_sensors: bool) -> Vec<Delta> {
+    deltas
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            if !trust_sensors || d.sensors.is_empty() {
+                d.sensors = vec![sender.to_string()];
+            }
+            d
+        })
+        .collect()
 }
 
 /// Index entries of a new positive RRset: forward owner, rdata addresses, rdata names.
@@ -817,9 +858,18 @@ mod tests {
         }
         let taken = s.outbox_take(3, 100).unwrap();
         assert_eq!(taken.iter().map(|(q, _)| *q).collect::<Vec<_>>(), vec![3, 4, 5]);
-        assert_eq!(s.outbox_take(10, 2).unwrap().len(), 2, "stops before passing max_deltas");
+        // Not acknowledged: the same range again, whatever the limits, also after a restart.
+        assert_eq!(s.outbox_take(10, 2).unwrap(), taken);
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.outbox_take(1, 100).unwrap(), taken);
         s.outbox_remove_through(5).unwrap();
-        assert_eq!(s.outbox_take(10, 100).unwrap().iter().map(|(q, _)| *q).collect::<Vec<_>>(), vec![6]);
+        assert_eq!(s.outbox_take(10, 2).unwrap().len(), 1, "unpinned by the ack");
+        s.outbox_remove_through(6).unwrap();
+        for _ in 0..3 {
+            s.merge(std::slice::from_ref(&d), true).unwrap();
+        }
+        assert_eq!(s.outbox_take(10, 2).unwrap().len(), 2, "stops before passing max_deltas");
     }
 
     fn rr(name: &str, t: u16, bw: &str, rdata: &[&str]) -> Rrset {

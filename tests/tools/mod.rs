@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod clickhouse;
+pub mod forward;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,423 @@
+//! The collector's database on a ClickHouse cluster, beside the embedded sled store.
+//!
+//! Writing (a collector applying a sender's batch):
+//!
+//! ```text
+//! batch (sender, stream, first..seq) -> rows by shard (registrable domain of the owner)
+//!   -> per shard, per target (landing, rrsets_in, index_in): marker row present? skip
+//!      : INSERT the shard's rows + a marker row, one deterministic block
+//! ```
+//!
+//! Exactly once, with any number of stateless collectors: a batch's rows for one shard and
+//! one target table are one INSERT block whose bytes depend only on the batch (rows sorted by
+//! key, plus a marker row keyed by sender, stream and sequence range), and every target is a
+//! `Replicated*MergeTree`, whose block deduplication (through ZooKeeper/Keeper) drops a block
+//! it has stored already. Two collectors applying the same retried batch at the same time, or
+//! one collector retrying after another died between its INSERTs and its acknowledgement,
+//! write identical blocks: one is kept. Retries later than the deduplication window (the last
+//! `dedup_window` blocks of a table) find the marker row, written in the same block as the
+//! data, and skip that table. Senders retry a batch with the same range and content
+//! (`forward`'s pinned in-flight range), which is what makes the block identical. The full
+//! argument is in docs/CLICKHOUSE.md.
+//!
+//! Reading: [`crate::store::Ordered`] over the `Distributed` tables, in the sled store's key
+//! order, so the query API's walks, paging and cursors are the same code on both backends.
+
+mod read;
+pub mod schema;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::psl::SuffixList;
+use crate::store::keys::rrset_key;
+use crate::store::{Delta, index_keys};
+
+/// The `[clickhouse]` table of a collector's (or `dnsledger api`'s) configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// One HTTP URL per shard, in the order of the cluster's shards in `remote_servers`.
+    pub shards: Vec<String>,
+    /// The cluster name in `remote_servers` (for the `Distributed` tables).
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    #[serde(default = "default_database")]
+    pub database: String,
+    #[serde(default = "default_user")]
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+    /// Replicated tables live at `{zookeeper_path}/{database}/s{N}/{table}`; the replica name
+    /// is the server's `{replica}` macro.
+    #[serde(default = "default_zk")]
+    pub zookeeper_path: String,
+    /// Blocks per table whose identity ZooKeeper keeps for deduplication.
+    #[serde(default = "default_window")]
+    pub dedup_window: u64,
+    /// Seconds an INSERT or a query may take.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// The Public Suffix List that decides shards (every collector must use the same one);
+    /// Debian's by default.
+    pub public_suffix_list: Option<PathBuf>,
+}
+
+fn default_cluster() -> String {
+    "dnsledger".into()
+}
+fn default_database() -> String {
+    "dnsledger".into()
+}
+fn default_user() -> String {
+    "default".into()
+}
+fn default_zk() -> String {
+    "/clickhouse/dnsledger".into()
+}
+fn default_window() -> u64 {
+    10_000
+}
+fn default_timeout() -> u64 {
+    30
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    clickhouse: ClickHouseConfig,
+}
+
+impl ClickHouseConfig {
+    /// Parses a file with a `[clickhouse]` table; every problem in one error.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let c = toml::from_str::<File>(text).map_err(|e| e.to_string())?.clickhouse;
+        let mut problems = Vec::new();
+        if c.shards.is_empty() {
+            problems.push("shards: at least one URL".to_string());
+        }
+        for u in &c.shards {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                problems.push(format!("shards: {u:?} is not an http:// or https:// URL"));
+            }
+        }
+        for (name, v) in [("database", &c.database), ("cluster", &c.cluster)] {
+            if v.is_empty() || !v.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+                problems.push(format!("{name}: {v:?}: letters, digits and _ only"));
+            }
+        }
+        if !c.zookeeper_path.starts_with('/') || c.zookeeper_path.contains(['\'', '\\']) {
+            problems.push(format!("zookeeper_path: {:?} must start with / (no quotes)", c.zookeeper_path));
+        }
+        if c.dedup_window < 100 {
+            problems.push("dedup_window: at least 100".into());
+        }
+        if c.timeout_secs == 0 {
+            problems.push("timeout_secs: at least 1".into());
+        }
+        if problems.is_empty() { Ok(c) } else { Err(problems.join("; ")) }
+    }
+
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("read {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+}
+
+/// Errors talking to the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("clickhouse shard {shard} ({url}): {source}")]
+    Shard { shard: usize, url: String, source: clickhouse::error::Error },
+    #[error("clickhouse: {0}")]
+    Other(String),
+}
+
+/// A connection to every shard of the cluster.
+pub struct Cluster {
+    config: ClickHouseConfig,
+    shards: Vec<clickhouse::Client>,
+    psl: SuffixList,
+    /// For blocking reads from the API's walker threads.
+    handle: tokio::runtime::Handle,
+}
+
+/// One row of a batch as every target table takes it (`index_in` takes only `idx`).
+#[derive(Clone, Debug, clickhouse::Row, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchRow {
+    pub sensor: String,
+    pub stream: u64,
+    pub first_seq: u64,
+    pub seq: u64,
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    pub rrname: String,
+    pub rrtype: u16,
+    pub bailiwick: String,
+    pub rdata: Vec<String>,
+    pub negative: u8,
+    pub time_first: u64,
+    pub time_last: u64,
+    pub count: u64,
+    pub sensors: Vec<String>,
+}
+
+#[derive(Clone, Debug, clickhouse::Row, Serialize)]
+struct IndexRow {
+    idx: Vec<serde_bytes::ByteBuf>,
+}
+
+/// A batch's identity: who sent it and which sequence numbers of which stream it covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchRange<'a> {
+    pub sender: &'a str,
+    pub stream: u64,
+    pub first: u64,
+    pub last: u64,
+}
+
+/// What applying a batch did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written now (at least one table of one shard lacked it).
+    Applied,
+    /// Every table of every shard had it already.
+    Duplicate,
+}
+
+/// The marker key of a batch: 0xFF, sender, 0x00, stream, first, last (never an RRset key).
+pub fn marker(b: &BatchRange) -> Vec<u8> {
+    let mut k = vec![0xff];
+    k.extend_from_slice(b.sender.as_bytes());
+    k.push(0);
+    for n in [b.stream, b.first, b.last] {
+        k.extend_from_slice(&n.to_be_bytes());
+    }
+    k
+}
+
+/// A byte string as a ClickHouse string literal.
+pub(crate) fn literal(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() + 2);
+    s.push('\'');
+    for &b in bytes {
+        match b {
+            // `?` is the client's bind placeholder, even inside a literal.
+            b'?' => s.push_str("\\x3F"),
+            b'\'' | b'\\' => {
+                s.push('\\');
+                s.push(b as char);
+            }
+            0x20..=0x7e => s.push(b as char),
+            _ => s.push_str(&format!("\\x{b:02X}")),
+        }
+    }
+    s.push('\'');
+    s
+}
+
+/// Stable FNV-1a (shard choice must never change between versions).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+}
+
+impl Cluster {
+    /// Clients for every shard (no connection is made yet). Call from within the runtime.
+    pub fn new(config: ClickHouseConfig) -> anyhow::Result<Self> {
+        let psl = SuffixList::load(config.public_suffix_list.as_deref())
+            .map_err(|e| anyhow::anyhow!("public_suffix_list {:?}: {e}", config.public_suffix_list))?;
+        let timeout = Duration::from_secs(config.timeout_secs);
+        let shards = config
+            .shards
+            .iter()
+            .map(|url| {
+                clickhouse::Client::default()
+                    .with_url(url)
+                    .with_user(&config.user)
+                    .with_password(&config.password)
+                    .with_option("max_execution_time", config.timeout_secs.to_string())
+                    .with_option("insert_deduplicate", "1")
+                    .with_option("max_query_size", (16 << 20).to_string())
+                    .with_option("output_format_json_quote_64bit_integers", "0")
+                    .with_option("send_timeout", timeout.as_secs().to_string())
+                    .with_option("receive_timeout", timeout.as_secs().to_string())
+            })
+            .collect();
+        Ok(Self { config, shards, psl, handle: tokio::runtime::Handle::current() })
+    }
+
+    pub fn config(&self) -> &ClickHouseConfig {
+        &self.config
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn err(&self, shard: usize, source: clickhouse::error::Error) -> ClusterError {
+        ClusterError::Shard { shard: shard + 1, url: self.config.shards[shard].clone(), source }
+    }
+
+    /// Creates the database, tables and views on every shard (idempotent).
+    pub async fn init(&self) -> Result<(), ClusterError> {
+        let c = &self.config;
+        for (i, client) in self.shards.iter().enumerate() {
+            let zk = format!("{}/{}/s{}", c.zookeeper_path, c.database, i + 1);
+            for sql in schema::statements(&c.database, &c.cluster, &zk, c.dedup_window) {
+                client.query(&sql).execute().await.map_err(|e| self.err(i, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The shard that holds an owner name: by its registrable domain (the name itself when
+    /// it has none), so a zone's subtree stays on one shard.
+    pub fn shard_of(&self, rrname: &str) -> usize {
+        let name = rrname.trim_end_matches('.');
+        let domain = self.psl.registrable(&format!("{name}.")).unwrap_or_else(|| format!("{name}."));
+        (fnv1a(domain.as_bytes()) % self.shards.len() as u64) as usize
+    }
+
+    /// Applies one batch exactly once (see the module docs). `deltas` are attributed already
+    /// (their `sensors` are who is behind them).
+    pub async fn apply(&self, b: BatchRange<'_>, deltas: &[Delta]) -> Result<Outcome, ClusterError> {
+        let n = self.shards.len();
+        let mut rows: Vec<Vec<BatchRow>> = vec![Vec::new(); n];
+        let mut index: Vec<Vec<IndexRow>> = vec![Vec::new(); n];
+        for d in deltas {
+            let key = rrset_key(&d.rrset);
+            let shard = self.shard_of(&d.rrset.rrname);
+            let negative = d.kind != crate::sensor::Kind::Positive;
+            if !negative {
+                let idx = index_keys(&d.rrset, &key).into_iter().map(serde_bytes::ByteBuf::from).collect();
+                index[shard].push(IndexRow { idx });
+            }
+            let mut sensors = d.sensors.clone();
+            sensors.sort();
+            sensors.dedup();
+            rows[shard].push(BatchRow {
+                sensor: b.sender.to_string(),
+                stream: b.stream,
+                first_seq: b.first,
+                seq: b.last,
+                key,
+                rrname: d.rrset.rrname.clone(),
+                rrtype: d.rrset.rrtype,
+                bailiwick: d.rrset.bailiwick.clone(),
+                rdata: d.rrset.rdata.clone(),
+                negative: u8::from(negative),
+                time_first: d.first,
+                time_last: d.last,
+                count: d.count,
+                sensors,
+            });
+        }
+        let mark = marker(&b);
+        let tasks = rows.into_iter().zip(index).enumerate().map(|(shard, (mut rows, mut index))| {
+            // Deterministic blocks: sorted, marker last.
+            rows.sort_by(|x, y| (x.negative, &x.key).cmp(&(y.negative, &y.key)));
+            index.sort_by(|x, y| x.idx.cmp(&y.idx));
+            rows.push(BatchRow {
+                sensor: b.sender.to_string(),
+                stream: b.stream,
+                first_seq: b.first,
+                seq: b.last,
+                key: mark.clone(),
+                rrname: String::new(),
+                rrtype: 0,
+                bailiwick: String::new(),
+                rdata: Vec::new(),
+                negative: 0,
+                time_first: 0,
+                time_last: 0,
+                count: 0,
+                sensors: Vec::new(),
+            });
+            index.push(IndexRow { idx: vec![serde_bytes::ByteBuf::from(mark.clone())] });
+            self.apply_shard(shard, b, mark.clone(), rows, index)
+        });
+        let results = futures_util::future::join_all(tasks).await;
+        let mut applied = false;
+        for r in results {
+            applied |= r?;
+        }
+        Ok(if applied { Outcome::Applied } else { Outcome::Duplicate })
+    }
+
+    /// One shard's part of a batch; `true` if anything was written.
+    async fn apply_shard(
+        &self,
+        shard: usize,
+        b: BatchRange<'_>,
+        mark: Vec<u8>,
+        rows: Vec<BatchRow>,
+        idx: Vec<IndexRow>,
+    ) -> Result<bool, ClusterError> {
+        let client = &self.shards[shard];
+        let db = &self.config.database;
+        let m = literal(&mark);
+        let sender = literal(b.sender.as_bytes());
+        let sql = format!(
+            "SELECT (SELECT count() FROM {db}.landing WHERE sensor = {sender} AND stream = {} AND seq = {} AND key = {m}), \
+             (SELECT count() FROM {db}.rrsets WHERE key = {m}), (SELECT count() FROM {db}.rdata_index WHERE pos = {m})",
+            b.stream, b.last
+        );
+        let (landing, rrsets, index) =
+            client.query(&sql).fetch_one::<(u64, u64, u64)>().await.map_err(|e| self.err(shard, e))?;
+        let timeout = Some(Duration::from_secs(self.config.timeout_secs));
+        let mut wrote = false;
+        // The views' targets first, the landing table (the audit trail) last.
+        if rrsets == 0 {
+            let mut insert = client
+                .insert::<BatchRow>(&format!("{db}.rrsets_in"))
+                .map_err(|e| self.err(shard, e))?
+                .with_timeouts(timeout, timeout);
+            for r in &rows {
+                if r.negative == 0 {
+                    insert.write(r).await.map_err(|e| self.err(shard, e))?;
+                }
+            }
+            insert.end().await.map_err(|e| self.err(shard, e))?;
+            wrote = true;
+        }
+        if index == 0 {
+            let mut insert = client
+                .insert::<IndexRow>(&format!("{db}.index_in"))
+                .map_err(|e| self.err(shard, e))?
+                .with_timeouts(timeout, timeout);
+            for r in &idx {
+                insert.write(r).await.map_err(|e| self.err(shard, e))?;
+            }
+            insert.end().await.map_err(|e| self.err(shard, e))?;
+            wrote = true;
+        }
+        if landing == 0 {
+            let mut insert = client
+                .insert::<BatchRow>(&format!("{db}.landing"))
+                .map_err(|e| self.err(shard, e))?
+                .with_timeouts(timeout, timeout);
+            for r in &rows {
+                insert.write(r).await.map_err(|e| self.err(shard, e))?;
+            }
+            insert.end().await.map_err(|e| self.err(shard, e))?;
+            wrote = true;
+        }
+        Ok(wrote)
+    }
+
+    /// [`Cluster::unavailable`] from a blocking thread.
+    pub fn unavailable_blocking(&self) -> Vec<usize> {
+        self.handle.block_on(self.unavailable())
+    }
+
+    /// Shards that do not answer a query within a second (1-based numbers).
+    pub async fn unavailable(&self) -> Vec<usize> {
+        let checks = self.shards.iter().enumerate().map(|(i, c)| async move {
+            let ok = tokio::time::timeout(Duration::from_secs(1), c.query("SELECT 1").fetch_one::<u8>()).await;
+            (i, matches!(ok, Ok(Ok(1))))
+        });
+        futures_util::future::join_all(checks).await.into_iter().filter(|(_, ok)| !ok).map(|(i, _)| i + 1).collect()
+    }
+}

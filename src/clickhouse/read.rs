@@ -1,0 +1,235 @@
+//! Reading the cluster as the ordered key space the store's lookups walk: RRset keys (tag `R`)
+//! from `rrsets_all` (re-aggregated: merges are eventual), index keys (`F`, `I`, `T`) from
+//! `rdata_index_all`, in pages that grow from 64 to 4,096 keys.
+
+use std::collections::VecDeque;
+use std::ops::Bound;
+
+use serde::Deserialize;
+
+use super::{Cluster, literal};
+use crate::sensor::Rrset;
+use crate::store::keys::encode_entry;
+use crate::store::{Entry, Ordered, Scanned, StoreError};
+
+const TAG_RRSET: u8 = b'R';
+const FIRST_PAGE: usize = 64;
+const MAX_PAGE: usize = 4096;
+
+#[derive(clickhouse::Row, Deserialize)]
+struct Aggregated {
+    #[serde(with = "serde_bytes")]
+    key: Vec<u8>,
+    rrname: String,
+    rrtype: u16,
+    bailiwick: String,
+    rdata: Vec<String>,
+    first: u64,
+    last: u64,
+    count: u64,
+    sensors: Vec<String>,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct Key {
+    #[serde(with = "serde_bytes")]
+    key: Vec<u8>,
+}
+
+impl Aggregated {
+    fn value(self) -> (Vec<u8>, Vec<u8>) {
+        let mut sensors = self.sensors;
+        sensors.sort();
+        let e = Entry {
+            rrset: Rrset { rrname: self.rrname, rrtype: self.rrtype, bailiwick: self.bailiwick, rdata: self.rdata },
+            first: self.first,
+            last: self.last,
+            count: self.count,
+            sensors,
+        };
+        (self.key, encode_entry(&e))
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl Cluster {
+    /// Runs a read query on the first shard that answers (any shard can read the
+    /// `Distributed` tables); shards that are down are skipped, and the caller learns of them
+    /// from [`Cluster::unavailable`].
+    fn read<T>(&self, sql: &str) -> Result<Vec<T>, StoreError>
+    where
+        T: clickhouse::Row + for<'b> Deserialize<'b>,
+    {
+        self.handle.block_on(async {
+            let mut last = None;
+            for (i, c) in self.shards.iter().enumerate() {
+                match c.query(sql).with_option("skip_unavailable_shards", "1").fetch_all::<T>().await {
+                    Ok(rows) => return Ok(rows),
+                    Err(e) => last = Some(self.err(i, e)),
+                }
+            }
+            Err(backend(last.map_or_else(|| "no shards".into(), |e| e.to_string())))
+        })
+    }
+
+    fn aggregated(&self, filter: &str) -> Result<Vec<Aggregated>, StoreError> {
+        let db = &self.config.database;
+        self.read(&format!(
+            "SELECT key, any(rrname) AS rrname, any(rrtype) AS rrtype, any(bailiwick) AS bailiwick, \
+             any(rdata) AS rdata, minMerge(time_first) AS first, maxMerge(time_last) AS last, \
+             sumMerge(count) AS count, groupUniqArrayMerge(sensors) AS sensors \
+             FROM {db}.rrsets_all WHERE {filter} GROUP BY key ORDER BY key"
+        ))
+    }
+}
+
+/// A page-by-page scan of one table.
+struct Scan<'a> {
+    cluster: &'a Cluster,
+    rrsets: bool,
+    /// Exclusive lower bound (after the first page); `None` with `from` inclusive.
+    after: Option<Vec<u8>>,
+    from: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+    page: usize,
+    buffered: VecDeque<(Vec<u8>, Vec<u8>)>,
+    done: bool,
+}
+
+impl Scan<'_> {
+    fn fetch(&mut self) -> Result<(), StoreError> {
+        let (column, table) = if self.rrsets { ("key", "rrsets_all") } else { ("pos", "rdata_index_all") };
+        let db = &self.cluster.config.database;
+        let mut filter = Vec::new();
+        if let Some(a) = &self.after {
+            filter.push(format!("{column} > {}", literal(a)));
+        } else if let Some(f) = &self.from {
+            filter.push(format!("{column} >= {}", literal(f)));
+        }
+        // Keys from 0xFF on are batch markers.
+        let marker = vec![0xff];
+        let end = match &self.end {
+            Some(e) if !self.rrsets || e[..] < marker[..] => e.clone(),
+            _ if self.rrsets => marker,
+            _ => vec![0xff; 2],
+        };
+        filter.push(format!("{column} < {}", literal(&end)));
+        let filter = filter.join(" AND ");
+        // Rows, not keys: parts not merged yet hold a key more than once; the distinct keys
+        // of the first rows in key order are still the first keys.
+        let keys: Vec<Key> = self.cluster.read(&format!(
+            "SELECT {column} AS key FROM {db}.{table} WHERE {filter} ORDER BY {column} LIMIT {}",
+            self.page
+        ))?;
+        if keys.len() < self.page {
+            self.done = true;
+        }
+        let mut distinct: Vec<Vec<u8>> = keys.into_iter().map(|k| k.key).collect();
+        distinct.dedup();
+        let Some(last) = distinct.last().cloned() else {
+            self.done = true;
+            return Ok(());
+        };
+        if self.rrsets {
+            let list = distinct.iter().map(|k| literal(k)).collect::<Vec<_>>().join(",");
+            for row in self.cluster.aggregated(&format!("key IN ({list})"))? {
+                let (k, v) = row.value();
+                self.buffered.push_back(([&[TAG_RRSET][..], &k].concat(), v));
+            }
+        } else {
+            self.buffered.extend(distinct.into_iter().map(|k| (k, Vec::new())));
+        }
+        self.after = Some(last);
+        self.page = (self.page * 4).min(MAX_PAGE);
+        Ok(())
+    }
+}
+
+impl Iterator for Scan<'_> {
+    type Item = Scanned;
+
+    fn next(&mut self) -> Option<Scanned> {
+        loop {
+            if let Some((k, v)) = self.buffered.pop_front() {
+                return Some(Ok((k.into(), v.into())));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.fetch() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+    }
+}
+
+/// Strips the `R` tag from a bound on the tagged key space, for the `rrsets` table.
+fn untag(b: &[u8]) -> Vec<u8> {
+    b.get(1..).unwrap_or_default().to_vec()
+}
+
+impl Ordered for Cluster {
+    fn scan(&self, start: Bound<Vec<u8>>, end: Option<Vec<u8>>) -> Box<dyn Iterator<Item = Scanned> + '_> {
+        let tag = match &start {
+            Bound::Included(k) | Bound::Excluded(k) => k.first().copied(),
+            Bound::Unbounded => None,
+        };
+        let rrsets = tag == Some(TAG_RRSET);
+        let map = |k: &Vec<u8>| if rrsets { untag(k) } else { k.clone() };
+        let (from, after) = match &start {
+            Bound::Included(k) => (Some(map(k)), None),
+            Bound::Excluded(k) => (None, Some(map(k))),
+            Bound::Unbounded => (None, None),
+        };
+        // An end past the RRset tag (a walk of everything) is the end of the rrsets table.
+        let end = end.filter(|e| !rrsets || e.first() == Some(&TAG_RRSET)).map(|e| map(&e));
+        Box::new(Scan {
+            cluster: self,
+            rrsets,
+            after,
+            from,
+            end,
+            page: FIRST_PAGE,
+            buffered: VecDeque::new(),
+            done: tag.is_none(),
+        })
+    }
+
+    fn get_sorted(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<sled::IVec>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = keys.iter().map(|k| literal(&untag(k))).collect::<Vec<_>>().join(",");
+        let mut found: std::collections::HashMap<Vec<u8>, Vec<u8>> =
+            self.aggregated(&format!("key IN ({list})"))?.into_iter().map(Aggregated::value).collect();
+        Ok(keys.iter().map(|k| found.remove(&untag(k)).map(sled::IVec::from)).collect())
+    }
+
+    fn rrsets(&self) -> u64 {
+        #[derive(clickhouse::Row, Deserialize)]
+        struct N {
+            n: u64,
+        }
+        let db = &self.config.database;
+        self.read::<N>(&format!("SELECT uniq(key) AS n FROM {db}.rrsets_all WHERE key < '\\xFF'"))
+            .ok()
+            .and_then(|r| r.first().map(|n| n.n))
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_escape_everything_clickhouse_or_the_client_would_read() {
+        assert_eq!(literal(b"com.example.\0\x00\x01x"), "'com.example.\\x00\\x00\\x01x'");
+        assert_eq!(literal(b"a'b\\c?d"), "'a\\'b\\\\c\\x3Fd'");
+        assert_eq!(literal(&[0xff, 0x80]), "'\\xFF\\x80'");
+    }
+}

@@ -1,0 +1,65 @@
+//! The database behind the query API and the collector: the embedded sled store, or a
+//! ClickHouse cluster. Lookups are the same code on both ([`crate::store::walk`] over
+//! [`crate::store::Ordered`]); what only sled has (the live feed log, per-day rows, daily
+//! exports) is asked for through [`Db::sled`].
+
+use std::sync::Arc;
+
+use crate::clickhouse::Cluster;
+use crate::store::{Ended, Entry, Fences, Lookup, Store, StoreError};
+
+#[derive(Clone)]
+pub enum Db {
+    Sled(Store),
+    ClickHouse(Arc<Cluster>),
+}
+
+impl Db {
+    /// Walks a lookup (see [`crate::store::walk`]). Blocking: call from a blocking thread.
+    pub fn walk(
+        &self,
+        lookup: &Lookup,
+        fences: &Fences,
+        after: Option<&[u8]>,
+        budget: u64,
+        visit: impl FnMut(&[u8], Entry) -> bool,
+    ) -> Result<Ended, StoreError> {
+        match self {
+            Db::Sled(s) => s.walk(lookup, fences, after, budget, visit),
+            Db::ClickHouse(c) => crate::store::walk(&**c, lookup, fences, after, budget, visit),
+        }
+    }
+
+    /// See [`crate::store::count_entries`]. Blocking.
+    pub fn count_entries(&self, lookup: &Lookup, cap: u64) -> Result<(u64, bool), StoreError> {
+        match self {
+            Db::Sled(s) => s.count_entries(lookup, cap),
+            Db::ClickHouse(c) => crate::store::count_entries(&**c, lookup, cap),
+        }
+    }
+
+    /// The sensors behind an RRset. Blocking.
+    pub fn contributors(&self, e: &Entry) -> Vec<String> {
+        match self {
+            _ if !e.sensors.is_empty() => e.sensors.clone(),
+            Db::Sled(s) => s.contributors(&e.rrset).unwrap_or_default(),
+            Db::ClickHouse(_) => Vec::new(),
+        }
+    }
+
+    /// Shards that do not answer (1-based; always empty for sled): results read while any
+    /// is down are partial. Blocking.
+    pub fn unavailable(&self) -> Vec<usize> {
+        match self {
+            Db::Sled(_) => Vec::new(),
+            Db::ClickHouse(c) => c.unavailable_blocking(),
+        }
+    }
+
+    pub fn sled(&self) -> Option<&Store> {
+        match self {
+            Db::Sled(s) => Some(s),
+            Db::ClickHouse(_) => None,
+        }
+    }
+}
