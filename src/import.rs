@@ -124,7 +124,17 @@ pub async fn import_clickhouse(cluster: &crate::clickhouse::Cluster, path: &Path
     for (i, chunk) in deltas.chunks(BATCH).enumerate() {
         let seq = i as u64 + 1;
         let range = crate::clickhouse::BatchRange { sender: "import", stream, first: seq, last: seq };
-        cluster.apply(range, chunk).await?;
+        // Applying a batch again is harmless (it is recognised), so transient failures of the
+        // cluster are retried.
+        let mut attempt = 0;
+        while let Err(e) = cluster.apply(range, chunk).await {
+            attempt += 1;
+            if attempt == 5 {
+                return Err(e.into());
+            }
+            tracing::warn!(error = %e, attempt, "import batch failed; retrying");
+            tokio::time::sleep(std::time::Duration::from_millis(500 << attempt)).await;
+        }
     }
     Ok(deltas.len() as u64)
 }

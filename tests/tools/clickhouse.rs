@@ -22,8 +22,11 @@ pub struct Shard {
 }
 
 pub struct ClickHouse {
-    _zk: Proc,
     pub shards: Vec<Shard>,
+    _zk: Proc,
+    /// One cluster at a time per test binary: three JVMs and six servers on two cores made
+    /// ZooKeeper sessions time out.
+    _turn: std::sync::MutexGuard<'static, ()>,
     /// A file with the `[clickhouse]` table for dnsledger.
     pub config: PathBuf,
     work: PathBuf,
@@ -37,6 +40,8 @@ fn chown_nobody(path: &Path) {
 impl ClickHouse {
     /// Starts ZooKeeper and `n` shards under `work` and waits until all answer.
     pub fn start(work: &Path, n: usize) -> ClickHouse {
+        static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         require("clickhouse-server", "clickhouse-server");
         require("java", "default-jre-headless");
         assert!(Path::new("/usr/share/java/zookeeper.jar").is_file(), "install the Debian package zookeeper");
@@ -58,7 +63,7 @@ impl ClickHouse {
             zk_dir.join("zoo.cfg"),
             format!(
                 "tickTime=2000\ndataDir={}\nclientPort={zk_port}\nclientPortAddress=127.0.0.1\n\
-                 admin.enableServer=false\n4lw.commands.whitelist=ruok\n",
+                 admin.enableServer=false\n4lw.commands.whitelist=srvr\n",
                 zk_dir.join("data").display()
             ),
         )
@@ -71,7 +76,9 @@ impl ClickHouse {
         let mut zk = Proc::spawn("zookeeper", zk, work);
         wait_for("zookeeper", Duration::from_secs(30), || {
             assert!(zk.is_running(), "zookeeper exited:\n{}", zk.stderr());
-            ruok(zk_port)
+            // `srvr` answers "Mode: standalone" only once the server takes sessions (before,
+            // it accepts connections and closes them mid-handshake).
+            four_letter(zk_port, b"srvr").contains("Mode: standalone")
         });
 
         let mut shards: Vec<Shard> = (0..n)
@@ -140,7 +147,7 @@ impl ClickHouse {
             ),
         )
         .unwrap();
-        ClickHouse { _zk: zk, shards, config, work: work.to_path_buf() }
+        ClickHouse { shards, _zk: zk, _turn: turn, config, work: work.to_path_buf() }
     }
 
     /// Kills shard `i` (0-based) with SIGKILL.
@@ -176,16 +183,16 @@ fn start_shard(work: &Path, s: &mut Shard, i: usize) {
     s.proc = Some(p);
 }
 
-fn ruok(port: u16) -> bool {
+fn four_letter(port: u16, word: &[u8]) -> String {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"ruok").is_err() {
-        return false;
+    if s.write_all(word).is_err() {
+        return String::new();
     }
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    out == "imok"
+    out
 }
 
 /// A minimal HTTP/1.0 POST (no client library needed in tests).

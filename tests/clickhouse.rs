@@ -1,0 +1,354 @@
+//! The ClickHouse backend against a real cluster: Debian's clickhouse-server 18.16 as two
+//! shards with ZooKeeper, on loopback (tests/tools/clickhouse.rs).
+//! - The query API over the cluster answers the API fixture exactly as over a sled store.
+//! - Exactly once: the same batch applied at once by two collectors, and batches whose
+//!   collector died mid-way (cancelled at every stage) then retried, count once.
+//! - End to end: a sensor forwarding real dnstap to a collector on the cluster; the collector
+//!   killed (-9) mid-stream and another one taking over; a shard killed while the sensor keeps
+//!   ingesting (queries say they are partial, the outbox holds the data) and restarted: the
+//!   cluster ends with exactly the sensor's counts.
+
+mod tools;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use dnsledger::clickhouse::{BatchRange, ClickHouseConfig, Cluster, Outcome};
+use dnsledger::sensor::{Kind, Rrset};
+use dnsledger::store::Delta;
+use tools::clickhouse::ClickHouse;
+use tools::fixture::{PAGED, fixture_lines, get};
+use tools::forward::{Contents, SERVER_NAME, contents, data, replay, sensor_toml, settle, start_ingest};
+use tools::{Proc, dnsledger, free_port, metric, run, wait_for, wait_for_socket};
+
+/// Everything in the cluster, read straight from ClickHouse (not through our code): positive
+/// RRsets re-aggregated from `rrsets_all`, negative ones summed from `landing_all`.
+fn cluster_contents(ch: &ClickHouse) -> Contents {
+    let mut out = Contents::new();
+    let queries = [
+        "SELECT any(rrname) AS n, any(rrtype) AS t, any(bailiwick) AS b, any(rdata) AS r, minMerge(time_first) AS f, \
+         maxMerge(time_last) AS l, sumMerge(count) AS c FROM dnsledger.rrsets_all WHERE key < '\\xFF' GROUP BY key",
+        "SELECT any(rrname) AS n, any(rrtype) AS t, any(bailiwick) AS b, any(rdata) AS r, min(time_first) AS f, \
+         max(time_last) AS l, sum(count) AS c FROM dnsledger.landing_all WHERE negative = 1 GROUP BY key",
+    ];
+    for q in queries {
+        let body = ch.query(0, &format!("{q} FORMAT JSONEachRow"));
+        // 18.16 quotes 64-bit integers in JSON.
+        let num = |v: &serde_json::Value| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap();
+        for line in body.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let rdata = v["r"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect();
+            let key = (
+                v["n"].as_str().unwrap().to_string(),
+                v["t"].as_u64().unwrap() as u16,
+                v["b"].as_str().unwrap().to_string(),
+                rdata,
+            );
+            let val = (num(&v["f"]), num(&v["l"]), num(&v["c"]));
+            assert!(out.insert(key.clone(), val).is_none(), "{key:?} twice");
+        }
+    }
+    out
+}
+
+fn assert_same(at_sensor: &Contents, at_cluster: &Contents) {
+    let differ: Vec<_> = at_sensor.iter().filter(|(k, v)| at_cluster.get(*k) != Some(*v)).collect();
+    assert!(differ.is_empty(), "sensor entries the cluster lacks or counts differently: {differ:#?}");
+    let extra: Vec<_> = at_cluster.keys().filter(|k| !at_sensor.contains_key(*k)).collect();
+    assert!(extra.is_empty(), "entries the sensor never had: {extra:#?}");
+}
+
+fn serve_api(work: &Path, name: &str, store: (&str, &Path)) -> (SocketAddr, Proc) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut cmd = dnsledger();
+    cmd.arg("api").arg(store.0).arg(store.1).args(["--api", &addr.to_string()]);
+    let mut p = Proc::spawn(name, cmd, work);
+    wait_for("the API", Duration::from_secs(30), || {
+        assert!(p.is_running(), "{name} exited:\n{}", p.stderr());
+        std::net::TcpStream::connect(addr).is_ok()
+    });
+    (addr, p)
+}
+
+#[test]
+fn the_cluster_answers_every_query_exactly_as_the_sled_store_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let ch = ClickHouse::start(work, 2);
+    let cof = work.join("fixture.ndjson");
+    std::fs::write(&cof, fixture_lines()).unwrap();
+    let db = work.join("sled");
+    for store in [("--db", db.as_path()), ("--clickhouse", ch.config.as_path())] {
+        let mut import = dnsledger();
+        import.arg("import").arg(store.0).arg(store.1).arg(&cof);
+        let out = run(import);
+        let n = tools::fixture::FIXTURE.len() as u64 + PAGED;
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{n} RRsets merged")), "{out:?}");
+    }
+    // The fixture's RRsets are spread over both shards (by registrable domain).
+    for i in 0..2 {
+        let n: u64 =
+            ch.query(i, "SELECT uniqExact(key) FROM dnsledger.rrsets WHERE key < '\\xFF'").trim().parse().unwrap();
+        assert!(n > 0, "shard {} holds nothing", i + 1);
+    }
+    let (sled, _a) = serve_api(work, "api-sled", ("--db", &db));
+    let (cluster, _b) = serve_api(work, "api-clickhouse", ("--clickhouse", &ch.config));
+
+    let mut paths: Vec<String> = [
+        "lookup/rrset/name/example.com",
+        "lookup/rrset/name/example.com/NS",
+        "lookup/rrset/name/example.com/ANY/com",
+        "lookup/rrset/name/*.example.com",
+        "lookup/rrset/name/*.example.com/A",
+        "lookup/rrset/name/*.paged.example",
+        "lookup/rrset/name/www.example.*",
+        "lookup/rrset/name/example.*",
+        "lookup/rrset/name/nothing.example",
+        "lookup/rrset/raw/076578616d706c6503636f6d00",
+        "lookup/rdata/name/www.example.com",
+        "lookup/rdata/name/ns1.example.com/NS",
+        "lookup/rdata/name/*.example.com",
+        "lookup/rdata/name/mail.example.*",
+        "lookup/rdata/ip/192.0.2.80",
+        "lookup/rdata/ip/192.0.2.0,24",
+        "lookup/rdata/ip/192.0.3.0/24",
+        "lookup/rdata/ip/192.0.2.255-192.0.3.0",
+        "lookup/rdata/ip/2001:db8::,32",
+        "lookup/rdata/ip/198.51.100.0,24",
+        "lookup/rdata/raw/c0000250",
+        "summarize/rrset/name/*.example.com",
+        "summarize/rdata/ip/198.51.100.0,24",
+    ]
+    .iter()
+    .map(|p| format!("/dnsdb/v2/{p}"))
+    .collect();
+    for fences in [
+        "time_first_before=150",
+        "time_first_after=150",
+        "time_last_before=400",
+        "time_last_after=200",
+        "time_first_after=100&time_last_before=401",
+        "limit=3",
+        "limit=3&offset=2",
+        "humantime=true",
+    ] {
+        paths.push(format!("/dnsdb/v2/lookup/rrset/name/*.example.com?{fences}"));
+        paths.push(format!("/dnsdb/v2/lookup/rdata/ip/198.51.100.0,24?{fences}"));
+    }
+    paths.extend(
+        ["/cof/v1/lookup/rrset/name/*.paged.example?limit=5", "/pdns/query/example.com", "/pdns/query/192.0.2.80"]
+            .map(String::from),
+    );
+    paths.push("/dnsledger/v1/estimate/rdata/ip/198.51.100.0,24".into());
+    paths.extend(["/dnsdb/v2/lookup/rrset/name/*", "/dnsdb/v2/lookup/rdata/ip/300.1.2.3"].map(String::from));
+    let mut results = 0;
+    for path in &paths {
+        let (a, b) = (get(sled, path, &[]), get(cluster, path, &[]));
+        assert_eq!((a.status, &a.body), (b.status, &b.body), "{path}");
+        results += a.body.matches("\"rrname\"").count();
+    }
+    assert!(results > 200, "the comparisons compared answers, not empty pages ({results} objects)");
+
+    // Paging with cursors: the same pages, and together every RRset once.
+    for base in
+        ["/dnsdb/v2/lookup/rrset/name/*.paged.example?limit=7", "/dnsdb/v2/lookup/rdata/ip/198.51.100.0,24?limit=7"]
+    {
+        let (mut cursor, mut seen) = (String::new(), 0);
+        loop {
+            let path = if cursor.is_empty() { base.to_string() } else { format!("{base}&cursor={cursor}") };
+            let (a, b) = (get(sled, &path, &[]), get(cluster, &path, &[]));
+            assert_eq!(a.body, b.body, "{path}");
+            seen += a.body.matches("\"obj\"").count();
+            let last: serde_json::Value = serde_json::from_str(a.body.lines().last().unwrap()).unwrap();
+            match last["cursor"].as_str() {
+                Some(c) => cursor = c.to_string(),
+                None => break,
+            }
+        }
+        assert_eq!(seen as u64, PAGED, "{base}");
+    }
+}
+
+fn delta(i: u64, count: u64) -> Delta {
+    Delta {
+        kind: if i % 10 == 9 { Kind::NxDomain } else { Kind::Positive },
+        rrset: Rrset {
+            rrname: format!("h{i}.zone{}.example.", i % 7),
+            rrtype: 1,
+            bailiwick: format!("zone{}.example.", i % 7),
+            rdata: vec![format!("10.9.{}.{}", i / 250, i % 250)],
+        },
+        first: 1_000 + i,
+        last: 2_000 + i,
+        count,
+        sensors: vec!["sensor-x".into()],
+    }
+}
+
+#[test]
+fn batches_count_once_when_collectors_race_or_die_mid_way_and_retry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ch = ClickHouse::start(tmp.path(), 2);
+    let config = ClickHouseConfig::load(&ch.config).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let expected: BTreeMap<String, u64> = rt.block_on(async {
+        // Two collectors: separate clients, nothing shared but the cluster.
+        let a = Cluster::new(config.clone()).unwrap();
+        let b = Cluster::new(config.clone()).unwrap();
+        a.init().await.unwrap();
+        let mut expected = BTreeMap::new();
+        // Batches 1-5: both collectors get the same batch at the same time, twice.
+        for seq in 1..=5u64 {
+            let deltas: Vec<Delta> = (0..300).map(|i| delta(i, seq)).collect();
+            let range = BatchRange { sender: "sensor-x", stream: 7, first: seq, last: seq };
+            let (x, y, z, w) = tokio::join!(
+                a.apply(range, &deltas),
+                b.apply(range, &deltas),
+                a.apply(range, &deltas),
+                b.apply(range, &deltas)
+            );
+            let outcomes = [x.unwrap(), y.unwrap(), z.unwrap(), w.unwrap()];
+            assert!(outcomes.contains(&Outcome::Applied), "{outcomes:?}");
+            for d in &deltas {
+                *expected.entry(d.rrset.rrname.clone()).or_default() += d.count;
+            }
+        }
+        // Batches 6-25: a collector dies after some of its INSERTs (cancelled at a different
+        // moment each time), then the sender's retry reaches the other collector.
+        for seq in 6..=25u64 {
+            let deltas: Vec<Delta> = (0..300).map(|i| delta(i, 100 * seq)).collect();
+            let range = BatchRange { sender: "sensor-x", stream: 7, first: seq, last: seq };
+            let cut = Duration::from_millis((seq - 6) * 7);
+            let _ = tokio::time::timeout(cut, a.apply(range, &deltas)).await;
+            b.apply(range, &deltas).await.unwrap();
+            // A late retry of something applied long ago: recognised.
+            assert_eq!(a.apply(range, &deltas).await.unwrap(), Outcome::Duplicate);
+            for d in &deltas {
+                *expected.entry(d.rrset.rrname.clone()).or_default() += d.count;
+            }
+        }
+        expected
+    });
+    let body = ch.query(
+        1,
+        "SELECT n, c FROM (SELECT any(rrname) AS n, sumMerge(count) AS c FROM dnsledger.rrsets_all WHERE key < '\\xFF' \
+         GROUP BY key UNION ALL SELECT any(rrname) AS n, sum(count) AS c FROM dnsledger.landing_all \
+         WHERE negative = 1 GROUP BY key) FORMAT TabSeparated",
+    );
+    let got: BTreeMap<String, u64> =
+        body.lines().map(|l| l.split_once('\t').unwrap()).map(|(n, c)| (n.to_string(), c.parse().unwrap())).collect();
+    assert_eq!(got.len(), 300);
+    assert_eq!(got, expected, "every RRset counted exactly once per batch");
+    // And the markers say which batches landed: 25, on each shard.
+    for i in 0..2 {
+        let marks = ch.query(i, "SELECT count() FROM dnsledger.landing WHERE key >= '\\xFF'");
+        assert_eq!(marks.trim(), "25", "shard {}", i + 1);
+    }
+}
+
+#[test]
+fn a_sensor_forwarding_to_the_cluster_ends_exact_through_collector_kills_and_a_shard_outage() {
+    tools::require("openssl", "openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let mut ch = ClickHouse::start(work, 2);
+    tools::make_certs(&work.join("pki"), SERVER_NAME, &["sensor-a"]);
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let collector = |metrics: SocketAddr| {
+        start_ingest(
+            "collector",
+            work,
+            ("--clickhouse", &ch.config),
+            listen,
+            metrics,
+            vec!["--api".into(), api.to_string().into()],
+        )
+    };
+    let collector_a = collector(SocketAddr::from(([127, 0, 0, 1], free_port())));
+
+    let sensor_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (sensor_db, sock, config) = sensor_toml(work, "sensor-a", listen, sensor_metrics);
+    let mut cmd = dnsledger();
+    cmd.args(["sensor", "-q", "-c"]).arg(&config);
+    let sensor = Proc::spawn("sensor", cmd, work);
+    wait_for_socket(&sock);
+    let acked = || metric(sensor_metrics, "dnsledger_forward_batches_acked_total").unwrap_or(0);
+    let waiting = || metric(sensor_metrics, "dnsledger_forward_outbox_batches");
+
+    replay(&data("unbound-resolver.dnstap"), &sock);
+    wait_for("first batches acknowledged", Duration::from_secs(60), || acked() >= 1 && waiting() == Some(0));
+
+    // Many batches in a row (synthetic dnstap, one-second windows); the collector is killed
+    // while they flow and another collector process takes over its address.
+    let synthetic = work.join("synthetic.dnstap");
+    let mut generate = dnsledger();
+    generate.args(["tap", "generate", "--frames", "100000", "--names", "20000", "--zones", "400"]).arg(&synthetic);
+    run(generate);
+    let feeder = {
+        let mut c = dnsledger();
+        c.args(["tap", "replay", "--rate", "20000", "--unix"]).arg(&sock).arg(&synthetic);
+        std::thread::spawn(move || run(c))
+    };
+    let before = acked();
+    wait_for("batches flowing", Duration::from_secs(60), || acked() > before);
+    collector_a.signal("KILL");
+    let _ = collector_a.wait(Duration::from_secs(10));
+    let collector_b = collector(SocketAddr::from(([127, 0, 0, 1], free_port())));
+    feeder.join().unwrap();
+    settle(sensor_metrics);
+
+    // A shard dies: ingest stops (the collector refuses batches it cannot store, the sensor
+    // keeps them), queries say their answers are partial.
+    ch.kill_shard(1);
+    replay(&data("bind-resolver.dnstap"), &sock);
+    wait_for("batches held by the sensor", Duration::from_secs(60), || waiting().unwrap_or(0) >= 1);
+    wait_for("the collector refusing what it cannot store", Duration::from_secs(60), || {
+        metric(sensor_metrics, "dnsledger_forward_batches_rejected_total").unwrap_or(0) >= 1
+    });
+    let r = get(api, "/dnsdb/v2/lookup/rrset/name/*.example", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let last = r.body.lines().last().unwrap();
+    assert!(!last.contains("succeeded") && last.contains("partial results: shard(s) 2 "), "{last}");
+    let r = get(api, "/cof/v1/lookup/rrset/name/*.example", &[]);
+    assert!(r.headers.contains("x-dnsledger-partial: partial results: shard(s) 2"), "{}", r.headers);
+
+    // Back: the outbox drains, and the cluster has exactly what the sensor has.
+    ch.restart_shard(1);
+    settle(sensor_metrics);
+    let log = sensor.terminate();
+    assert!(!log.contains("panicked"), "{log}");
+    let at_sensor = contents(&sensor_db);
+    assert!(at_sensor.len() > 1000, "{}", at_sensor.len());
+    assert_same(&at_sensor, &cluster_contents(&ch));
+    let r = get(api, "/dnsdb/v2/lookup/rrset/name/*.d1.example", &[]);
+    assert!(r.body.ends_with("{\"cond\":\"succeeded\"}\n") && r.body.contains("h1.d1.example."), "{}", r.body);
+    let log = collector_b.terminate();
+    assert!(log.contains("collector listening (ClickHouse)"), "{log}");
+
+    // Nothing about clients or resolvers is stored: the tables have no such columns, and the
+    // capture's client (127.53.9.1) and resolvers (127.53.1.1, .2) appear in no value.
+    let columns = ch.query(0, "SELECT name FROM system.columns WHERE database = 'dnsledger' FORMAT TabSeparated");
+    for c in columns.lines() {
+        assert!(
+            ["sensor", "stream", "first_seq", "seq", "key", "rrname", "rrtype", "bailiwick", "rdata", "negative"]
+                .contains(&c)
+                || ["time_first", "time_last", "count", "sensors", "pos", "idx"].contains(&c),
+            "unexpected column {c}"
+        );
+    }
+    for ip in ["127.53.9.1", "127.53.1.1", "127.53.1.2", "1.9.53.127"] {
+        let n = ch.query(
+            0,
+            &format!(
+                "SELECT count() FROM dnsledger.landing_all WHERE position(concat(rrname, bailiwick, \
+                 arrayStringConcat(rdata, ' ')), '{ip}') > 0"
+            ),
+        );
+        assert_eq!(n.trim(), "0", "{ip} stored");
+    }
+    let control = ch.query(0, "SELECT count() FROM dnsledger.landing_all WHERE has(rdata, '127.53.0.1')");
+    assert_ne!(control.trim(), "0", "the search sees stored rdata (the root's glue)");
+}
