@@ -89,6 +89,16 @@ enum ClickhouseCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Apply the batches that collectors stored in NATS JetStream (`nats` in the
+    /// `[clickhouse]` table) to the cluster, each exactly once.
+    Writer {
+        /// A file with a `[clickhouse]` table that names the broker.
+        #[arg(long)]
+        config: PathBuf,
+        /// Serve Prometheus metrics on this address.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+    },
 }
 
 #[derive(Args)]
@@ -491,7 +501,7 @@ async fn run_collector(a: CollectorArgs, upstream: Option<dnsledger::forward::Fo
     let (shutdown, registry) = service(a.metrics).await?;
     let backend = match (a.db, &a.clickhouse) {
         (_, Some(file)) => {
-            dnsledger::collector::Backend::ClickHouse(dnsledger::clickhouse::ClickHouseConfig::load(file)?)
+            dnsledger::collector::Backend::ClickHouse(Box::new(dnsledger::clickhouse::ClickHouseConfig::load(file)?))
         }
         (Some(db), None) => dnsledger::collector::Backend::Sled(db),
         (None, None) => anyhow::bail!("give --db DIR or --clickhouse FILE"),
@@ -542,6 +552,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", file.display());
         }
         Command::Collector(a) => run_collector(a, None).await?,
+        Command::Clickhouse(ClickhouseCommand::Writer { config, metrics }) => {
+            let cluster = dnsledger::clickhouse::Cluster::new(dnsledger::clickhouse::ClickHouseConfig::load(&config)?)?;
+            let nats = cluster.nats().ok_or_else(|| anyhow::anyhow!("{}: no `nats` URL", config.display()))?;
+            cluster.init().await?;
+            let (shutdown, registry) = service(metrics).await?;
+            let stats = std::sync::Arc::new(dnsledger::clickhouse::nats::WriterStats::default());
+            registry.register(stats.clone());
+            dnsledger::clickhouse::nats::write(nats, std::sync::Arc::new(cluster), stats, shutdown).await?;
+        }
         Command::Clickhouse(ClickhouseCommand::Init { config }) => {
             let cluster = dnsledger::clickhouse::Cluster::new(dnsledger::clickhouse::ClickHouseConfig::load(&config)?)?;
             cluster.init().await?;

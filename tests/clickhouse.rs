@@ -352,3 +352,76 @@ fn a_sensor_forwarding_to_the_cluster_ends_exact_through_collector_kills_and_a_s
     let control = ch.query(0, "SELECT count() FROM dnsledger.landing_all WHERE has(rdata, '127.53.0.1')");
     assert_ne!(control.trim(), "0", "the search sees stored rdata (the root's glue)");
 }
+
+#[test]
+fn with_nats_jetstream_in_the_path_counts_stay_exact_when_the_writer_is_killed() {
+    tools::require("openssl", "openssl");
+    tools::require("nats-server", "nats-server");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let ch = ClickHouse::start(work, 2);
+    let nats_port = free_port();
+    let mut broker = std::process::Command::new("nats-server");
+    broker.args(["-js", "-a", "127.0.0.1", "-p", &nats_port.to_string(), "-sd"]).arg(work.join("jetstream"));
+    let _broker = Proc::spawn("nats-server", broker, work);
+    wait_for("nats-server", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_ok());
+    let config = work.join("clickhouse-nats.toml");
+    let mut text = std::fs::read_to_string(&ch.config).unwrap();
+    text += &format!("nats = \"nats://127.0.0.1:{nats_port}\"\n");
+    std::fs::write(&config, text).unwrap();
+
+    tools::make_certs(&work.join("pki"), SERVER_NAME, &["sensor-a"]);
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _collector = start_ingest(
+        "collector",
+        work,
+        ("--clickhouse", &config),
+        listen,
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        vec![],
+    );
+    let writer_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let writer = || {
+        let mut c = dnsledger();
+        c.args(["clickhouse", "writer", "--metrics", &writer_metrics.to_string(), "--config"]).arg(&config);
+        Proc::spawn("writer", c, work)
+    };
+    let first_writer = writer();
+
+    let sensor_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (sensor_db, sock, sensor_config) = sensor_toml(work, "sensor-a", listen, sensor_metrics);
+    let mut cmd = dnsledger();
+    cmd.args(["sensor", "-q", "-c"]).arg(&sensor_config);
+    let sensor = Proc::spawn("sensor", cmd, work);
+    wait_for_socket(&sock);
+    replay(&data("unbound-resolver.dnstap"), &sock);
+    let applied = || metric(writer_metrics, "dnsledger_writer_batches_applied_total").unwrap_or(0);
+    wait_for("the writer applying", Duration::from_secs(60), || applied() >= 1);
+
+    // The writer dies (-9) while batches flow; a new one takes over the durable consumer.
+    let synthetic = work.join("synthetic.dnstap");
+    let mut generate = dnsledger();
+    generate.args(["tap", "generate", "--frames", "60000", "--names", "15000", "--zones", "300"]).arg(&synthetic);
+    run(generate);
+    let mut c = dnsledger();
+    c.args(["tap", "replay", "--rate", "20000", "--unix"]).arg(&sock).arg(&synthetic);
+    let feeder = std::thread::spawn(move || run(c));
+    std::thread::sleep(Duration::from_millis(1500));
+    first_writer.signal("KILL");
+    let _ = first_writer.wait(Duration::from_secs(10));
+    feeder.join().unwrap();
+    replay(&data("bind-resolver.dnstap"), &sock);
+    let second_writer = writer();
+    settle(sensor_metrics);
+    let log = sensor.terminate();
+    assert!(!log.contains("panicked"), "{log}");
+    let at_sensor = contents(&sensor_db);
+    assert!(at_sensor.len() > 1000, "{}", at_sensor.len());
+    // The writer drains the stream on its own time.
+    wait_for("the cluster to hold what the sensor has", Duration::from_secs(120), || {
+        cluster_contents(&ch).values().map(|v| v.2).sum::<u64>() >= at_sensor.values().map(|v| v.2).sum::<u64>()
+    });
+    assert_same(&at_sensor, &cluster_contents(&ch));
+    let log = second_writer.terminate();
+    assert!(log.contains("writer consuming"), "{log}");
+}

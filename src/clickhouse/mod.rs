@@ -23,6 +23,7 @@
 //! Reading: [`crate::store::Ordered`] over the `Distributed` tables, in the sled store's key
 //! order, so the query API's walks, paging and cursors are the same code on both backends.
 
+pub mod nats;
 mod read;
 pub mod schema;
 
@@ -63,6 +64,21 @@ pub struct ClickHouseConfig {
     /// The Public Suffix List that decides shards (every collector must use the same one);
     /// Debian's by default.
     pub public_suffix_list: Option<PathBuf>,
+    /// Through NATS JetStream: collectors store batches in this broker's stream and
+    /// `dnsledger clickhouse writer` applies them to the cluster.
+    pub nats: Option<String>,
+    #[serde(default = "default_nats_stream")]
+    pub nats_stream: String,
+    /// Bytes the stream may hold; past it collectors refuse batches (senders keep them).
+    #[serde(default = "default_nats_max_bytes")]
+    pub nats_max_bytes: i64,
+}
+
+fn default_nats_stream() -> String {
+    "DNSLEDGER".into()
+}
+fn default_nats_max_bytes() -> i64 {
+    1 << 30
 }
 
 fn default_cluster() -> String {
@@ -113,6 +129,19 @@ impl ClickHouseConfig {
         }
         if c.dedup_window < 100 {
             problems.push("dedup_window: at least 100".into());
+        }
+        if let Some(u) = &c.nats
+            && !u.starts_with("nats://")
+        {
+            problems.push(format!("nats: {u:?} is not a nats:// URL"));
+        }
+        if c.nats_stream.is_empty()
+            || !c.nats_stream.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+        {
+            problems.push(format!("nats_stream: {:?}: letters, digits, _ and - only", c.nats_stream));
+        }
+        if c.nats_max_bytes < 1 << 20 {
+            problems.push("nats_max_bytes: at least 1048576".into());
         }
         if c.timeout_secs == 0 {
             problems.push("timeout_secs: at least 1".into());
@@ -250,6 +279,15 @@ impl Cluster {
 
     pub fn config(&self) -> &ClickHouseConfig {
         &self.config
+    }
+
+    /// The broker between collectors and writers, if configured.
+    pub fn nats(&self) -> Option<nats::NatsConfig> {
+        self.config.nats.as_ref().map(|url| nats::NatsConfig {
+            url: url.clone(),
+            stream: self.config.nats_stream.clone(),
+            max_bytes: self.config.nats_max_bytes,
+        })
     }
 
     pub fn shard_count(&self) -> usize {
@@ -419,5 +457,37 @@ impl Cluster {
             (i, matches!(ok, Ok(Ok(1))))
         });
         futures_util::future::join_all(checks).await.into_iter().filter(|(_, ok)| !ok).map(|(i, _)| i + 1).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensor::Rrset;
+
+    #[test]
+    fn the_documented_configuration_parses_and_bad_ones_say_why() {
+        let doc = include_str!("../../docs/CLICKHOUSE.md");
+        let block = doc.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
+        let c = ClickHouseConfig::parse(block).expect("docs/CLICKHOUSE.md example");
+        assert_eq!((c.shards.len(), c.dedup_window, c.database.as_str()), (2, 10_000, "dnsledger"));
+        let bad = ClickHouseConfig::parse(
+            "[clickhouse]\nshards = [\"ftp://x\"]\ndatabase = \"a;b\"\nzookeeper_path = \"x\"\ndedup_window = 5\n",
+        )
+        .unwrap_err();
+        for part in ["ftp://x", "database", "zookeeper_path", "dedup_window"] {
+            assert!(bad.contains(part), "{bad}");
+        }
+        assert!(ClickHouseConfig::parse("[clickhouse]\nshards = []\nsurprise = 1\n").unwrap_err().contains("surprise"));
+    }
+
+    #[test]
+    fn markers_sort_after_every_rrset_key_and_name_their_batch() {
+        let b = BatchRange { sender: "s1", stream: 7, first: 3, last: 5 };
+        let m = marker(&b);
+        assert_eq!(m[0], 0xff);
+        assert_ne!(m, marker(&BatchRange { last: 6, ..b }));
+        let r = Rrset { rrname: "zzz.".into(), rrtype: 65535, bailiwick: ".".into(), rdata: vec!["x".into()] };
+        assert!(rrset_key(&r) < m);
     }
 }

@@ -41,7 +41,7 @@ pub enum Backend {
     /// The embedded sled store in this directory.
     Sled(PathBuf),
     /// A ClickHouse cluster (any number of collectors may write to it).
-    ClickHouse(crate::clickhouse::ClickHouseConfig),
+    ClickHouse(Box<crate::clickhouse::ClickHouseConfig>),
 }
 
 #[derive(Clone, Debug)]
@@ -137,7 +137,7 @@ pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: Cancell
         Backend::Sled(path) => path.clone(),
         Backend::ClickHouse(ch) => {
             anyhow::ensure!(config.upstream.is_none(), "a relay keeps its outbox in sled, not ClickHouse");
-            return run_clickhouse(&config, ch.clone(), tls, registry, shutdown).await;
+            return run_clickhouse(&config, (**ch).clone(), tls, registry, shutdown).await;
         }
     };
     let mut store = Store::open(&path)?;
@@ -212,7 +212,28 @@ async fn run_clickhouse(
     let stats = Arc::new(CollectorStats::default());
     registry.register(stats.clone());
     let trusted_relays = Arc::new(config.trusted_relays.clone());
-    let writer = Writer::ClickHouse(cluster);
+    let writer = match cluster.nats() {
+        None => Writer::ClickHouse(cluster),
+        Some(n) => {
+            // The broker may come up after us too.
+            let mut wait = Duration::from_millis(200);
+            let js = loop {
+                match crate::clickhouse::nats::connect(&n).await {
+                    Ok(js) => break js,
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?wait, "NATS not ready; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        wait = (wait * 2).min(Duration::from_secs(10));
+                    }
+                }
+            };
+            tracing::info!(url = %n.url, stream = %n.stream, "batches go through NATS JetStream");
+            Writer::Nats(Box::new(js))
+        }
+    };
     accept(config, listener, TlsAcceptor::from(tls), stats, writer, trusted_relays, shutdown).await;
     Ok(())
 }
@@ -223,6 +244,8 @@ enum Writer {
     /// The sled store (one writer at a time), and whether applied batches go to its outbox.
     Sled(Arc<Mutex<Store>>, bool),
     ClickHouse(Arc<Cluster>),
+    /// The JetStream stream that `dnsledger clickhouse writer` applies to the cluster.
+    Nats(Box<async_nats::jetstream::Context>),
 }
 
 async fn accept(
@@ -269,6 +292,7 @@ async fn apply(
     id: wire::BatchId,
     deltas: Vec<Delta>,
     trusted: bool,
+    body: &[u8],
 ) -> Result<Applied, String> {
     match writer {
         Writer::Sled(store, outbox) => {
@@ -290,6 +314,14 @@ async fn apply(
             let deltas = crate::store::attribute(&deltas, sender, trusted);
             let range = BatchRange { sender, stream: id.stream, first: id.first, last: id.sequence };
             match cluster.apply(range, &deltas).await.map_err(|e| e.to_string())? {
+                Outcome::Applied => Ok(Applied::Merged(Default::default())),
+                Outcome::Duplicate => Ok(Applied::Duplicate { through: id.sequence }),
+            }
+        }
+        Writer::Nats(js) => {
+            let range = BatchRange { sender, stream: id.stream, first: id.first, last: id.sequence };
+            // Stored durably by the broker: acknowledged as applied (the writer takes it on).
+            match crate::clickhouse::nats::publish(js, range, trusted, body).await.map_err(|e| e.to_string())? {
                 Outcome::Applied => Ok(Applied::Merged(Default::default())),
                 Outcome::Duplicate => Ok(Applied::Duplicate { through: id.sequence }),
             }
@@ -353,7 +385,7 @@ async fn serve(
             Ok((id, deltas)) => {
                 let start = std::time::Instant::now();
                 let n = deltas.len() as u64;
-                let applied = apply(&writer, &sender, id, deltas, trusted).await;
+                let applied = apply(&writer, &sender, id, deltas, trusted, &body).await;
                 stats.apply_time.observe(start.elapsed());
                 match applied {
                     Ok(Applied::Merged(_)) => {

@@ -1,0 +1,242 @@
+//! Optional transport between collectors and ClickHouse: a NATS JetStream work queue.
+//!
+//! ```text
+//! collector: batch -> publish (Nats-Msg-Id = sender/stream/first/last) -> PubAck (stored)
+//!            -> Ack OK | DUPLICATE to the sender
+//! writer:    durable pull consumer -> Cluster::apply (exactly once) -> ack the message
+//! ```
+//!
+//! The stream is file-backed, bounded (`nats_max_bytes`, new messages refused when full: the
+//! collector then refuses the batch and the sender keeps it), and a work queue (a message is
+//! deleted once a writer acknowledged it). JetStream drops a message whose id it saw within
+//! its duplicate window, so a batch retried through another collector is stored once; a writer
+//! killed after applying and before acknowledging gets the message again, and the cluster
+//! recognises the batch (its markers and deduplicated blocks).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+
+use super::{BatchRange, Cluster, ClusterError, Outcome};
+use crate::forward::wire;
+use crate::metrics::{Counter, Metrics, ReasonCounter, write_metric, write_reasons};
+
+const SUBJECT: &str = "dnsledger.batches";
+const CONSUMER: &str = "clickhouse-writer";
+/// A message not acknowledged this long is delivered again.
+const ACK_WAIT: Duration = Duration::from_secs(60);
+const VERSION: u8 = 1;
+
+/// Where the broker is.
+#[derive(Clone, Debug)]
+pub struct NatsConfig {
+    pub url: String,
+    pub stream: String,
+    pub max_bytes: i64,
+}
+
+/// A batch as it travels through the broker: who sent it (from its certificate), whether its
+/// summaries' sensor lists are to be trusted (a relay), and the batch as the sender sent it.
+pub fn encode(sender: &str, trusted: bool, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + sender.len() + 4);
+    out.push(VERSION);
+    out.push(u8::from(trusted));
+    out.push(sender.len() as u8);
+    out.extend_from_slice(sender.as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn decode(m: &[u8]) -> Option<(String, bool, &[u8])> {
+    let (&version, rest) = m.split_first()?;
+    let (&trusted, rest) = rest.split_first()?;
+    let (&n, rest) = rest.split_first()?;
+    if version != VERSION || rest.len() < n as usize {
+        return None;
+    }
+    let sender = String::from_utf8(rest[..n as usize].to_vec()).ok()?;
+    Some((sender, trusted == 1, &rest[n as usize..]))
+}
+
+/// The message id JetStream deduplicates on.
+pub fn message_id(b: &BatchRange) -> String {
+    format!("{}/{}/{}/{}", b.sender, b.stream, b.first, b.last)
+}
+
+/// A connection to the stream, creating it if needed.
+pub async fn connect(config: &NatsConfig) -> Result<jetstream::Context, ClusterError> {
+    let client = async_nats::connect(&config.url).await.map_err(|e| ClusterError::Other(format!("nats: {e}")))?;
+    let js = jetstream::new(client);
+    js.get_or_create_stream(stream::Config {
+        name: config.stream.clone(),
+        subjects: vec![SUBJECT.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        max_bytes: config.max_bytes,
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::Other(format!("nats stream {}: {e}", config.stream)))?;
+    Ok(js)
+}
+
+/// Stores a batch in the stream; `Duplicate` if JetStream had it already.
+pub async fn publish(
+    js: &jetstream::Context,
+    b: BatchRange<'_>,
+    trusted: bool,
+    body: &[u8],
+) -> Result<Outcome, ClusterError> {
+    let publish = jetstream::message::PublishMessage::build()
+        .message_id(message_id(&b))
+        .payload(encode(b.sender, trusted, body).into());
+    let ack = js
+        .send_publish(SUBJECT, publish)
+        .await
+        .map_err(|e| ClusterError::Other(format!("nats publish: {e}")))?
+        .await
+        .map_err(|e| ClusterError::Other(format!("nats publish: {e}")))?;
+    Ok(if ack.duplicate { Outcome::Duplicate } else { Outcome::Applied })
+}
+
+/// Writer counters (Prometheus prefix `dnsledger_writer_`).
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub batches_applied: Counter,
+    pub batches_duplicate: Counter,
+    pub summaries_applied: Counter,
+    /// Messages not applied, by reason (`decode`: dropped; `cluster`: delivered again later).
+    pub failures: ReasonCounter,
+}
+
+impl Metrics for WriterStats {
+    fn render(&self, out: &mut String) {
+        let p = "dnsledger_writer";
+        write_metric(
+            out,
+            &format!("{p}_batches_applied_total"),
+            "counter",
+            "Batches applied to the cluster.",
+            self.batches_applied.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_batches_duplicate_total"),
+            "counter",
+            "Batches the cluster had already (redeliveries).",
+            self.batches_duplicate.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_summaries_applied_total"),
+            "counter",
+            "Summaries applied.",
+            self.summaries_applied.get(),
+        );
+        write_reasons(
+            out,
+            &format!("{p}_failures_total"),
+            "Messages not applied, by reason.",
+            "reason",
+            &self.failures,
+        );
+    }
+}
+
+/// Applies the stream's batches to the cluster until `shutdown`; a message is acknowledged only
+/// after its batch is in the cluster.
+pub async fn write(
+    config: NatsConfig,
+    cluster: Arc<Cluster>,
+    stats: Arc<WriterStats>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let js = connect(&config).await?;
+    let stream = js.get_stream(&config.stream).await.map_err(|e| anyhow::anyhow!("nats stream: {e}"))?;
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(CONSUMER.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: 64,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("nats consumer: {e}"))?;
+    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("nats consumer: {e}"))?;
+    tracing::info!(stream = %config.stream, "writer consuming");
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            m = messages.next() => m,
+        };
+        let Some(message) = message else { anyhow::bail!("nats: the consumer ended") };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "nats: receive failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let Some((sender, trusted, body)) = decode(&message.payload) else {
+            stats.failures.inc("decode");
+            tracing::error!("nats: a message that is not a dnsledger batch; dropped");
+            let _ = message.ack_with(jetstream::AckKind::Term).await;
+            continue;
+        };
+        let (id, deltas) = match wire::decode_batch(body) {
+            Ok(b) => b,
+            Err(e) => {
+                stats.failures.inc("decode");
+                tracing::error!(sender, error = %e, "nats: undecodable batch; dropped");
+                let _ = message.ack_with(jetstream::AckKind::Term).await;
+                continue;
+            }
+        };
+        let deltas = crate::store::attribute(&deltas, &sender, trusted);
+        let range = BatchRange { sender: &sender, stream: id.stream, first: id.first, last: id.sequence };
+        match cluster.apply(range, &deltas).await {
+            Ok(outcome) => {
+                if outcome == Outcome::Applied {
+                    stats.batches_applied.inc();
+                    stats.summaries_applied.add(deltas.len() as u64);
+                } else {
+                    stats.batches_duplicate.inc();
+                }
+                // If this ack is lost the message comes again and is recognised.
+                if let Err(e) = message.ack().await {
+                    tracing::warn!(error = %e, "nats: ack failed; the batch will be delivered again");
+                }
+            }
+            Err(e) => {
+                stats.failures.inc("cluster");
+                tracing::warn!(sender, error = %e, "cluster unavailable; the batch will be delivered again");
+                let _ = message.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(2)))).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        let m = encode("sensor-a", true, b"\x28\xb5batch");
+        assert_eq!(decode(&m), Some(("sensor-a".to_string(), true, &b"\x28\xb5batch"[..])));
+        assert_eq!(decode(&[2, 0, 0]), None);
+        assert_eq!(decode(&[VERSION, 0, 9, b'x']), None);
+        assert_eq!(message_id(&BatchRange { sender: "s", stream: 1, first: 2, last: 3 }), "s/1/2/3");
+    }
+}
