@@ -425,3 +425,42 @@ fn with_nats_jetstream_in_the_path_counts_stay_exact_when_the_writer_is_killed()
     let log = second_writer.terminate();
     assert!(log.contains("writer consuming"), "{log}");
 }
+
+#[test]
+fn shards_are_reached_over_https_with_the_configured_ca_and_refused_with_another() {
+    tools::require("openssl", "openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    tools::make_certs(&work.join("pki"), SERVER_NAME, &[]);
+    tools::make_certs(&work.join("other-pki"), SERVER_NAME, &[]);
+    let ch = ClickHouse::start_with(work, 2, Some(&work.join("pki")));
+    let config = std::fs::read_to_string(&ch.config).unwrap();
+    assert!(config.contains("https://127.0.0.1:"), "{config}");
+
+    let cof = work.join("fixture.ndjson");
+    std::fs::write(&cof, fixture_lines()).unwrap();
+    let mut import = dnsledger();
+    import.arg("import").arg("--clickhouse").arg(&ch.config).arg(&cof);
+    let out = run(import);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RRsets merged"), "{out:?}");
+    let (api, _p) = serve_api(work, "api-https", ("--clickhouse", &ch.config));
+    let r = get(api, "/dnsdb/v2/lookup/rrset/name/*.example.com", &[]);
+    assert!(r.body.contains("www.example.com.") && r.body.ends_with("{\"cond\":\"succeeded\"}\n"), "{}", r.body);
+
+    // The same cluster with a CA that did not sign its certificate: refused, and said why.
+    let wrong = work.join("wrong-ca.toml");
+    std::fs::write(
+        &wrong,
+        config.replace(
+            &work.join("pki/ca.pem").display().to_string(),
+            &work.join("other-pki/ca.pem").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut init = dnsledger();
+    init.args(["clickhouse", "init", "--config"]).arg(&wrong);
+    let out = init.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shard 1") && err.to_lowercase().contains("certificate"), "{err}");
+}

@@ -58,6 +58,8 @@ pub struct ClickHouseConfig {
     /// Blocks per table whose identity ZooKeeper keeps for deduplication.
     #[serde(default = "default_window")]
     pub dedup_window: u64,
+    /// The CA (PEM) that `https://` shard URLs must present a certificate of.
+    pub ca: Option<PathBuf>,
     /// Seconds an INSERT or a query may take.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
@@ -145,6 +147,9 @@ impl ClickHouseConfig {
         }
         if c.timeout_secs == 0 {
             problems.push("timeout_secs: at least 1".into());
+        }
+        if c.shards.iter().any(|u| u.starts_with("https://")) && c.ca.is_none() {
+            problems.push("ca: https:// shard URLs need the CA (PEM) their certificates chain to".into());
         }
         if problems.is_empty() { Ok(c) } else { Err(problems.join("; ")) }
     }
@@ -258,11 +263,33 @@ impl Cluster {
         let psl = SuffixList::load(config.public_suffix_list.as_deref())
             .map_err(|e| anyhow::anyhow!("public_suffix_list {:?}: {e}", config.public_suffix_list))?;
         let timeout = Duration::from_secs(config.timeout_secs);
+        let tls = match &config.ca {
+            Some(ca) => Some(crate::tls::client_config_anonymous(ca).map_err(|e| anyhow::anyhow!("ca: {e}"))?),
+            None => None,
+        };
         let shards = config
             .shards
             .iter()
             .map(|url| {
-                clickhouse::Client::default()
+                let client = match &tls {
+                    // HTTPS with our CA (and plain HTTP for http:// URLs), HTTP/1.1.
+                    Some(tls) => {
+                        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+                        http.enforce_http(false);
+                        http.set_keepalive(Some(Duration::from_secs(60)));
+                        let https = hyper_rustls::HttpsConnectorBuilder::new()
+                            .with_tls_config((**tls).clone())
+                            .https_or_http()
+                            .enable_http1()
+                            .wrap_connector(http);
+                        let pool = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                            .pool_idle_timeout(Duration::from_secs(2))
+                            .build(https);
+                        clickhouse::Client::with_http_client(pool)
+                    }
+                    None => clickhouse::Client::default(),
+                };
+                client
                     .with_url(url)
                     .with_user(&config.user)
                     .with_password(&config.password)

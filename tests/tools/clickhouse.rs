@@ -15,6 +15,8 @@ const NOBODY: &str = "65534";
 
 pub struct Shard {
     pub http: u16,
+    /// HTTPS (with the test PKI's server certificate), when started with TLS.
+    pub https: Option<u16>,
     tcp: u16,
     interserver: u16,
     dir: PathBuf,
@@ -40,6 +42,12 @@ fn chown_nobody(path: &Path) {
 impl ClickHouse {
     /// Starts ZooKeeper and `n` shards under `work` and waits until all answer.
     pub fn start(work: &Path, n: usize) -> ClickHouse {
+        Self::start_with(work, n, None)
+    }
+
+    /// [`ClickHouse::start`] with HTTPS on every shard, using `pki`'s `server.pem`/`server.key`
+    /// (from `make_certs`); the config then names `https://` URLs and `pki/ca.pem`.
+    pub fn start_with(work: &Path, n: usize, pki: Option<&Path>) -> ClickHouse {
         static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         require("clickhouse-server", "clickhouse-server");
@@ -84,6 +92,7 @@ impl ClickHouse {
         let mut shards: Vec<Shard> = (0..n)
             .map(|i| Shard {
                 http: free_port(),
+                https: pki.map(|_| free_port()),
                 tcp: free_port(),
                 interserver: free_port(),
                 dir: work.join(format!("ch{}", i + 1)),
@@ -108,6 +117,20 @@ impl ClickHouse {
                 std::fs::create_dir_all(s.dir.join(sub)).unwrap();
             }
             let d = s.dir.display();
+            let tls = match (pki, s.https) {
+                (Some(pki), Some(port)) => {
+                    std::fs::copy(pki.join("server.pem"), s.dir.join("server.pem")).unwrap();
+                    std::fs::copy(pki.join("server.key"), s.dir.join("server.key")).unwrap();
+                    format!(
+                        "<https_port>{port}</https_port><openSSL><server>\
+                         <certificateFile>{d}/server.pem</certificateFile><privateKeyFile>{d}/server.key</privateKeyFile>\
+                         <verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile>\
+                         <cacheSessions>true</cacheSessions><disableProtocols>sslv2,sslv3</disableProtocols>\
+                         <preferServerCiphers>true</preferServerCiphers></server></openSSL>"
+                    )
+                }
+                _ => String::new(),
+            };
             std::fs::write(
                 s.dir.join("config.xml"),
                 format!(
@@ -122,7 +145,7 @@ impl ClickHouse {
                      <default_database>default</default_database><mark_cache_size>268435456</mark_cache_size>\
                      <zookeeper><node><host>127.0.0.1</host><port>{zk_port}</port></node></zookeeper>\
                      <macros><replica>r1</replica><shard>{}</shard></macros>\
-                     <remote_servers><dnsledger>{replicas}</dnsledger></remote_servers></yandex>\n",
+                     <remote_servers><dnsledger>{replicas}</dnsledger></remote_servers>{tls}</yandex>\n",
                     s.http,
                     s.tcp,
                     s.interserver,
@@ -137,12 +160,19 @@ impl ClickHouse {
             start_shard(work, s, i);
         }
         let config = work.join("clickhouse.toml");
-        let urls: Vec<String> = shards.iter().map(|s| format!("\"http://127.0.0.1:{}\"", s.http)).collect();
+        let urls: Vec<String> = shards
+            .iter()
+            .map(|s| match s.https {
+                Some(port) => format!("\"https://127.0.0.1:{port}\""),
+                None => format!("\"http://127.0.0.1:{}\"", s.http),
+            })
+            .collect();
+        let ca = pki.map(|p| format!("ca = \"{}\"\n", p.join("ca.pem").display())).unwrap_or_default();
         std::fs::write(
             &config,
             format!(
                 "[clickhouse]\nshards = [{}]\ncluster = \"dnsledger\"\ndatabase = \"dnsledger\"\n\
-                 zookeeper_path = \"/clickhouse/test\"\ntimeout_secs = 20\n",
+                 zookeeper_path = \"/clickhouse/test\"\ntimeout_secs = 20\n{ca}",
                 urls.join(", ")
             ),
         )
