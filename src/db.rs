@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::clickhouse::Cluster;
-use crate::store::{Ended, Entry, Fences, Lookup, Store, StoreError};
+use crate::store::{Ended, Entry, FeedItem, FeedRead, Fences, Lookup, Store, StoreError};
 
 #[derive(Clone)]
 pub enum Db {
@@ -53,6 +53,31 @@ impl Db {
         match self {
             Db::Sled(_) => Vec::new(),
             Db::ClickHouse(c) => c.unavailable_blocking(),
+        }
+    }
+
+    /// Whether there is a live feed to serve: sled stores keep a feed log; a cluster has one
+    /// when its batches go through NATS (the writer publishes it).
+    pub fn has_feed(&self) -> bool {
+        match self {
+            Db::Sled(_) => true,
+            Db::ClickHouse(c) => c.has_feed(),
+        }
+    }
+
+    /// The newest feed token. Blocking.
+    pub fn feed_durable(&self) -> Result<u64, StoreError> {
+        match self {
+            Db::Sled(s) => Ok(s.feed_durable()),
+            Db::ClickHouse(c) => c.feed_durable(),
+        }
+    }
+
+    /// Feed entries after `after`. Blocking.
+    pub fn feed_read(&self, after: u64, max: usize, keep: impl Fn(&FeedItem) -> bool) -> Result<FeedRead, StoreError> {
+        match self {
+            Db::Sled(s) => s.feed_read(after, max, keep),
+            Db::ClickHouse(c) => c.feed_read(after, max, keep),
         }
     }
 

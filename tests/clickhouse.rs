@@ -335,7 +335,7 @@ fn a_sensor_forwarding_to_the_cluster_ends_exact_through_collector_kills_and_a_s
         assert!(
             ["sensor", "stream", "first_seq", "seq", "key", "rrname", "rrtype", "bailiwick", "rdata", "negative"]
                 .contains(&c)
-                || ["time_first", "time_last", "count", "sensors", "pos", "idx"].contains(&c),
+                || ["time_first", "time_last", "count", "sensors", "pos", "idx", "domain", "first"].contains(&c),
             "unexpected column {c}"
         );
     }
@@ -372,14 +372,19 @@ fn with_nats_jetstream_in_the_path_counts_stay_exact_when_the_writer_is_killed()
 
     tools::make_certs(&work.join("pki"), SERVER_NAME, &["sensor-a"]);
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let _collector = start_ingest(
         "collector",
         work,
         ("--clickhouse", &config),
         listen,
         SocketAddr::from(([127, 0, 0, 1], free_port())),
-        vec![],
+        vec!["--api".into(), api.to_string().into()],
     );
+    // A live-feed consumer from the start (the writer publishes the feed).
+    let mut follow = dnsledger();
+    follow.args(["query", "--server", &format!("http://{api}"), "--follow", "--token", "0", "-j"]);
+    let follower = Proc::spawn("follower", follow, work);
     let writer_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let writer = || {
         let mut c = dnsledger();
@@ -424,6 +429,71 @@ fn with_nats_jetstream_in_the_path_counts_stay_exact_when_the_writer_is_killed()
     assert_same(&at_sensor, &cluster_contents(&ch));
     let log = second_writer.terminate();
     assert!(log.contains("writer consuming"), "{log}");
+
+    // The feed: every RRset the cluster holds exactly once (the writer's kill and the
+    // redeliveries included), and each new registrable domain once.
+    let wanted = positive_rrsets(&ch);
+    let out = work.join("follower.stdout");
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.ends_with('}'))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    wait_for("the feed to deliver every RRset", Duration::from_secs(60), || {
+        lines().iter().filter(|l| l["type"] == "rrset").count() >= wanted.len()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    follower.terminate();
+    let got = lines();
+    let tokens: Vec<u64> = got.iter().map(|l| l["token"].as_u64().unwrap()).collect();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens strictly increase");
+    let mut received = std::collections::BTreeSet::new();
+    let mut domains = std::collections::BTreeSet::new();
+    for l in &got {
+        if l["type"] == "rrset" {
+            let o = &l["obj"];
+            let rdata = o["rdata"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect();
+            let key = (
+                o["rrname"].as_str().unwrap().to_string(),
+                o["rrtype"].as_str().unwrap().to_string(),
+                o["bailiwick"].as_str().unwrap().to_string(),
+                rdata,
+            );
+            assert!(received.insert(key.clone()), "received twice: {key:?}");
+        } else {
+            assert!(domains.insert(l["domain"].as_str().unwrap().to_string()), "domain twice: {l}");
+        }
+    }
+    assert_eq!(received, wanted, "the feed delivered exactly the cluster's RRsets");
+    let psl = dnsledger::psl::SuffixList::load(None).unwrap();
+    let registrable: std::collections::BTreeSet<String> =
+        wanted.iter().filter_map(|(n, ..)| psl.registrable(n)).collect();
+    assert_eq!(domains, registrable, "each registrable domain once");
+}
+
+/// The positive RRsets of the cluster: (owner, type mnemonic, bailiwick, rdata).
+fn positive_rrsets(ch: &ClickHouse) -> std::collections::BTreeSet<(String, String, String, Vec<String>)> {
+    let body = ch.query(
+        0,
+        "SELECT any(rrname) AS n, any(rrtype) AS t, any(bailiwick) AS b, any(rdata) AS r \
+         FROM dnsledger.rrsets_all WHERE key < '\\xFF' GROUP BY key FORMAT JSONEachRow",
+    );
+    body.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let t = v["t"].as_u64().unwrap_or_else(|| v["t"].as_str().unwrap().parse().unwrap()) as u16;
+            let rdata = v["r"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect();
+            (
+                v["n"].as_str().unwrap().to_string(),
+                dnsledger::dns::rrtype_name(t.into()),
+                v["b"].as_str().unwrap().to_string(),
+                rdata,
+            )
+        })
+        .collect()
 }
 
 #[test]

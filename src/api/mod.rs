@@ -369,13 +369,17 @@ impl Api {
         }
         if endpoint == Endpoint::Feed {
             let params = request::parse_feed_params(req.uri().query())?;
-            let Some(store) = self.db.sled() else {
+            if !self.db.has_feed() {
                 return Err(ApiError::status(
                     404,
-                    "Error: the live feed is served from a sled store; this server reads a ClickHouse cluster",
+                    "Error: no live feed here: a ClickHouse cluster has one when its batches go through NATS",
                 ));
+            }
+            let db = self.db.clone();
+            let at = match tokio::task::spawn_blocking(move || db.feed_durable()).await {
+                Ok(Ok(at)) => at,
+                _ => return Err(ApiError::status(503, "Error: the feed is unavailable; retry later")),
             };
-            let at = store.feed_durable();
             if let Some(after) = params.after.filter(|a| *a > at) {
                 return Err(ApiError::bad(format!(
                     "Error: token {after} is ahead of this feed (at {at}): a token of another store?"

@@ -352,9 +352,19 @@ pub fn feed(api: Arc<Api>, p: super::request::FeedParams, slots: Slots) -> Respo
     let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_BUFFERED);
     tokio::spawn(async move {
         let _slots = slots;
-        // The request was refused earlier if the database has no feed log.
-        let Some(store) = api.db.sled().cloned() else { return };
-        let mut after = p.after.unwrap_or_else(|| store.feed_durable());
+        let mut after = match p.after {
+            Some(a) => a,
+            None => {
+                let db = api.db.clone();
+                match tokio::task::spawn_blocking(move || db.feed_durable()).await {
+                    Ok(Ok(at)) => at,
+                    _ => {
+                        let _ = tx.send(Bytes::from_static(b"{\"cond\":\"failed\",\"msg\":\"store error\"}\n")).await;
+                        return;
+                    }
+                }
+            }
+        };
         let send = |b: Bytes| {
             let tx = tx.clone();
             async move { matches!(tokio::time::timeout(SEND_DEADLINE, tx.send(b)).await, Ok(Ok(()))) }
@@ -372,11 +382,10 @@ pub fn feed(api: Arc<Api>, p: super::request::FeedParams, slots: Slots) -> Respo
                 let _ = send(Bytes::from(line)).await;
                 return;
             }
-            let (store, filter) = (store.clone(), p.clone());
-            let read = tokio::task::spawn_blocking(move || {
-                store.feed_read(after, FEED_BATCH, |item| feed_admits(&filter, item))
-            })
-            .await;
+            let (db, filter) = (api.db.clone(), p.clone());
+            let read =
+                tokio::task::spawn_blocking(move || db.feed_read(after, FEED_BATCH, |item| feed_admits(&filter, item)))
+                    .await;
             let read = match read {
                 Ok(Ok(r)) => r,
                 _ => {

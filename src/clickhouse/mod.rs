@@ -176,6 +176,8 @@ pub struct Cluster {
     psl: SuffixList,
     /// For blocking reads from the API's walker threads.
     handle: tokio::runtime::Handle,
+    /// The live feed's stream (with NATS), connected when first read.
+    feed: tokio::sync::OnceCell<nats::Feed>,
 }
 
 /// One row of a batch as every target table takes it (`index_in` takes only `idx`).
@@ -201,6 +203,12 @@ pub struct BatchRow {
 #[derive(Clone, Debug, clickhouse::Row, Serialize)]
 struct IndexRow {
     idx: Vec<serde_bytes::ByteBuf>,
+}
+
+#[derive(Clone, Debug, clickhouse::Row, Serialize)]
+struct DomainRow {
+    domain: String,
+    first: u64,
 }
 
 /// A batch's identity: who sent it and which sequence numbers of which stream it covers.
@@ -301,7 +309,7 @@ impl Cluster {
                     .with_option("receive_timeout", timeout.as_secs().to_string())
             })
             .collect();
-        Ok(Self { config, shards, psl, handle: tokio::runtime::Handle::current() })
+        Ok(Self { config, shards, psl, handle: tokio::runtime::Handle::current(), feed: Default::default() })
     }
 
     pub fn config(&self) -> &ClickHouseConfig {
@@ -340,9 +348,17 @@ impl Cluster {
     /// The shard that holds an owner name: by its registrable domain (the name itself when
     /// it has none), so a zone's subtree stays on one shard.
     pub fn shard_of(&self, rrname: &str) -> usize {
-        let name = rrname.trim_end_matches('.');
-        let domain = self.psl.registrable(&format!("{name}.")).unwrap_or_else(|| format!("{name}."));
-        (fnv1a(domain.as_bytes()) % self.shards.len() as u64) as usize
+        (fnv1a(self.domain_of(rrname).as_bytes()) % self.shards.len() as u64) as usize
+    }
+
+    /// The registrable domain of an owner name (the name itself when it has none).
+    pub fn domain_of(&self, rrname: &str) -> String {
+        self.registrable(rrname).unwrap_or_else(|| format!("{}.", rrname.trim_end_matches('.')))
+    }
+
+    /// The registrable domain of an owner name, if it has one (not a public suffix itself).
+    pub fn registrable(&self, rrname: &str) -> Option<String> {
+        self.psl.registrable(&format!("{}.", rrname.trim_end_matches('.')))
     }
 
     /// Applies one batch exactly once (see the module docs). `deltas` are attributed already
@@ -351,6 +367,7 @@ impl Cluster {
         let n = self.shards.len();
         let mut rows: Vec<Vec<BatchRow>> = vec![Vec::new(); n];
         let mut index: Vec<Vec<IndexRow>> = vec![Vec::new(); n];
+        let mut domains: Vec<std::collections::BTreeMap<String, u64>> = vec![Default::default(); n];
         for d in deltas {
             let key = rrset_key(&d.rrset);
             let shard = self.shard_of(&d.rrset.rrname);
@@ -358,6 +375,10 @@ impl Cluster {
             if !negative {
                 let idx = index_keys(&d.rrset, &key).into_iter().map(serde_bytes::ByteBuf::from).collect();
                 index[shard].push(IndexRow { idx });
+                if let Some(domain) = self.registrable(&d.rrset.rrname) {
+                    let first = domains[shard].entry(domain).or_insert(d.first);
+                    *first = (*first).min(d.first);
+                }
             }
             let mut sensors = d.sensors.clone();
             sensors.sort();
@@ -380,29 +401,31 @@ impl Cluster {
             });
         }
         let mark = marker(&b);
-        let tasks = rows.into_iter().zip(index).enumerate().map(|(shard, (mut rows, mut index))| {
-            // Deterministic blocks: sorted, marker last.
-            rows.sort_by(|x, y| (x.negative, &x.key).cmp(&(y.negative, &y.key)));
-            index.sort_by(|x, y| x.idx.cmp(&y.idx));
-            rows.push(BatchRow {
-                sensor: b.sender.to_string(),
-                stream: b.stream,
-                first_seq: b.first,
-                seq: b.last,
-                key: mark.clone(),
-                rrname: String::new(),
-                rrtype: 0,
-                bailiwick: String::new(),
-                rdata: Vec::new(),
-                negative: 0,
-                time_first: 0,
-                time_last: 0,
-                count: 0,
-                sensors: Vec::new(),
+        let tasks =
+            rows.into_iter().zip(index).zip(domains).enumerate().map(|(shard, ((mut rows, mut index), domains))| {
+                // Deterministic blocks: sorted, marker last.
+                rows.sort_by(|x, y| (x.negative, &x.key).cmp(&(y.negative, &y.key)));
+                index.sort_by(|x, y| x.idx.cmp(&y.idx));
+                rows.push(BatchRow {
+                    sensor: b.sender.to_string(),
+                    stream: b.stream,
+                    first_seq: b.first,
+                    seq: b.last,
+                    key: mark.clone(),
+                    rrname: String::new(),
+                    rrtype: 0,
+                    bailiwick: String::new(),
+                    rdata: Vec::new(),
+                    negative: 0,
+                    time_first: 0,
+                    time_last: 0,
+                    count: 0,
+                    sensors: Vec::new(),
+                });
+                index.push(IndexRow { idx: vec![serde_bytes::ByteBuf::from(mark.clone())] });
+                let domains = domains.into_iter().map(|(domain, first)| DomainRow { domain, first }).collect();
+                self.apply_shard(shard, b, mark.clone(), rows, index, domains)
             });
-            index.push(IndexRow { idx: vec![serde_bytes::ByteBuf::from(mark.clone())] });
-            self.apply_shard(shard, b, mark.clone(), rows, index)
-        });
         let results = futures_util::future::join_all(tasks).await;
         let mut applied = false;
         for r in results {
@@ -419,6 +442,7 @@ impl Cluster {
         mark: Vec<u8>,
         rows: Vec<BatchRow>,
         idx: Vec<IndexRow>,
+        domains: Vec<DomainRow>,
     ) -> Result<bool, ClusterError> {
         let client = &self.shards[shard];
         let db = &self.config.database;
@@ -433,6 +457,18 @@ impl Cluster {
             client.query(&sql).fetch_one::<(u64, u64, u64)>().await.map_err(|e| self.err(shard, e))?;
         let timeout = Some(Duration::from_secs(self.config.timeout_secs));
         let mut wrote = false;
+        // Domains (first seen is a min: writing it twice changes nothing) go first, so that a
+        // batch whose markers are all present has its domains too.
+        if (landing == 0 || rrsets == 0 || index == 0) && !domains.is_empty() {
+            let mut insert = client
+                .insert::<DomainRow>(&format!("{db}.domains_in"))
+                .map_err(|e| self.err(shard, e))?
+                .with_timeouts(timeout, timeout);
+            for r in &domains {
+                insert.write(r).await.map_err(|e| self.err(shard, e))?;
+            }
+            insert.end().await.map_err(|e| self.err(shard, e))?;
+        }
         // The views' targets first, the landing table (the audit trail) last.
         if rrsets == 0 {
             let mut insert = client
@@ -470,6 +506,34 @@ impl Cluster {
             wrote = true;
         }
         Ok(wrote)
+    }
+
+    /// The live feed (written by `clickhouse writer`), when NATS is configured.
+    pub fn has_feed(&self) -> bool {
+        self.config.nats.is_some()
+    }
+
+    async fn feed(&self) -> Result<&nats::Feed, crate::store::StoreError> {
+        let config = self.nats().ok_or_else(|| crate::store::StoreError::Backend("no NATS: no live feed".into()))?;
+        self.feed
+            .get_or_try_init(|| nats::Feed::connect(&config))
+            .await
+            .map_err(|e| crate::store::StoreError::Backend(e.to_string()))
+    }
+
+    /// The newest feed token. Blocking.
+    pub fn feed_durable(&self) -> Result<u64, crate::store::StoreError> {
+        self.handle.block_on(async { self.feed().await?.durable().await })
+    }
+
+    /// Feed entries after `after` (see `Store::feed_read`). Blocking.
+    pub fn feed_read(
+        &self,
+        after: u64,
+        max: usize,
+        keep: impl Fn(&crate::store::FeedItem) -> bool,
+    ) -> Result<crate::store::FeedRead, crate::store::StoreError> {
+        self.handle.block_on(async { self.feed().await?.read(after, max, keep).await })
     }
 
     /// [`Cluster::unavailable`] from a blocking thread.

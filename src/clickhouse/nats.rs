@@ -12,6 +12,14 @@
 //! its duplicate window, so a batch retried through another collector is stored once; a writer
 //! killed after applying and before acknowledging gets the message again, and the cluster
 //! recognises the batch (its markers and deduplicated blocks).
+//!
+//! The writer also feeds the live feed: before applying a batch it asks the cluster which of
+//! its RRsets (and registrable domains) are new, and publishes one message per new item to
+//! a second stream (`{stream}_FEED`, subject `dnsledger.feed`, the newest `FEED_KEEP`
+//! messages). Each message's id is the item itself (the RRset key, the domain), so an item
+//! announced by a batch whose writer died before applying it, and again by its redelivery or
+//! by a later batch holding the same RRset, is stored once (within `FEED_DEDUP`). The API
+//! serves `/feed/v1/rrsets` from it, tokens being stream sequences.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,11 +31,20 @@ use tokio_util::sync::CancellationToken;
 use super::{BatchRange, Cluster, ClusterError, Outcome};
 use crate::forward::wire;
 use crate::metrics::{Counter, Metrics, ReasonCounter, write_metric, write_reasons};
+use crate::store::keys::{decode_value, encode_entry, rrset_key};
+use crate::store::{Delta, Entry, FeedEntry, FeedItem, FeedRead, StoreError};
 
 const SUBJECT: &str = "dnsledger.batches";
+const FEED_SUBJECT: &str = "dnsledger.feed";
+/// Feed messages kept (the oldest are dropped past it; a consumer away longer sees a gap).
+const FEED_KEEP: i64 = 1_000_000;
 const CONSUMER: &str = "clickhouse-writer";
 /// A message not acknowledged this long is delivered again.
-const ACK_WAIT: Duration = Duration::from_secs(60);
+const ACK_WAIT: Duration = Duration::from_secs(20);
+/// How long the feed stream remembers an item's id: an RRset announced as new by a batch
+/// whose writer died before applying it, then by another batch (or by the same one delivered
+/// again), is published once within this window.
+const FEED_DEDUP: Duration = Duration::from_secs(3600);
 const VERSION: u8 = 1;
 
 /// Where the broker is.
@@ -82,7 +99,114 @@ pub async fn connect(config: &NatsConfig) -> Result<jetstream::Context, ClusterE
     })
     .await
     .map_err(|e| ClusterError::Other(format!("nats stream {}: {e}", config.stream)))?;
+    js.get_or_create_stream(stream::Config {
+        name: feed_stream(config),
+        subjects: vec![FEED_SUBJECT.into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_messages: FEED_KEEP,
+        discard: stream::DiscardPolicy::Old,
+        duplicate_window: FEED_DEDUP,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::Other(format!("nats stream {}: {e}", feed_stream(config))))?;
     Ok(js)
+}
+
+fn feed_stream(config: &NatsConfig) -> String {
+    format!("{}_FEED", config.stream)
+}
+
+fn encode_item(item: &FeedItem) -> Vec<u8> {
+    match item {
+        FeedItem::Rrset(e) => [&b"R"[..], &encode_entry(e)].concat(),
+        FeedItem::Domain { name, first } => [&b"D"[..], &first.to_be_bytes(), name.as_bytes()].concat(),
+    }
+}
+
+fn decode_item(m: &[u8]) -> Option<FeedItem> {
+    match m.split_first()? {
+        (b'R', v) => decode_value(v).map(FeedItem::Rrset),
+        (b'D', v) if v.len() >= 8 => Some(FeedItem::Domain {
+            first: u64::from_be_bytes(v[..8].try_into().ok()?),
+            name: String::from_utf8(v[8..].to_vec()).ok()?,
+        }),
+        _ => None,
+    }
+}
+
+/// What a batch adds to the feed: its RRsets the cluster does not hold yet, then the
+/// registrable domains it has not seen (with the earliest first-seen among their RRsets).
+async fn novelties(cluster: &Cluster, deltas: &[Delta]) -> Result<Vec<FeedItem>, StoreError> {
+    let positive: Vec<&Delta> = deltas.iter().filter(|d| d.kind == crate::sensor::Kind::Positive).collect();
+    let keys: Vec<Vec<u8>> = positive.iter().map(|d| rrset_key(&d.rrset)).collect();
+    let existing = cluster.existing_keys(&keys).await?;
+    let mut items = Vec::new();
+    let mut domains: std::collections::BTreeMap<String, u64> = Default::default();
+    for (d, k) in positive.iter().zip(&keys) {
+        if existing.contains(k) {
+            continue;
+        }
+        let e =
+            Entry { rrset: d.rrset.clone(), first: d.first, last: d.last, count: d.count, sensors: d.sensors.clone() };
+        items.push(FeedItem::Rrset(e));
+        if let Some(domain) = cluster.registrable(&d.rrset.rrname) {
+            let first = domains.entry(domain).or_insert(d.first);
+            *first = (*first).min(d.first);
+        }
+    }
+    let names: Vec<String> = domains.keys().cloned().collect();
+    let seen = cluster.existing_domains(&names).await?;
+    items.extend(
+        domains.into_iter().filter(|(n, _)| !seen.contains(n)).map(|(name, first)| FeedItem::Domain { name, first }),
+    );
+    Ok(items)
+}
+
+/// The feed as the API reads it: the last token, and entries after a token.
+pub struct Feed {
+    js: jetstream::Context,
+    stream: String,
+}
+
+impl Feed {
+    pub async fn connect(config: &NatsConfig) -> Result<Self, ClusterError> {
+        Ok(Self { js: connect(config).await?, stream: feed_stream(config) })
+    }
+
+    async fn state(&self) -> Result<(jetstream::stream::Stream, u64, u64), StoreError> {
+        let s = self.js.get_stream(&self.stream).await.map_err(|e| StoreError::Backend(format!("nats feed: {e}")))?;
+        let (first, last) = (s.cached_info().state.first_sequence, s.cached_info().state.last_sequence);
+        Ok((s, first, last))
+    }
+
+    /// The newest token.
+    pub async fn durable(&self) -> Result<u64, StoreError> {
+        Ok(self.state().await?.2)
+    }
+
+    /// Up to `max` entries after `after` that `keep` admits (see `Store::feed_read`).
+    pub async fn read(&self, after: u64, max: usize, keep: impl Fn(&FeedItem) -> bool) -> Result<FeedRead, StoreError> {
+        let (stream, oldest, last) = self.state().await?;
+        let mut read = FeedRead { entries: Vec::new(), through: after, oldest: oldest.max(1) };
+        let mut seq = after.max(oldest.saturating_sub(1));
+        while seq < last && read.entries.len() < max {
+            seq += 1;
+            let m = match stream.get_raw_message(seq).await {
+                Ok(m) => m,
+                // Dropped between the state and now (the oldest go first).
+                Err(_) => continue,
+            };
+            read.through = seq;
+            match decode_item(&m.payload) {
+                Some(item) if keep(&item) => read.entries.push(FeedEntry { seq, item }),
+                Some(_) => {}
+                None => tracing::warn!(seq, "nats feed: not a feed entry; skipped"),
+            }
+        }
+        Ok(read)
+    }
 }
 
 /// Stores a batch in the stream; `Duplicate` if JetStream had it already.
@@ -204,6 +328,15 @@ pub async fn write(
         };
         let deltas = crate::store::attribute(&deltas, &sender, trusted);
         let range = BatchRange { sender: &sender, stream: id.stream, first: id.first, last: id.sequence };
+        // The feed first: what is new is only known before the batch is applied. Published
+        // again on a redelivery, with the same ids, it is dropped as a duplicate.
+        if let Err(e) = feed(&js, &cluster, &deltas).await {
+            stats.failures.inc("feed");
+            tracing::warn!(sender, error = %e, "feed not published; the batch will be delivered again");
+            let _ = message.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(2)))).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         match cluster.apply(range, &deltas).await {
             Ok(outcome) => {
                 if outcome == Outcome::Applied {
@@ -227,6 +360,24 @@ pub async fn write(
     }
 }
 
+/// Publishes a batch's new RRsets and domains to the feed stream and waits until stored.
+async fn feed(js: &jetstream::Context, cluster: &Cluster, deltas: &[Delta]) -> anyhow::Result<()> {
+    let items = novelties(cluster, deltas).await?;
+    let mut acks = Vec::with_capacity(items.len());
+    for item in &items {
+        let id = match item {
+            FeedItem::Rrset(e) => format!("rrset/{}", crate::api::request::hex(&rrset_key(&e.rrset))),
+            FeedItem::Domain { name, .. } => format!("domain/{name}"),
+        };
+        let publish = jetstream::message::PublishMessage::build().message_id(id).payload(encode_item(item).into());
+        acks.push(js.send_publish(FEED_SUBJECT, publish).await?);
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +389,8 @@ mod tests {
         assert_eq!(decode(&[2, 0, 0]), None);
         assert_eq!(decode(&[VERSION, 0, 9, b'x']), None);
         assert_eq!(message_id(&BatchRange { sender: "s", stream: 1, first: 2, last: 3 }), "s/1/2/3");
+        let d = FeedItem::Domain { name: "example.com.".into(), first: 9 };
+        assert_eq!(decode_item(&encode_item(&d)), Some(d));
+        assert_eq!(decode_item(b"X"), None);
     }
 }

@@ -11,7 +11,9 @@
 //!                                                any rrname/rrtype/bailiwick/rdata, min first,
 //!                                                max last, sum count, groupUniqArray sensors
 //! index_in       Null  --index_mv-->   rdata_index  ReplicatedReplacingMergeTree, ORDER BY pos
-//! rrsets_all, rdata_index_all, landing_all       Distributed over the cluster
+//! domains_in     Null  --domains_mv--> domains  ReplicatedAggregatingMergeTree, ORDER BY domain:
+//!                                                min first seen of each registrable domain
+//! rrsets_all, rdata_index_all, landing_all, domains_all   Distributed over the cluster
 //! ```
 //!
 //! `key` is the sled store's RRset key (reversed owner, type, bailiwick, rdata-set digest) and
@@ -65,6 +67,18 @@ pub fn statements(db: &str, cluster: &str, zk: &str, window: u64) -> Vec<String>
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.landing_all AS {db}.landing ENGINE = Distributed({cluster}, {db}, landing)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.domains (domain String, first AggregateFunction(min, UInt64)) \
+             ENGINE = ReplicatedAggregatingMergeTree('{zk}/domains', '{{replica}}') ORDER BY domain {settings}"
+        ),
+        format!("CREATE TABLE IF NOT EXISTS {db}.domains_in (domain String, first UInt64) ENGINE = Null"),
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.domains_mv TO {db}.domains AS \
+             SELECT domain, arrayReduce('minState', [first]) AS first FROM {db}.domains_in"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.domains_all AS {db}.domains ENGINE = Distributed({cluster}, {db}, domains)"
         ),
     ]
 }
