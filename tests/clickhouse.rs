@@ -388,6 +388,7 @@ fn with_nats_jetstream_in_the_path_counts_stay_exact_when_the_writer_is_killed()
     let writer_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let writer = || {
         let mut c = dnsledger();
+        c.env("DNSLEDGER_LOG", "info,dnsledger::clickhouse=debug");
         c.args(["clickhouse", "writer", "--metrics", &writer_metrics.to_string(), "--config"]).arg(&config);
         Proc::spawn("writer", c, work)
     };

@@ -295,7 +295,15 @@ pub async fn write(
         )
         .await
         .map_err(|e| anyhow::anyhow!("nats consumer: {e}"))?;
-    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("nats consumer: {e}"))?;
+    // Short-lived pull requests: a killed writer's requests would otherwise hold deliveries
+    // until they expire.
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(16)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("nats consumer: {e}"))?;
     tracing::info!(stream = %config.stream, "writer consuming");
     loop {
         let message = tokio::select! {
@@ -339,6 +347,7 @@ pub async fn write(
         }
         match cluster.apply(range, &deltas).await {
             Ok(outcome) => {
+                tracing::debug!(sender, first = range.first, last = range.last, ?outcome, "batch applied");
                 if outcome == Outcome::Applied {
                     stats.batches_applied.inc();
                     stats.summaries_applied.add(deltas.len() as u64);
