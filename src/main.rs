@@ -227,6 +227,11 @@ struct RelayArgs {
     /// fold into the newest entry.
     #[arg(long, default_value_t = 10_000)]
     max_outbox_batches: usize,
+    /// Also take raw dnstap, as a sensor configured by this file would ([listen], [pipeline],
+    /// [privacy], [aggregate]; its db, [forward] and [api] are not used): what it keeps goes
+    /// upstream with the relayed batches.
+    #[arg(long)]
+    sensor_config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -496,7 +501,11 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<dnsledger::sensor::Sens
     })
 }
 
-async fn run_collector(a: CollectorArgs, upstream: Option<dnsledger::forward::ForwardConfig>) -> anyhow::Result<()> {
+async fn run_collector(
+    a: CollectorArgs,
+    upstream: Option<dnsledger::forward::ForwardConfig>,
+    dnstap: Option<dnsledger::sensor::SensorConfig>,
+) -> anyhow::Result<()> {
     anyhow::ensure!(a.max_connections > 0, "--max-connections must be at least 1");
     let (shutdown, registry) = service(a.metrics).await?;
     let backend = match (a.db, &a.clickhouse) {
@@ -516,6 +525,7 @@ async fn run_collector(a: CollectorArgs, upstream: Option<dnsledger::forward::Fo
         upstream,
         trusted_relays: a.relays,
         api: a.api.config()?,
+        dnstap,
     };
     dnsledger::collector::run(config, &registry, shutdown).await
 }
@@ -551,7 +561,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             println!("{}: ok", file.display());
         }
-        Command::Collector(a) => run_collector(a, None).await?,
+        Command::Collector(a) => run_collector(a, None, None).await?,
         Command::Clickhouse(ClickhouseCommand::Writer { config, metrics }) => {
             let cluster = dnsledger::clickhouse::Cluster::new(dnsledger::clickhouse::ClickHouseConfig::load(&config)?)?;
             let nats = cluster.nats().ok_or_else(|| anyhow::anyhow!("{}: no `nats` URL", config.display()))?;
@@ -598,7 +608,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "--max-outbox-batches must be at least {}",
                 dnsledger::store::MIN_OUTBOX_LIMIT
             );
-            run_collector(a.ingest, Some(upstream)).await?
+            let dnstap = a.sensor_config.as_deref().map(load_config).transpose()?;
+            run_collector(a.ingest, Some(upstream), dnstap).await?
         }
         Command::Resolver(a) => {
             let config = resolver_config(&a)?;

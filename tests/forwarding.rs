@@ -380,3 +380,83 @@ fn a_sensor_killed_before_forwarding_sends_what_it_had_flushed_after_a_restart()
     assert!(at_sensor.len() > 20);
     assert_eq!(at_sensor, contents(&collector_db), "everything flushed before the kill reached the collector, once");
 }
+
+#[test]
+fn a_relay_also_takes_raw_dnstap_and_forwards_what_a_sensor_would_keep() {
+    tools::require("openssl", "openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    tools::make_certs(&work.join("pki"), SERVER_NAME, &["sensor-a", "relay-1"]);
+    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (collector_addr, collector_metrics, relay_addr, relay_metrics) = (port(), port(), port(), port());
+    let collector_db = work.join("collector.db");
+    let collector = start_collector(work, &collector_db, collector_addr, collector_metrics);
+    // The relay's dnstap input: the settings of a sensor file (its db is not used).
+    let (_, relay_sock, relay_sensor) = sensor_toml(work, "relay-input", relay_addr, port());
+    let pki = work.join("pki");
+    let extra = vec![
+        "--upstream".into(),
+        collector_addr.to_string().into(),
+        "--upstream-name".into(),
+        SERVER_NAME.into(),
+        "--upstream-ca".into(),
+        pki.join("ca.pem").into(),
+        "--cert".into(),
+        pki.join("relay-1.pem").into(),
+        "--key".into(),
+        pki.join("relay-1.key").into(),
+        "--sensor-config".into(),
+        relay_sensor.clone().into(),
+    ];
+    let relay = start_ingest("relay", work, ("--db", &work.join("relay.db")), relay_addr, relay_metrics, extra);
+    wait_for_socket(&relay_sock);
+    // A sensor behind the relay too, and raw dnstap straight into the relay, at the same time.
+    let sensor_metrics = port();
+    let (sensor_db, sock, config) = sensor_toml(work, "sensor-a", relay_addr, sensor_metrics);
+    let mut cmd = dnsledger();
+    cmd.args(["sensor", "-q", "-c"]).arg(&config);
+    let sensor = Proc::spawn("sensor-a", cmd, work);
+    wait_for_socket(&sock);
+    let direct = std::thread::spawn({
+        let relay_sock = relay_sock.clone();
+        move || replay(&data("unbound-resolver.dnstap"), &relay_sock)
+    });
+    replay(&data("bind-resolver.dnstap"), &sock);
+    direct.join().unwrap();
+    settle(sensor_metrics);
+    wait_for("the relay's own observations flushed and forwarded", Duration::from_secs(60), || {
+        metric(relay_metrics, "dnsledger_sensor_rrsets_observed_total").is_some_and(|n| n > 0)
+            && metric(relay_metrics, "dnsledger_sensor_rrsets_observed_total")
+                == metric(relay_metrics, "dnsledger_sensor_observations_flushed_total")
+            && metric(relay_metrics, "dnsledger_forward_outbox_batches") == Some(0)
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    wait_for("the relay's outbox drained", Duration::from_secs(60), || {
+        metric(relay_metrics, "dnsledger_forward_outbox_batches") == Some(0)
+    });
+    sensor.terminate();
+    relay.terminate();
+    collector.terminate();
+
+    // What a sensor with the relay's settings keeps of the same capture, plus the sensor's.
+    let reference_db = work.join("reference.db");
+    let reference = work.join("reference.toml");
+    std::fs::write(
+        &reference,
+        std::fs::read_to_string(&relay_sensor)
+            .unwrap()
+            .replace(&work.join("relay-input.db").display().to_string(), &reference_db.display().to_string()),
+    )
+    .unwrap();
+    let mut read = dnsledger();
+    read.args(["sensor", "-q", "-c"]).arg(&reference).arg("--read").arg(data("unbound-resolver.dnstap"));
+    tools::run(read);
+    let mut expected = contents(&reference_db);
+    for (k, (f, l, c)) in contents(&sensor_db) {
+        let e = expected.entry(k).or_insert((f, l, 0));
+        *e = (e.0.min(f), e.1.max(l), e.2 + c);
+    }
+    let at_collector = contents(&collector_db);
+    assert!(expected.len() > 20, "{}", expected.len());
+    assert_eq!(at_collector, expected, "the collector has the sensor's and the relay's own RRsets, counted once");
+}

@@ -59,6 +59,9 @@ pub struct CollectorConfig {
     pub trusted_relays: Vec<String>,
     /// The query API over the collector's store.
     pub api: Option<crate::api::ApiConfig>,
+    /// Relay mode: also take raw dnstap, through the sensor pipeline into the relay's store
+    /// (and so its outbox). Its `db`, `[forward]` and `[api]` are not used.
+    pub dnstap: Option<crate::sensor::SensorConfig>,
 }
 
 /// Collector counters (Prometheus prefix `dnsledger_collector_`).
@@ -155,6 +158,17 @@ pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: Cancell
     let acceptor = TlsAcceptor::from(tls);
     let outbox = config.upstream.is_some();
     let trusted_relays = Arc::new(config.trusted_relays.clone());
+    let sensor = match config.dnstap.clone() {
+        Some(mut s) if config.upstream.is_some() => {
+            s.outbox = true;
+            s.forward = None;
+            s.api = None;
+            let (store, registry, shutdown) = (store.clone(), registry.clone(), shutdown.clone());
+            Some(tokio::spawn(async move { crate::sensor::run_on(s, store, &registry, shutdown, false, None).await }))
+        }
+        Some(_) => anyhow::bail!("raw dnstap is taken by a relay (which forwards it), not by a collector"),
+        None => None,
+    };
     let forwarder = config.upstream.clone().map(|f| {
         let fstats = Arc::new(crate::forward::ForwardStats::default());
         registry.register(fstats.clone());
@@ -165,6 +179,14 @@ pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: Cancell
     // read and written without a race.
     let writer = Writer::Sled(Arc::new(Mutex::new(store)), outbox);
     accept(&config, listener, acceptor, stats, writer.clone(), trusted_relays, shutdown).await;
+    if let Some(s) = sensor {
+        // Its last window is flushed into the store (and outbox) before the store is synced.
+        match s.await {
+            Ok(Ok(t)) => tracing::info!(frames = t.frames, rrsets = t.rrsets, "relay's dnstap input stopped"),
+            Ok(Err(e)) => tracing::error!(error = %e, "relay's dnstap input failed"),
+            Err(e) => tracing::error!(error = %e, "relay's dnstap input panicked"),
+        }
+    }
     if let Some(f) = forwarder {
         let _ = f.await;
     }

@@ -550,6 +550,19 @@ pub async fn run_fed(
         )
         .await?;
     }
+    run_on(config, store, registry, shutdown, progress, feed).await
+}
+
+/// [`run_fed`] over a store opened already (a relay's, which also takes raw dnstap): the
+/// listeners and the pipeline, and the forwarder if `config.forward` is set.
+pub async fn run_on(
+    config: SensorConfig,
+    store: Store,
+    registry: &Registry,
+    shutdown: CancellationToken,
+    progress: bool,
+    feed: Option<mpsc::Receiver<Vec<Bytes>>>,
+) -> anyhow::Result<Totals> {
     let stats = Arc::new(SensorStats::default());
     let lstats = Arc::new(ListenerStats::default());
     registry.register(stats.clone());

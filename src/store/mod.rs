@@ -185,6 +185,9 @@ pub struct Store {
     /// Held while the outbox is changed or read for sending; the value is the last sequence
     /// taken for sending and not yet removed (0: none), which a fold must not touch.
     outbox_lock: std::sync::Arc<std::sync::Mutex<u64>>,
+    /// Held through a merge's reads and its write: merges of one store from several threads
+    /// (a relay's batches and its own dnstap) never lose each other's counts.
+    merge_lock: std::sync::Arc<std::sync::Mutex<()>>,
     /// Feed entries kept (0: no feed log).
     feed_retain: u64,
     /// The last feed number a sync made durable (shared by clones).
@@ -297,6 +300,7 @@ impl Store {
             t,
             outbox_limit: usize::MAX,
             outbox_lock: std::sync::Arc::new(std::sync::Mutex::new(pinned.unwrap_or(0))),
+            merge_lock: Default::default(),
             feed_retain: 0,
             feed_durable: Default::default(),
             suffixes: Default::default(),
@@ -477,6 +481,7 @@ impl Store {
     }
 
     fn merge_with(&self, deltas: &[Delta], outbox: bool, mut batch: sled::Batch) -> Result<MergeStats, StoreError> {
+        let _merging = self.merge_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut stats = MergeStats::default();
         let mut new_positive = 0u64;
         let mut fresh = Vec::new();
