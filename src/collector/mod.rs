@@ -10,10 +10,16 @@
 //! Nothing is acknowledged before it is durable; a bad batch is refused with a reason and
 //! counted, and the connection or the collector go on.
 //!
+//! With a ClickHouse cluster as its backend (`--clickhouse`), a collector keeps no state: it
+//! applies each batch straight into the cluster (see [`crate::clickhouse`] for why that is
+//! exactly once with any number of collectors), or, with NATS configured, stores it in a
+//! JetStream stream that `dnsledger clickhouse writer` applies.
+//!
 //! `dnsledger relay` is the same ingest with an upstream: applied batches also go to the
 //! store's outbox in the same atomic batch (so the downstream ack means "durably in my
 //! outbox"), and the forwarder ships the outbox upstream, merging identical RRsets of up to
-//! 64 waiting entries (from any of its senders) into one batch.
+//! 64 waiting entries (from any of its senders) into one batch. A relay may also take raw
+//! dnstap (`--sensor-config`): the sensor pipeline on the same store and outbox.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
