@@ -460,3 +460,48 @@ fn a_relay_also_takes_raw_dnstap_and_forwards_what_a_sensor_would_keep() {
     assert!(expected.len() > 20, "{}", expected.len());
     assert_eq!(at_collector, expected, "the collector has the sensor's and the relay's own RRsets, counted once");
 }
+
+#[test]
+fn a_collector_killed_while_batches_flow_ends_with_exact_counts() {
+    tools::require("openssl", "openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    tools::make_certs(&work.join("pki"), SERVER_NAME, &["sensor-a"]);
+    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (listen, collector_metrics, sensor_metrics) = (port(), port(), port());
+    let collector_db = work.join("collector.db");
+    let collector = start_collector(work, &collector_db, listen, collector_metrics);
+    let (sensor_db, sock, config) = sensor_toml(work, "sensor-a", listen, sensor_metrics);
+    let mut cmd = dnsledger();
+    cmd.args(["sensor", "-q", "-c"]).arg(&config);
+    let sensor = Proc::spawn("sensor", cmd, work);
+    wait_for_socket(&sock);
+    let acked = || metric(sensor_metrics, "dnsledger_forward_batches_acked_total").unwrap_or(0);
+
+    // Five seconds of synthetic dnstap (one-second windows: a batch a second, thousands of
+    // RRsets each); the collector is killed (-9) as soon as batches are being applied, so
+    // that the kill lands inside a merge or between a merge and its acknowledgement as often
+    // as the timing allows.
+    let synthetic = work.join("synthetic.dnstap");
+    let mut generate = dnsledger();
+    generate.args(["tap", "generate", "--frames", "100000", "--names", "30000", "--zones", "300"]).arg(&synthetic);
+    tools::run(generate);
+    let mut c = dnsledger();
+    c.args(["tap", "replay", "--rate", "20000", "--unix"]).arg(&sock).arg(&synthetic);
+    let feeder = std::thread::spawn(move || tools::run(c));
+    wait_for("batches flowing", Duration::from_secs(60), || {
+        metric(collector_metrics, "dnsledger_collector_batches_applied_total").unwrap_or(0) >= 1
+    });
+    collector.signal("KILL");
+    let _ = collector.wait(Duration::from_secs(10));
+    let before = acked();
+    let collector = start_collector(work, &collector_db, listen, collector_metrics);
+    feeder.join().unwrap();
+    settle(sensor_metrics);
+    assert!(acked() > before, "batches acknowledged after the restart");
+    sensor.terminate();
+    collector.terminate();
+    let (at_sensor, at_collector) = (contents(&sensor_db), contents(&collector_db));
+    assert!(at_sensor.len() > 10_000, "{}", at_sensor.len());
+    assert_eq!(at_sensor, at_collector, "every RRset counted once, through the kill");
+}
