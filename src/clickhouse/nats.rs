@@ -234,7 +234,8 @@ pub struct WriterStats {
     pub batches_applied: Counter,
     pub batches_duplicate: Counter,
     pub summaries_applied: Counter,
-    /// Messages not applied, by reason (`decode`: dropped; `cluster`: delivered again later).
+    /// Messages not applied, by reason (`decode`: dropped; `cluster`, `feed`: delivered again
+    /// later).
     pub failures: ReasonCounter,
 }
 

@@ -63,17 +63,19 @@ impl Cluster {
     where
         T: clickhouse::Row + for<'b> Deserialize<'b>,
     {
-        self.handle.block_on(self.read_async(sql))
+        self.handle.block_on(self.read_async(sql, true))
     }
 
-    /// [`Cluster::read`] from async code.
-    pub(super) async fn read_async<T>(&self, sql: &str) -> Result<Vec<T>, StoreError>
+    /// [`Cluster::read`] from async code; with `partial` false, a shard that does not answer
+    /// fails the query instead of being skipped.
+    pub(super) async fn read_async<T>(&self, sql: &str, partial: bool) -> Result<Vec<T>, StoreError>
     where
         T: clickhouse::Row + for<'b> Deserialize<'b>,
     {
         let mut last = None;
+        let skip = if partial { "1" } else { "0" };
         for (i, c) in self.shards.iter().enumerate() {
-            match c.query(sql).with_option("skip_unavailable_shards", "1").fetch_all::<T>().await {
+            match c.query(sql).with_option("skip_unavailable_shards", skip).fetch_all::<T>().await {
                 Ok(rows) => return Ok(rows),
                 Err(e) => last = Some(self.err(i, e)),
             }
@@ -81,7 +83,8 @@ impl Cluster {
         Err(backend(last.map_or_else(|| "no shards".into(), |e| e.to_string())))
     }
 
-    /// Which of these RRset keys (untagged) the cluster holds.
+    /// Which of these RRset keys (untagged) the cluster holds (every shard must answer: a key
+    /// on a shard that is down is not new).
     pub async fn existing_keys(&self, keys: &[Vec<u8>]) -> Result<std::collections::HashSet<Vec<u8>>, StoreError> {
         if keys.is_empty() {
             return Ok(Default::default());
@@ -89,11 +92,11 @@ impl Cluster {
         let db = &self.config.database;
         let list = keys.iter().map(|k| literal(k)).collect::<Vec<_>>().join(",");
         let rows: Vec<Key> =
-            self.read_async(&format!("SELECT DISTINCT key FROM {db}.rrsets_all WHERE key IN ({list})")).await?;
+            self.read_async(&format!("SELECT DISTINCT key FROM {db}.rrsets_all WHERE key IN ({list})"), false).await?;
         Ok(rows.into_iter().map(|k| k.key).collect())
     }
 
-    /// Which of these registrable domains the cluster has seen.
+    /// Which of these registrable domains the cluster has seen (every shard must answer).
     pub async fn existing_domains(&self, domains: &[String]) -> Result<std::collections::HashSet<String>, StoreError> {
         if domains.is_empty() {
             return Ok(Default::default());
@@ -101,7 +104,7 @@ impl Cluster {
         let db = &self.config.database;
         let list = domains.iter().map(|d| literal(d.as_bytes())).collect::<Vec<_>>().join(",");
         let rows: Vec<Key> = self
-            .read_async(&format!("SELECT DISTINCT domain AS key FROM {db}.domains_all WHERE domain IN ({list})"))
+            .read_async(&format!("SELECT DISTINCT domain AS key FROM {db}.domains_all WHERE domain IN ({list})"), false)
             .await?;
         Ok(rows.into_iter().map(|k| String::from_utf8_lossy(&k.key).into_owned()).collect())
     }
