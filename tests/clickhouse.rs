@@ -386,13 +386,13 @@ fn with_nats_jetstream_in_the_path_counts_stay_exact_when_the_writer_is_killed()
     follow.args(["query", "--server", &format!("http://{api}"), "--follow", "--token", "0", "-j"]);
     let follower = Proc::spawn("follower", follow, work);
     let writer_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let writer = || {
+    let writer = |name: &str| {
         let mut c = dnsledger();
         c.env("DNSLEDGER_LOG", "info,dnsledger::clickhouse=debug");
         c.args(["clickhouse", "writer", "--metrics", &writer_metrics.to_string(), "--config"]).arg(&config);
-        Proc::spawn("writer", c, work)
+        Proc::spawn(name, c, work)
     };
-    let first_writer = writer();
+    let first_writer = writer("writer-1");
 
     let sensor_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (sensor_db, sock, sensor_config) = sensor_toml(work, "sensor-a", listen, sensor_metrics);
@@ -417,7 +417,7 @@ fn with_nats_jetstream_in_the_path_counts_stay_exact_when_the_writer_is_killed()
     let _ = first_writer.wait(Duration::from_secs(10));
     feeder.join().unwrap();
     replay(&data("bind-resolver.dnstap"), &sock);
-    let second_writer = writer();
+    let second_writer = writer("writer-2");
     settle(sensor_metrics);
     let log = sensor.terminate();
     assert!(!log.contains("panicked"), "{log}");

@@ -283,7 +283,7 @@ pub async fn write(
 ) -> anyhow::Result<()> {
     let js = connect(&config).await?;
     let stream = js.get_stream(&config.stream).await.map_err(|e| anyhow::anyhow!("nats stream: {e}"))?;
-    let consumer: consumer::PullConsumer = stream
+    let mut consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
             CONSUMER,
             consumer::pull::Config {
@@ -296,76 +296,97 @@ pub async fn write(
         )
         .await
         .map_err(|e| anyhow::anyhow!("nats consumer: {e}"))?;
-    // Short-lived pull requests: a killed writer's requests would otherwise hold deliveries
-    // until they expire.
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(16)
-        .expires(Duration::from_secs(5))
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("nats consumer: {e}"))?;
     tracing::info!(stream = %config.stream, "writer consuming");
+    let mut idle_since = std::time::Instant::now();
     loop {
-        let message = tokio::select! {
+        // One short pull request at a time (16 messages, 2 s): nothing outlives a writer that
+        // dies, so what it held is redelivered to the next one after `ack_wait`.
+        let batch = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            m = messages.next() => m,
+            b = consumer.batch().max_messages(16).expires(Duration::from_secs(2)).messages() => b,
         };
-        let Some(message) = message else { anyhow::bail!("nats: the consumer ended") };
-        let message = match message {
-            Ok(m) => m,
+        let mut batch = match batch {
+            Ok(b) => b,
             Err(e) => {
-                tracing::warn!(error = %e, "nats: receive failed");
+                tracing::warn!(error = %e, "nats: pull failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
-        let Some((sender, trusted, body)) = decode(&message.payload) else {
-            stats.failures.inc("decode");
-            tracing::error!("nats: a message that is not a dnsledger batch; dropped");
-            let _ = message.ack_with(jetstream::AckKind::Term).await;
-            continue;
-        };
-        let (id, deltas) = match wire::decode_batch(body) {
-            Ok(b) => b,
-            Err(e) => {
-                stats.failures.inc("decode");
-                tracing::error!(sender, error = %e, "nats: undecodable batch; dropped");
-                let _ = message.ack_with(jetstream::AckKind::Term).await;
-                continue;
+        let mut got = 0;
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(m) => {
+                    got += 1;
+                    handle(m, &js, &cluster, &stats).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "nats: receive failed");
+                    break;
+                }
             }
-        };
-        let deltas = crate::store::attribute(&deltas, &sender, trusted);
-        let range = BatchRange { sender: &sender, stream: id.stream, first: id.first, last: id.sequence };
-        // The feed first: what is new is only known before the batch is applied. Published
-        // again on a redelivery, with the same ids, it is dropped as a duplicate.
-        if let Err(e) = feed(&js, &cluster, &deltas).await {
-            stats.failures.inc("feed");
-            tracing::warn!(sender, error = %e, "feed not published; the batch will be delivered again");
-            let _ = message.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(2)))).await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
         }
-        match cluster.apply(range, &deltas).await {
-            Ok(outcome) => {
-                tracing::debug!(sender, first = range.first, last = range.last, ?outcome, "batch applied");
-                if outcome == Outcome::Applied {
-                    stats.batches_applied.inc();
-                    stats.summaries_applied.add(deltas.len() as u64);
-                } else {
-                    stats.batches_duplicate.inc();
-                }
-                // If this ack is lost the message comes again and is recognised.
-                if let Err(e) = message.ack().await {
-                    tracing::warn!(error = %e, "nats: ack failed; the batch will be delivered again");
-                }
+        if got > 0 {
+            idle_since = std::time::Instant::now();
+        } else if idle_since.elapsed() > Duration::from_secs(30) {
+            idle_since = std::time::Instant::now();
+            if let Ok(info) = consumer.info().await {
+                tracing::info!(
+                    pending = info.num_pending,
+                    ack_pending = info.num_ack_pending,
+                    redelivered = info.num_redelivered,
+                    "writer idle"
+                );
             }
-            Err(e) => {
-                stats.failures.inc("cluster");
-                tracing::warn!(sender, error = %e, "cluster unavailable; the batch will be delivered again");
-                let _ = message.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(2)))).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Applies one message's batch and acknowledges it, or leaves it to be delivered again.
+async fn handle(message: jetstream::Message, js: &jetstream::Context, cluster: &Cluster, stats: &WriterStats) {
+    let Some((sender, trusted, body)) = decode(&message.payload) else {
+        stats.failures.inc("decode");
+        tracing::error!("nats: a message that is not a dnsledger batch; dropped");
+        let _ = message.ack_with(jetstream::AckKind::Term).await;
+        return;
+    };
+    let (id, deltas) = match wire::decode_batch(body) {
+        Ok(b) => b,
+        Err(e) => {
+            stats.failures.inc("decode");
+            tracing::error!(sender, error = %e, "nats: undecodable batch; dropped");
+            let _ = message.ack_with(jetstream::AckKind::Term).await;
+            return;
+        }
+    };
+    let deltas = crate::store::attribute(&deltas, &sender, trusted);
+    let range = BatchRange { sender: &sender, stream: id.stream, first: id.first, last: id.sequence };
+    // The feed first: what is new is only known before the batch is applied. Published
+    // again on a redelivery, with the same ids, it is dropped as a duplicate.
+    if let Err(e) = feed(js, cluster, &deltas).await {
+        stats.failures.inc("feed");
+        tracing::warn!(sender, error = %e, "feed not published; the batch will be delivered again");
+        let _ = message.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(2)))).await;
+        return;
+    }
+    match cluster.apply(range, &deltas).await {
+        Ok(outcome) => {
+            tracing::debug!(sender, first = range.first, last = range.last, ?outcome, "batch applied");
+            if outcome == Outcome::Applied {
+                stats.batches_applied.inc();
+                stats.summaries_applied.add(deltas.len() as u64);
+            } else {
+                stats.batches_duplicate.inc();
             }
+            // If this ack is lost the message comes again and is recognised.
+            if let Err(e) = message.ack().await {
+                tracing::warn!(error = %e, "nats: ack failed; the batch will be delivered again");
+            }
+        }
+        Err(e) => {
+            stats.failures.inc("cluster");
+            tracing::warn!(sender, error = %e, "cluster unavailable; the batch will be delivered again");
+            let _ = message.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(2)))).await;
         }
     }
 }
