@@ -501,6 +501,11 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<dnsledger::sensor::Sens
     })
 }
 
+/// Clients for the cluster a `[clickhouse]` file describes (call within the runtime).
+fn open_cluster(path: &std::path::Path) -> anyhow::Result<dnsledger::clickhouse::Cluster> {
+    dnsledger::clickhouse::Cluster::new(dnsledger::clickhouse::ClickHouseConfig::load(path)?)
+}
+
 async fn run_collector(
     a: CollectorArgs,
     upstream: Option<dnsledger::forward::ForwardConfig>,
@@ -563,7 +568,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Collector(a) => run_collector(a, None, None).await?,
         Command::Clickhouse(ClickhouseCommand::Writer { config, metrics }) => {
-            let cluster = dnsledger::clickhouse::Cluster::new(dnsledger::clickhouse::ClickHouseConfig::load(&config)?)?;
+            let cluster = open_cluster(&config)?;
             let nats = cluster.nats().ok_or_else(|| anyhow::anyhow!("{}: no `nats` URL", config.display()))?;
             cluster.init().await?;
             let (shutdown, registry) = service(metrics).await?;
@@ -572,7 +577,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dnsledger::clickhouse::nats::write(nats, std::sync::Arc::new(cluster), stats, shutdown).await?;
         }
         Command::Clickhouse(ClickhouseCommand::Init { config }) => {
-            let cluster = dnsledger::clickhouse::Cluster::new(dnsledger::clickhouse::ClickHouseConfig::load(&config)?)?;
+            let cluster = open_cluster(&config)?;
             cluster.init().await?;
             println!(
                 "clickhouse: schema of database {} ready on {} shard(s)",
@@ -625,9 +630,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dnsledger::query::remote::run(&q, q.summarize, &mut std::io::stdout().lock()).await?
         }
         Command::Query(q) => dnsledger::query::run(&q, &mut std::io::stdout().lock())?,
-        Command::Import { db, clickhouse: Some(config), files } => {
-            let _ = db;
-            let cluster = dnsledger::clickhouse::Cluster::new(dnsledger::clickhouse::ClickHouseConfig::load(&config)?)?;
+        Command::Import { db: _, clickhouse: Some(config), files } => {
+            let cluster = open_cluster(&config)?;
             cluster.init().await?;
             for f in &files {
                 let n = dnsledger::import::import_clickhouse(&cluster, f).await?;
@@ -679,8 +683,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = a.api.config()?.ok_or_else(|| anyhow::anyhow!("give --api ADDR or --api-config FILE"))?;
             let (db, what) = match (&a.db, &a.clickhouse) {
                 (_, Some(file)) => {
-                    let cluster =
-                        dnsledger::clickhouse::Cluster::new(dnsledger::clickhouse::ClickHouseConfig::load(file)?)?;
+                    let cluster = open_cluster(file)?;
                     let what = format!("ClickHouse database {}", cluster.config().database);
                     (dnsledger::db::Db::ClickHouse(std::sync::Arc::new(cluster)), what)
                 }
