@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use crate::clickhouse::Cluster;
-use crate::store::{Ended, Entry, FeedItem, FeedRead, Fences, Lookup, Store, StoreError};
+use crate::sensor::Rrset;
+use crate::store::{DayRow, Ended, Entry, FeedItem, FeedRead, Fences, Lookup, Store, StoreError};
 
 #[derive(Clone)]
 pub enum Db {
@@ -78,6 +79,23 @@ impl Db {
         match self {
             Db::Sled(s) => s.feed_read(after, max, keep),
             Db::ClickHouse(c) => c.feed_read(after, max, keep),
+        }
+    }
+
+    /// Whether per-day rows (`aggr=false`) can be answered: a sled store that keeps them, or
+    /// a cluster (which computes them from its landing table).
+    pub fn keeps_days(&self) -> bool {
+        match self {
+            Db::Sled(s) => s.keeps_days(),
+            Db::ClickHouse(_) => true,
+        }
+    }
+
+    /// An RRset's per-day rows, oldest first. Blocking.
+    pub fn days_of(&self, rrset: &Rrset) -> Result<Vec<DayRow>, StoreError> {
+        match self {
+            Db::Sled(s) => s.days_of(rrset),
+            Db::ClickHouse(c) => c.days_of(rrset),
         }
     }
 

@@ -169,6 +169,52 @@ fn the_cluster_answers_every_query_exactly_as_the_sled_store_does() {
         }
         assert_eq!(seen as u64, PAGED, "{base}");
     }
+
+    // aggr=false: the cluster computes per-day rows from its landing table. One RRset seen on
+    // two days (two imports, so two batches): one row per day, summing to the aggregate.
+    for (name, line) in [
+        (
+            "day0.ndjson",
+            r#"{"rrname":"twodays.example.net.","rrtype":"A","bailiwick":"example.net.","rdata":["192.0.2.7"],"time_first":100,"time_last":200,"count":2}"#,
+        ),
+        (
+            "day2.ndjson",
+            r#"{"rrname":"twodays.example.net.","rrtype":"A","bailiwick":"example.net.","rdata":["192.0.2.7"],"time_first":172900,"time_last":173000,"count":3}"#,
+        ),
+    ] {
+        std::fs::write(work.join(name), format!("{line}\n")).unwrap();
+        let mut import = dnsledger();
+        import.arg("import").arg("--clickhouse").arg(&ch.config).arg(work.join(name));
+        run(import);
+    }
+    let objs = |path: &str| -> Vec<(u64, u64, u64)> {
+        let r = get(cluster, path, &[]);
+        assert!(r.body.ends_with("{\"cond\":\"succeeded\"}\n"), "{path}: {}", r.body);
+        r.body
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["obj"].is_object())
+            .map(|v| {
+                let o = &v["obj"];
+                (o["time_first"].as_u64().unwrap(), o["time_last"].as_u64().unwrap(), o["count"].as_u64().unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(objs("/dnsdb/v2/lookup/rrset/name/twodays.example.net"), vec![(100, 173000, 5)]);
+    assert_eq!(
+        objs("/dnsdb/v2/lookup/rrset/name/twodays.example.net?aggr=false"),
+        vec![(100, 200, 2), (172900, 173000, 3)]
+    );
+    // Fences apply per row.
+    assert_eq!(
+        objs("/dnsdb/v2/lookup/rrset/name/twodays.example.net?aggr=false&time_first_after=1000"),
+        vec![(172900, 173000, 3)]
+    );
+    // The fixture's RRsets were each seen on one day: their rows are their aggregates.
+    assert_eq!(
+        objs("/dnsdb/v2/lookup/rrset/name/*.paged.example?aggr=false"),
+        objs("/dnsdb/v2/lookup/rrset/name/*.paged.example")
+    );
 }
 
 fn delta(i: u64, count: u64) -> Delta {

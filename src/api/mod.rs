@@ -399,7 +399,7 @@ impl Api {
             Endpoint::RateLimit => Ok(json(StatusCode::OK, self.rate_limit(key))),
             Endpoint::Dnsdb { summarize, lookup } => {
                 self.check_cursor(&lookup, &params)?;
-                if !params.aggr && !summarize && !self.db.sled().is_some_and(Store::keeps_days) {
+                if !params.aggr && !summarize && !self.db.keeps_days() {
                     return Err(ApiError::bad(
                         "aggr=false: this store keeps no per-day rows (`day_rows = true` in the [api] of the process writing it)",
                     ));

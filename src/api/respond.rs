@@ -192,10 +192,7 @@ pub fn saf(api: Arc<Api>, lookup: Lookup, p: Params, summarize: bool, slots: Slo
                 buf.extend_from_slice(b"}\n");
                 api.stats.results.inc();
             } else {
-                let Some(store) = api.db.sled() else {
-                    return Emit::Failed("per-day rows are kept only in sled stores".into());
-                };
-                let rows = match store.days_of(&e.rrset) {
+                let rows = match api.db.days_of(&e.rrset) {
                     Ok(rows) => rows,
                     Err(e) => return Emit::Failed(e.to_string()),
                 };

@@ -83,6 +83,29 @@ impl Cluster {
         Err(backend(last.map_or_else(|| "no shards".into(), |e| e.to_string())))
     }
 
+    /// An RRset's per-day rows (first, last, count per UTC day of its deltas' first
+    /// observation, as the sled store keeps them), from the landing table, which holds every
+    /// batch exactly once. Blocking.
+    pub fn days_of(&self, rrset: &Rrset) -> Result<Vec<crate::store::DayRow>, StoreError> {
+        #[derive(clickhouse::Row, Deserialize)]
+        struct Day {
+            day: u64,
+            first: u64,
+            last: u64,
+            count: u64,
+        }
+        let db = &self.config.database;
+        let key = literal(&crate::store::keys::rrset_key(rrset));
+        let rows: Vec<Day> = self.read(&format!(
+            "SELECT intDiv(time_first, 86400) AS day, min(time_first) AS first, max(time_last) AS last, \
+             sum(count) AS count FROM {db}.landing_all WHERE key = {key} AND negative = 0 GROUP BY day ORDER BY day"
+        ))?;
+        Ok(rows
+            .into_iter()
+            .map(|d| crate::store::DayRow { day: d.day as u32, first: d.first, last: d.last, count: d.count })
+            .collect())
+    }
+
     /// Which of these RRset keys (untagged) the cluster holds (every shard must answer: a key
     /// on a shard that is down is not new).
     pub async fn existing_keys(&self, keys: &[Vec<u8>]) -> Result<std::collections::HashSet<Vec<u8>>, StoreError> {
