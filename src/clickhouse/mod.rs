@@ -453,8 +453,11 @@ impl Cluster {
              (SELECT count() FROM {db}.rrsets WHERE key = {m}), (SELECT count() FROM {db}.rdata_index WHERE pos = {m})",
             b.stream, b.last
         );
-        let (landing, rrsets, index) =
-            client.query(&sql).fetch_one::<(u64, u64, u64)>().await.map_err(|e| self.err(shard, e))?;
+        let limit = Duration::from_secs(self.config.timeout_secs);
+        let (landing, rrsets, index) = tokio::time::timeout(limit, client.query(&sql).fetch_one::<(u64, u64, u64)>())
+            .await
+            .map_err(|_| ClusterError::Other(format!("clickhouse shard {}: no answer in {limit:?}", shard + 1)))?
+            .map_err(|e| self.err(shard, e))?;
         let timeout = Some(Duration::from_secs(self.config.timeout_secs));
         let mut wrote = false;
         // Domains (first seen is a min: writing it twice changes nothing) go first, so that a

@@ -234,8 +234,8 @@ pub struct WriterStats {
     pub batches_applied: Counter,
     pub batches_duplicate: Counter,
     pub summaries_applied: Counter,
-    /// Messages not applied, by reason (`decode`: dropped; `cluster`, `feed`: delivered again
-    /// later).
+    /// Messages not applied, by reason (`decode`: dropped; `cluster`, `feed`, `timeout`:
+    /// delivered again later).
     pub failures: ReasonCounter,
 }
 
@@ -314,11 +314,25 @@ pub async fn write(
             }
         };
         let mut got = 0;
-        while let Some(message) = batch.next().await {
+        // Every wait is bounded: a pull that never ends, or a batch the cluster never answers
+        // for, is given up on (the message, not acknowledged, comes again after `ack_wait`).
+        loop {
+            let message = match tokio::time::timeout(Duration::from_secs(10), batch.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!("nats: a pull request stalled; pulling again");
+                    break;
+                }
+            };
             match message {
                 Ok(m) => {
                     got += 1;
-                    handle(m, &js, &cluster, &stats).await;
+                    let limit = Duration::from_secs(2 * cluster.config().timeout_secs);
+                    if tokio::time::timeout(limit, handle(m, &js, &cluster, &stats)).await.is_err() {
+                        stats.failures.inc("timeout");
+                        tracing::warn!(?limit, "a batch took too long; it will be delivered again");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "nats: receive failed");

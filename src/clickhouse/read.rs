@@ -74,13 +74,16 @@ impl Cluster {
     {
         let mut last = None;
         let skip = if partial { "1" } else { "0" };
+        let limit = std::time::Duration::from_secs(self.config.timeout_secs);
         for (i, c) in self.shards.iter().enumerate() {
-            match c.query(sql).with_option("skip_unavailable_shards", skip).fetch_all::<T>().await {
-                Ok(rows) => return Ok(rows),
-                Err(e) => last = Some(self.err(i, e)),
+            let query = c.query(sql).with_option("skip_unavailable_shards", skip).fetch_all::<T>();
+            match tokio::time::timeout(limit, query).await {
+                Ok(Ok(rows)) => return Ok(rows),
+                Ok(Err(e)) => last = Some(self.err(i, e).to_string()),
+                Err(_) => last = Some(format!("clickhouse shard {}: no answer in {limit:?}", i + 1)),
             }
         }
-        Err(backend(last.map_or_else(|| "no shards".into(), |e| e.to_string())))
+        Err(backend(last.unwrap_or_else(|| "no shards".into())))
     }
 
     /// An RRset's per-day rows (first, last, count per UTC day of its deltas' first
