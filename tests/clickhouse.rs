@@ -20,8 +20,8 @@ use dnsledger::sensor::{Kind, Rrset};
 use dnsledger::store::Delta;
 use tools::clickhouse::ClickHouse;
 use tools::fixture::{PAGED, fixture_lines, get};
-use tools::forward::{Contents, SERVER_NAME, contents, data, replay, sensor_toml, settle, start_ingest};
-use tools::{Proc, dnsledger, free_port, metric, run, wait_for, wait_for_socket};
+use tools::forward::{Contents, SERVER_NAME, contents, data, replay, sensor_toml, settle, spawn_sensor, start_ingest};
+use tools::{Proc, dnsledger, free_port, metric, run, wait_for};
 
 /// Everything in the cluster, read straight from ClickHouse (not through our code): positive
 /// RRsets re-aggregated from `rrsets_all`, negative ones summed from `landing_all`.
@@ -317,10 +317,7 @@ fn a_sensor_forwarding_to_the_cluster_ends_exact_through_collector_kills_and_a_s
 
     let sensor_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (sensor_db, sock, config) = sensor_toml(work, "sensor-a", listen, sensor_metrics);
-    let mut cmd = dnsledger();
-    cmd.args(["sensor", "-q", "-c"]).arg(&config);
-    let sensor = Proc::spawn("sensor", cmd, work);
-    wait_for_socket(&sock);
+    let sensor = spawn_sensor("sensor", &config, &sock, work);
     let acked = || metric(sensor_metrics, "dnsledger_forward_batches_acked_total").unwrap_or(0);
     let waiting = || metric(sensor_metrics, "dnsledger_forward_outbox_batches");
 
@@ -442,10 +439,7 @@ fn with_nats_jetstream_in_the_path_counts_stay_exact_when_the_writer_is_killed()
 
     let sensor_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (sensor_db, sock, sensor_config) = sensor_toml(work, "sensor-a", listen, sensor_metrics);
-    let mut cmd = dnsledger();
-    cmd.args(["sensor", "-q", "-c"]).arg(&sensor_config);
-    let sensor = Proc::spawn("sensor", cmd, work);
-    wait_for_socket(&sock);
+    let sensor = spawn_sensor("sensor", &sensor_config, &sock, work);
     replay(&data("unbound-resolver.dnstap"), &sock);
     let applied = || metric(writer_metrics, "dnsledger_writer_batches_applied_total").unwrap_or(0);
     wait_for("the writer applying", Duration::from_secs(60), || applied() >= 1);
@@ -481,39 +475,13 @@ fn with_nats_jetstream_in_the_path_counts_stay_exact_when_the_writer_is_killed()
     // redeliveries included), and each new registrable domain once.
     let wanted = positive_rrsets(&ch);
     let out = work.join("follower.stdout");
-    let lines = || -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&out)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.ends_with('}'))
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let lines = || tools::feed::lines(&out);
     wait_for("the feed to deliver every RRset", Duration::from_secs(60), || {
         lines().iter().filter(|l| l["type"] == "rrset").count() >= wanted.len()
     });
     std::thread::sleep(Duration::from_secs(1));
     follower.terminate();
-    let got = lines();
-    let tokens: Vec<u64> = got.iter().map(|l| l["token"].as_u64().unwrap()).collect();
-    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens strictly increase");
-    let mut received = std::collections::BTreeSet::new();
-    let mut domains = std::collections::BTreeSet::new();
-    for l in &got {
-        if l["type"] == "rrset" {
-            let o = &l["obj"];
-            let rdata = o["rdata"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect();
-            let key = (
-                o["rrname"].as_str().unwrap().to_string(),
-                o["rrtype"].as_str().unwrap().to_string(),
-                o["bailiwick"].as_str().unwrap().to_string(),
-                rdata,
-            );
-            assert!(received.insert(key.clone()), "received twice: {key:?}");
-        } else {
-            assert!(domains.insert(l["domain"].as_str().unwrap().to_string()), "domain twice: {l}");
-        }
-    }
+    let (received, domains) = tools::feed::received(&lines());
     assert_eq!(received, wanted, "the feed delivered exactly the cluster's RRsets");
     let psl = dnsledger::psl::SuffixList::load(None).unwrap();
     let registrable: std::collections::BTreeSet<String> =

@@ -6,9 +6,11 @@
 mod tools;
 
 use std::collections::BTreeSet;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tools::feed::lines;
 
 use dnsledger::store::Store;
 use tools::{Proc, dnsledger, free_port, wait_for, wait_for_socket};
@@ -31,16 +33,6 @@ fn start_sensor(work: &Path, config: &Path, sock: &Path, api: SocketAddr, name: 
     wait_for_socket(sock);
     wait_for("the API", Duration::from_secs(20), || std::net::TcpStream::connect(api).is_ok());
     p
-}
-
-/// The feed lines the consumer printed so far.
-fn lines(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.ends_with('}'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// Waits until the consumer's output stops growing (two flush windows without a new line).
@@ -136,29 +128,9 @@ fn a_follower_gets_every_new_rrset_once_across_a_sensor_crash() {
     sensor.terminate();
 
     let got = lines(&consumer_stdout(work));
-    let tokens: Vec<u64> = got.iter().map(|l| l["token"].as_u64().unwrap()).collect();
-    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens strictly increase, none twice: {tokens:?}");
-    assert_eq!(std::fs::read_to_string(&state).unwrap().trim(), tokens.last().unwrap().to_string());
-    let mut received = BTreeSet::new();
-    let mut domains = BTreeSet::new();
-    for l in &got {
-        match l["type"].as_str().unwrap() {
-            "rrset" => {
-                let o = &l["obj"];
-                let rdata: Vec<String> =
-                    o["rdata"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect();
-                let key = (
-                    o["rrname"].as_str().unwrap().to_string(),
-                    o["rrtype"].as_str().unwrap().to_string(),
-                    o["bailiwick"].as_str().unwrap().to_string(),
-                    rdata,
-                );
-                assert!(received.insert(key.clone()), "received twice: {key:?}");
-            }
-            "domain" => assert!(domains.insert(l["domain"].as_str().unwrap().to_string()), "domain twice: {l}"),
-            other => panic!("{other}"),
-        }
-    }
+    let (received, domains) = tools::feed::received(&got);
+    let last_token = got.last().unwrap()["token"].as_u64().unwrap();
+    assert_eq!(std::fs::read_to_string(&state).unwrap().trim(), last_token.to_string());
     let store = Store::open(&db).unwrap();
     let stored: BTreeSet<_> = store
         .all(false)

@@ -12,7 +12,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use dnsledger::store::Store;
-use tools::forward::{Contents, SERVER_NAME, contents, data, flushed, replay, sensor_toml, settle, start_ingest};
+use tools::forward::{
+    Contents, SERVER_NAME, contents, data, flushed, replay, sensor_toml, settle, spawn_sensor, start_ingest,
+};
 use tools::{Proc, dnsledger, free_port, metric, wait_for, wait_for_socket};
 
 fn start_collector(work: &Path, db: &Path, listen: SocketAddr, metrics: SocketAddr) -> Proc {
@@ -36,10 +38,7 @@ fn the_collector_ends_with_the_sensors_counts_through_crashes_and_outages() {
 
     let sensor_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (sensor_db, sock, config) = sensor_toml(work, "sensor-a", listen, sensor_metrics);
-    let mut cmd = dnsledger();
-    cmd.args(["sensor", "-q", "-c"]).arg(&config);
-    let sensor = Proc::spawn("sensor", cmd, work);
-    wait_for_socket(&sock);
+    let sensor = spawn_sensor("sensor", &config, &sock, work);
     let acked = || metric(sensor_metrics, "dnsledger_forward_batches_acked_total").unwrap_or(0);
     let waiting = || metric(sensor_metrics, "dnsledger_forward_outbox_batches");
 
@@ -182,8 +181,19 @@ fn peers_without_a_valid_certificate_and_garbage_are_refused_and_counted() {
 }
 
 fn start_relay(work: &Path, listen: SocketAddr, metrics: SocketAddr, upstream: SocketAddr) -> Proc {
+    start_relay_with(work, listen, metrics, upstream, Vec::new())
+}
+
+/// [`start_relay`] with more arguments.
+fn start_relay_with(
+    work: &Path,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    upstream: SocketAddr,
+    more: Vec<std::ffi::OsString>,
+) -> Proc {
     let pki = work.join("pki");
-    let extra = vec![
+    let mut extra: Vec<std::ffi::OsString> = vec![
         "--upstream".into(),
         upstream.to_string().into(),
         "--upstream-name".into(),
@@ -195,6 +205,7 @@ fn start_relay(work: &Path, listen: SocketAddr, metrics: SocketAddr, upstream: S
         "--key".into(),
         pki.join("relay-1.key").into(),
     ];
+    extra.extend(more);
     start_ingest("relay", work, ("--db", &work.join("relay.db")), listen, metrics, extra)
 }
 
@@ -215,10 +226,7 @@ fn two_sensors_through_a_relay_that_is_killed_add_up_at_the_collector() {
     for name in ["sensor-a", "sensor-b"] {
         let metrics = port();
         let (db, sock, config) = sensor_toml(work, name, relay_addr, metrics);
-        let mut cmd = dnsledger();
-        cmd.args(["sensor", "-q", "-c"]).arg(&config);
-        let p = Proc::spawn(name, cmd, work);
-        wait_for_socket(&sock);
+        let p = spawn_sensor(name, &config, &sock, work);
         sensors.push((p, db, sock, metrics));
     }
     replay(&data("unbound-resolver.dnstap"), &sensors[0].2);
@@ -331,10 +339,7 @@ fn certificates_from_dnsledger_pki_verify_with_openssl_and_carry_forwarding() {
         collector.stderr().contains("certificate expired")
     });
     let (db, sock, config) = sensor_toml(work, "sensor-a", listen, sensor_metrics);
-    let mut cmd = dnsledger();
-    cmd.args(["sensor", "-q", "-c"]).arg(&config);
-    let sensor = Proc::spawn("sensor", cmd, work);
-    wait_for_socket(&sock);
+    let sensor = spawn_sensor("sensor", &config, &sock, work);
     replay(&data("unbound-resolver.dnstap"), &sock);
     settle(sensor_metrics);
     sensor.terminate();
@@ -354,13 +359,7 @@ fn a_sensor_killed_before_forwarding_sends_what_it_had_flushed_after_a_restart()
     let (listen, collector_metrics, sensor_metrics) = (port(), port(), port());
     // No collector yet: the sensor flushes into its outbox and cannot forward.
     let (db, sock, config) = sensor_toml(work, "sensor-a", listen, sensor_metrics);
-    let start_sensor = || {
-        let mut cmd = dnsledger();
-        cmd.args(["sensor", "-q", "-c"]).arg(&config);
-        let p = Proc::spawn("sensor", cmd, work);
-        wait_for_socket(&sock);
-        p
-    };
+    let start_sensor = || spawn_sensor("sensor", &config, &sock, work);
     let sensor = start_sensor();
     replay(&data("unbound-resolver.dnstap"), &sock);
     replay(&data("bind-resolver.dnstap"), &sock);
@@ -393,30 +392,18 @@ fn a_relay_also_takes_raw_dnstap_and_forwards_what_a_sensor_would_keep() {
     let collector = start_collector(work, &collector_db, collector_addr, collector_metrics);
     // The relay's dnstap input: the settings of a sensor file (its db is not used).
     let (_, relay_sock, relay_sensor) = sensor_toml(work, "relay-input", relay_addr, port());
-    let pki = work.join("pki");
-    let extra = vec![
-        "--upstream".into(),
-        collector_addr.to_string().into(),
-        "--upstream-name".into(),
-        SERVER_NAME.into(),
-        "--upstream-ca".into(),
-        pki.join("ca.pem").into(),
-        "--cert".into(),
-        pki.join("relay-1.pem").into(),
-        "--key".into(),
-        pki.join("relay-1.key").into(),
-        "--sensor-config".into(),
-        relay_sensor.clone().into(),
-    ];
-    let relay = start_ingest("relay", work, ("--db", &work.join("relay.db")), relay_addr, relay_metrics, extra);
+    let relay = start_relay_with(
+        work,
+        relay_addr,
+        relay_metrics,
+        collector_addr,
+        vec!["--sensor-config".into(), relay_sensor.clone().into()],
+    );
     wait_for_socket(&relay_sock);
     // A sensor behind the relay too, and raw dnstap straight into the relay, at the same time.
     let sensor_metrics = port();
     let (sensor_db, sock, config) = sensor_toml(work, "sensor-a", relay_addr, sensor_metrics);
-    let mut cmd = dnsledger();
-    cmd.args(["sensor", "-q", "-c"]).arg(&config);
-    let sensor = Proc::spawn("sensor-a", cmd, work);
-    wait_for_socket(&sock);
+    let sensor = spawn_sensor("sensor-a", &config, &sock, work);
     let direct = std::thread::spawn({
         let relay_sock = relay_sock.clone();
         move || replay(&data("unbound-resolver.dnstap"), &relay_sock)
@@ -472,10 +459,7 @@ fn a_collector_killed_while_batches_flow_ends_with_exact_counts() {
     let collector_db = work.join("collector.db");
     let collector = start_collector(work, &collector_db, listen, collector_metrics);
     let (sensor_db, sock, config) = sensor_toml(work, "sensor-a", listen, sensor_metrics);
-    let mut cmd = dnsledger();
-    cmd.args(["sensor", "-q", "-c"]).arg(&config);
-    let sensor = Proc::spawn("sensor", cmd, work);
-    wait_for_socket(&sock);
+    let sensor = spawn_sensor("sensor", &config, &sock, work);
     let acked = || metric(sensor_metrics, "dnsledger_forward_batches_acked_total").unwrap_or(0);
 
     // Five seconds of synthetic dnstap (one-second windows: a batch a second, thousands of

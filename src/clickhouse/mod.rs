@@ -458,57 +458,45 @@ impl Cluster {
             .await
             .map_err(|_| ClusterError::Other(format!("clickhouse shard {}: no answer in {limit:?}", shard + 1)))?
             .map_err(|e| self.err(shard, e))?;
-        let timeout = Some(Duration::from_secs(self.config.timeout_secs));
         let mut wrote = false;
         // Domains (first seen is a min: writing it twice changes nothing) go first, so that a
         // batch whose markers are all present has its domains too.
         if (landing == 0 || rrsets == 0 || index == 0) && !domains.is_empty() {
-            let mut insert = client
-                .insert::<DomainRow>(&format!("{db}.domains_in"))
-                .map_err(|e| self.err(shard, e))?
-                .with_timeouts(timeout, timeout);
-            for r in &domains {
-                insert.write(r).await.map_err(|e| self.err(shard, e))?;
-            }
-            insert.end().await.map_err(|e| self.err(shard, e))?;
+            self.insert::<DomainRow>(shard, "domains_in", &domains).await?;
         }
         // The views' targets first, the landing table (the audit trail) last.
         if rrsets == 0 {
-            let mut insert = client
-                .insert::<BatchRow>(&format!("{db}.rrsets_in"))
-                .map_err(|e| self.err(shard, e))?
-                .with_timeouts(timeout, timeout);
-            for r in &rows {
-                if r.negative == 0 {
-                    insert.write(r).await.map_err(|e| self.err(shard, e))?;
-                }
-            }
-            insert.end().await.map_err(|e| self.err(shard, e))?;
+            let positive: Vec<&BatchRow> = rows.iter().filter(|r| r.negative == 0).collect();
+            self.insert::<BatchRow>(shard, "rrsets_in", &positive).await?;
             wrote = true;
         }
         if index == 0 {
-            let mut insert = client
-                .insert::<IndexRow>(&format!("{db}.index_in"))
-                .map_err(|e| self.err(shard, e))?
-                .with_timeouts(timeout, timeout);
-            for r in &idx {
-                insert.write(r).await.map_err(|e| self.err(shard, e))?;
-            }
-            insert.end().await.map_err(|e| self.err(shard, e))?;
+            self.insert::<IndexRow>(shard, "index_in", &idx).await?;
             wrote = true;
         }
         if landing == 0 {
-            let mut insert = client
-                .insert::<BatchRow>(&format!("{db}.landing"))
-                .map_err(|e| self.err(shard, e))?
-                .with_timeouts(timeout, timeout);
-            for r in &rows {
-                insert.write(r).await.map_err(|e| self.err(shard, e))?;
-            }
-            insert.end().await.map_err(|e| self.err(shard, e))?;
+            self.insert::<BatchRow>(shard, "landing", &rows).await?;
             wrote = true;
         }
         Ok(wrote)
+    }
+
+    /// One INSERT of `rows` into `table` on `shard` (one block: what deduplication compares).
+    async fn insert<T: clickhouse::Row + Serialize>(
+        &self,
+        shard: usize,
+        table: &str,
+        rows: &[impl std::borrow::Borrow<T>],
+    ) -> Result<(), ClusterError> {
+        let timeout = Some(Duration::from_secs(self.config.timeout_secs));
+        let mut insert = self.shards[shard]
+            .insert::<T>(&format!("{}.{table}", self.config.database))
+            .map_err(|e| self.err(shard, e))?
+            .with_timeouts(timeout, timeout);
+        for r in rows {
+            insert.write(r.borrow()).await.map_err(|e| self.err(shard, e))?;
+        }
+        insert.end().await.map_err(|e| self.err(shard, e))
     }
 
     /// The live feed (written by `clickhouse writer`), when NATS is configured.

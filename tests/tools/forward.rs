@@ -92,6 +92,15 @@ pub fn sensor_toml(work: &Path, name: &str, upstream: SocketAddr, metrics: Socke
     (db, sock, config)
 }
 
+/// Starts `dnsledger sensor -c config` and waits for its dnstap socket.
+pub fn spawn_sensor(name: &str, config: &Path, sock: &Path, work: &Path) -> Proc {
+    let mut cmd = dnsledger();
+    cmd.args(["sensor", "-q", "-c"]).arg(config);
+    let p = Proc::spawn(name, cmd, work);
+    super::wait_for_socket(sock);
+    p
+}
+
 /// Whether a sensor has everything it observed in its store (and so its outbox).
 pub fn flushed(metrics: SocketAddr) -> bool {
     let observed = metric(metrics, "dnsledger_sensor_rrsets_observed_total");

@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod clickhouse;
+pub mod feed;
 pub mod fixture;
 pub mod forward;
 
