@@ -12,6 +12,9 @@
 //! cargo build --release --examples
 //! BENCH_DB=/var/tmp/api-bench target/release/examples/api_bench [N=10000000] [LOOKUPS=20000]
 //! ```
+//!
+//! The store is opened with the page cache `dnsledger api` has by default (`BENCH_CACHE_MB`
+//! to change it).
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -99,7 +102,13 @@ fn main() {
     let n: u64 = args.next().map(|a| a.parse().expect("N")).unwrap_or(10_000_000);
     let lookups: usize = args.next().map(|a| a.parse().expect("LOOKUPS")).unwrap_or(20_000);
     let db = std::env::var("BENCH_DB").unwrap_or_else(|_| "target/api-bench-db".into());
-    let store = Store::open(std::path::Path::new(&db)).expect("store");
+    // The page cache `dnsledger api` and the collector use unless told (`--cache-mb`).
+    let cache_mb = std::env::var("BENCH_CACHE_MB")
+        .ok()
+        .map(|v| v.parse().expect("BENCH_CACHE_MB"))
+        .unwrap_or(dnsledger::store::SERVER_CACHE_MB);
+    let store = Store::open_cached(std::path::Path::new(&db), cache_mb).expect("store");
+    println!("store: {cache_mb} MiB page cache");
     build(&store, n);
     println!("store: {:.2} GB on disk", store.size_on_disk().expect("size") as f64 / 1e9);
 

@@ -43,7 +43,7 @@ fn main() {
     let cfg_full = config(&db, "");
     let stats = Arc::new(SensorStats::default());
     let start = Instant::now();
-    let mut store = Store::open_with(&db, cfg_full.compression).expect("store");
+    let mut store = Store::open_with(&db, cfg_full.compression, cfg_full.cache_mb).expect("store");
     // BENCH_API=1: the store as a sensor serving the API keeps it (feed log, per-day rows).
     if let Some(v) = std::env::var_os("BENCH_API") {
         let mut api = dnsledger::api::ApiConfig::open("127.0.0.1:0".parse().expect("addr"));
@@ -77,8 +77,11 @@ fn main() {
     let db = dir.path().join("stages");
     let cfg_stages = config(&db, "[aggregate]\nwindow_seconds = 3600\nwindow_keys = 100000000\n");
     let stats = Arc::new(SensorStats::default());
-    let mut p =
-        Pipeline::new(&cfg_stages, Store::open_with(&db, cfg_stages.compression).expect("store"), stats.clone());
+    let mut p = Pipeline::new(
+        &cfg_stages,
+        Store::open_with(&db, cfg_stages.compression, cfg_stages.cache_mb).expect("store"),
+        stats.clone(),
+    );
     let start = Instant::now();
     for f in FileReader::open(&input, DNSTAP_CONTENT_TYPE).expect("input") {
         p.frame(f.expect("frame")).expect("pipeline");

@@ -106,6 +106,9 @@ struct CollectorArgs {
     /// Store directory (the embedded sled store).
     #[arg(long, required_unless_present = "clickhouse")]
     db: Option<PathBuf>,
+    /// The store's page cache in MiB (sled; more keeps large walks in memory).
+    #[arg(long, default_value_t = dnsledger::store::SERVER_CACHE_MB, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    cache_mb: u64,
     /// Store into a ClickHouse cluster instead: a file with a `[clickhouse]` table.
     #[arg(long, conflicts_with = "db")]
     clickhouse: Option<PathBuf>,
@@ -161,6 +164,9 @@ struct ApiServeArgs {
     /// Store directory (a sensor's or a collector's, not in use by another process).
     #[arg(long, required_unless_present = "clickhouse")]
     db: Option<PathBuf>,
+    /// The store's page cache in MiB (sled; more keeps large walks in memory).
+    #[arg(long, default_value_t = dnsledger::store::SERVER_CACHE_MB, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    cache_mb: u64,
     /// Serve a ClickHouse cluster instead: a file with a `[clickhouse]` table.
     #[arg(long, conflicts_with = "db")]
     clickhouse: Option<PathBuf>,
@@ -531,6 +537,7 @@ async fn run_collector(
         trusted_relays: a.relays,
         api: a.api.config()?,
         dnstap,
+        cache_mb: a.cache_mb,
     };
     dnsledger::collector::run(config, &registry, shutdown).await
 }
@@ -689,7 +696,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 (Some(dir), None) => {
                     anyhow::ensure!(dir.is_dir(), "no store at {}", dir.display());
-                    (dnsledger::db::Db::Sled(dnsledger::store::Store::open(dir)?), dir.display().to_string())
+                    (
+                        dnsledger::db::Db::Sled(dnsledger::store::Store::open_cached(dir, a.cache_mb)?),
+                        dir.display().to_string(),
+                    )
                 }
                 (None, None) => anyhow::bail!("give --db DIR or --clickhouse FILE"),
             };

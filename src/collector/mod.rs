@@ -68,6 +68,8 @@ pub struct CollectorConfig {
     /// Relay mode: also take raw dnstap, through the sensor pipeline into the relay's store
     /// (and so its outbox). Its `db`, `[forward]` and `[api]` are not used.
     pub dnstap: Option<crate::sensor::SensorConfig>,
+    /// The sled store's page cache, MiB.
+    pub cache_mb: u64,
 }
 
 /// Collector counters (Prometheus prefix `dnsledger_collector_`).
@@ -149,7 +151,7 @@ pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: Cancell
             return run_clickhouse(&config, (**ch).clone(), tls, registry, shutdown).await;
         }
     };
-    let mut store = Store::open(&path)?;
+    let mut store = Store::open_cached(&path, config.cache_mb)?;
     if let Some(f) = &config.upstream {
         store = store.with_outbox_limit(f.max_outbox_batches);
     }

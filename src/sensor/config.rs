@@ -77,6 +77,7 @@ struct RawPrivacy {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     compression: Option<bool>,
+    cache_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,6 +108,8 @@ pub struct SensorConfig {
     pub window_keys: usize,
     pub outbox: bool,
     pub compression: bool,
+    /// sled's page cache, MiB.
+    pub cache_mb: u64,
     /// Forward the outbox to a collector or relay (implies the outbox).
     pub forward: Option<ForwardConfig>,
     pub metrics: Option<SocketAddr>,
@@ -193,6 +196,10 @@ impl SensorConfig {
         if compression && !cfg!(feature = "compression") {
             err("store.compression", "this build has no compression: build with `--features compression`".into());
         }
+        let cache_mb = raw.store.cache_mb.unwrap_or(crate::store::DEFAULT_CACHE_MB);
+        if !(1..=1 << 20).contains(&cache_mb) {
+            err("store.cache_mb", format!("{cache_mb}: between 1 and 1048576 (MiB)"));
+        }
         let metrics = raw.metrics.as_ref().and_then(|m| match m.parse() {
             Ok(a) => Some(a),
             Err(_) => {
@@ -251,6 +258,7 @@ impl SensorConfig {
             window_keys,
             outbox: raw.aggregate.outbox.unwrap_or(false) || forward.is_some(),
             compression,
+            cache_mb,
             forward,
             metrics,
             api,

@@ -499,7 +499,7 @@ fn totals(stats: &SensorStats, store: &Store) -> Totals {
 
 /// Runs the pipeline over an fstrm file (what `--read` does), then flushes.
 pub fn run_file(config: &SensorConfig, path: &Path, stats: Arc<SensorStats>) -> anyhow::Result<Totals> {
-    let store = Store::open_with(&config.db, config.compression)?;
+    let store = Store::open_with(&config.db, config.compression, config.cache_mb)?;
     let mut p = Pipeline::new(config, store, stats.clone());
     for frame in FileReader::open(path, DNSTAP_CONTENT_TYPE)? {
         p.frame(frame?)?;
@@ -535,7 +535,7 @@ pub async fn run_fed(
         // A forwarding setup that cannot work is a start-up error, not a silent idle outbox.
         crate::tls::client_config(&f.ca, &f.cert, &f.key).map_err(|e| anyhow::anyhow!("forward: {e}"))?;
     }
-    let mut store = Store::open_with(&config.db, config.compression)?;
+    let mut store = Store::open_with(&config.db, config.compression, config.cache_mb)?;
     if let Some(f) = &config.forward {
         store = store.with_outbox_limit(f.max_outbox_batches);
     }

@@ -142,7 +142,7 @@ fn target_matches(pattern: &NamePattern, rrtype: u16, rdata: &str) -> bool {
 /// same encoding ([`super::keys::encode_value`]).
 pub trait Ordered {
     /// Keys from `start` (below `end` when given), in key order; RRset keys with their values,
-    /// index keys with any value.
+    /// index keys with their RRset's value or an empty one (the walk then fetches the RRset).
     fn scan(&self, start: Bound<Vec<u8>>, end: Option<Vec<u8>>) -> Box<dyn Iterator<Item = Scanned> + '_>;
     /// The values of these RRset keys (tagged, sorted), in the same order; `None` if absent.
     fn get_sorted(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<sled::IVec>>, StoreError>;
@@ -305,7 +305,9 @@ pub fn walk<O: Ordered + ?Sized>(
         }
         examined += 1;
         prev = Some(k.clone());
-        if index {
+        // An index entry that carries its RRset's value (see `index` in mod.rs) is a result
+        // as it stands; one without (older stores, ClickHouse) is fetched.
+        if index && v.is_empty() {
             pending.push((k, rkey_at));
             if pending.len() >= batch {
                 if let Some(end) = visit_pending(db, &mut pending, lookup, fences, &mut visit)? {
@@ -315,8 +317,22 @@ pub fn walk<O: Ordered + ?Sized>(
             }
             continue;
         }
+        if !pending.is_empty()
+            && let Some(end) = visit_pending(db, &mut pending, lookup, fences, &mut visit)?
+        {
+            return Ok(end);
+        }
         let entry = decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
-        if lookup.admits(&entry, fences) && !visit(&k, entry) {
+        if !lookup.admits(&entry, fences) {
+            continue;
+        }
+        if index
+            && let Some(first) = lookup.first_entry(&entry, &k[rkey_at..])
+            && first[..] != k[..]
+        {
+            continue;
+        }
+        if !visit(&k, entry) {
             return Ok(Ended::Stopped(k.to_vec()));
         }
     }
@@ -474,6 +490,51 @@ mod tests {
         }
         let (lo, hi) = "10.0.0.0/8".parse::<crate::sensor::Cidr>().unwrap().range();
         assert_eq!(s.lookup(&Lookup::RdataIp { lo, hi }, &Fences::default(), usize::MAX).unwrap().len(), 500);
+    }
+
+    #[test]
+    fn index_entries_without_values_are_fetched_with_the_same_results() {
+        let (_dir, s) = store_with(300);
+        let (lo, hi) = "10.0.0.0/8".parse::<crate::sensor::Cidr>().unwrap().range();
+        let lookups = [
+            Lookup::RdataIp { lo, hi },
+            Lookup::Rrset { owner: NamePattern::parse("h1.example.*").unwrap(), rrtype: None, bailiwick: None },
+        ];
+        let before: Vec<Vec<Entry>> =
+            lookups.iter().map(|l| s.lookup(l, &Fences::default(), usize::MAX).unwrap()).collect();
+        // A store written before index entries carried values: every other entry is bare.
+        let mut bare = 0;
+        for (i, item) in s.t.iter().enumerate() {
+            let (k, _) = item.unwrap();
+            if [TAG_BY_IP, TAG_BY_NAME].contains(&k[0]) && i % 2 == 0 {
+                s.t.insert(k, &[]).unwrap();
+                bare += 1;
+            }
+        }
+        assert!(bare > 300);
+        for (l, want) in lookups.iter().zip(before) {
+            assert_eq!(s.lookup(l, &Fences::default(), usize::MAX).unwrap(), want, "{l:?}");
+            for size in [1, 7] {
+                assert_eq!(pages(&s, l, size, u64::MAX).len(), want.len(), "{l:?} pages of {size}");
+            }
+        }
+        // A merge rewrites the copies (bare or not): the index answers with the new counters.
+        let again = s.lookup(&lookups[0], &Fences::default(), 2).unwrap();
+        let deltas: Vec<Delta> = again
+            .iter()
+            .map(|e| Delta {
+                kind: Kind::Positive,
+                rrset: e.rrset.clone(),
+                first: 0,
+                last: 1_000,
+                count: 5,
+                sensors: Vec::new(),
+            })
+            .collect();
+        s.merge(&deltas, false).unwrap();
+        for (old, new) in again.iter().zip(s.lookup(&lookups[0], &Fences::default(), 2).unwrap()) {
+            assert_eq!((new.first, new.last, new.count), (0, 1_000, old.count + 5), "{}", old.rrset.rrname);
+        }
     }
 
     #[test]
