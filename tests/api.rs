@@ -217,6 +217,103 @@ fn limit_offset_and_cursor_page_consistently() {
     assert_eq!(est["estimate"], PAGED);
 }
 
+/// Per-day rows (aggr=false, dnsdbq's -g): limit and offset count rows, cursor pages cut
+/// inside an RRset's rows resume there, fences apply to each row.
+#[test]
+fn per_day_rows_page_by_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    const DAY: u64 = 86_400;
+    const START: u64 = 20_000 * DAY;
+    {
+        // Three RRsets, each seen on 4 days (counts 1..=4); a store that keeps per-day rows.
+        let store = dnsledger::store::Store::open(&db).unwrap().with_days();
+        for day in 0..4u64 {
+            let deltas: Vec<dnsledger::store::Delta> = (0..3)
+                .map(|i| dnsledger::store::Delta {
+                    kind: dnsledger::sensor::Kind::Positive,
+                    rrset: dnsledger::sensor::Rrset {
+                        rrname: format!("r{i}.rows.example."),
+                        rrtype: 1,
+                        bailiwick: "rows.example.".into(),
+                        rdata: vec![format!("203.0.113.{i}")],
+                    },
+                    first: START + day * DAY + 60,
+                    last: START + day * DAY + 120,
+                    count: day + 1,
+                    sensors: Vec::new(),
+                })
+                .collect();
+            store.merge(&deltas, false).unwrap();
+        }
+        store.sync().unwrap();
+    }
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = dnsledger();
+    cmd.arg("api").arg("--db").arg(&db).arg("--api").arg(addr.to_string());
+    let proc = Proc::spawn("api", cmd, dir.path());
+    wait_for("the API", Duration::from_secs(20), || std::net::TcpStream::connect(addr).is_ok());
+    let s = Server { addr, proc, _dir: dir };
+
+    let base = "/dnsdb/v2/lookup/rrset/name/%2A.rows.example?aggr=false";
+    let (all, term) = saf(&get(s.addr, base, &[]));
+    assert_eq!((all.len(), term["cond"].as_str()), (12, Some("succeeded")));
+    for o in &all {
+        let (f, l) = (o["time_first"].as_u64().unwrap(), o["time_last"].as_u64().unwrap());
+        assert_eq!(f / DAY, l / DAY, "one row per day: {o}");
+        assert_eq!(o["count"].as_u64().unwrap(), (f - START) / DAY + 1, "{o}");
+    }
+    // Cursor pages of 5 rows cut inside RRsets (4 rows each) and concatenate to the whole.
+    let mut pages = Vec::new();
+    let mut url = format!("{base}&limit=5");
+    loop {
+        let (objs, term) = saf(&get(s.addr, &url, &[]));
+        pages.push(objs.len());
+        match term["cond"].as_str() {
+            Some("limited") => url = format!("{base}&limit=5&cursor={}", term["cursor"].as_str().unwrap()),
+            Some("succeeded") => break,
+            other => panic!("{other:?}"),
+        }
+        if pages.len() > 10 {
+            panic!("no end: {pages:?}");
+        }
+    }
+    assert_eq!(pages, [5, 5, 2]);
+    let mut joined = Vec::new();
+    let mut url = format!("{base}&limit=5");
+    loop {
+        let (objs, term) = saf(&get(s.addr, &url, &[]));
+        joined.extend(objs);
+        let Some(c) = term["cursor"].as_str() else { break };
+        url = format!("{base}&limit=5&cursor={c}");
+    }
+    assert_eq!(joined, all);
+    // Offset pages (dnsdbq -g -l 5 -O N) are slices of the whole.
+    for offset in [0, 5, 10] {
+        let (objs, _) = saf(&get(s.addr, &format!("{base}&limit=5&offset={offset}"), &[]));
+        assert_eq!(objs[..], all[offset..(offset + 5).min(12)], "offset {offset}");
+    }
+    let (objs, _) = dnsdbq(&s, &["-r", "*.rows.example", "-g", "-l", "5", "-O", "5", "-j"]);
+    let rows = |v: &[serde_json::Value]| -> Vec<(String, u64)> {
+        v.iter().map(|o| (o["rrname"].as_str().unwrap().to_string(), o["time_first"].as_u64().unwrap())).collect()
+    };
+    assert_eq!(rows(&objs), rows(&all[5..10]), "dnsdbq -g -O 5");
+    // Fences are per row: only the rows of the last two days.
+    let after = START + 2 * DAY;
+    let (objs, _) = saf(&get(s.addr, &format!("{base}&time_first_after={after}"), &[]));
+    assert_eq!(objs.len(), 6);
+    assert!(objs.iter().all(|o| o["time_first"].as_u64().unwrap() > after));
+    // COF pages too.
+    let r = get(s.addr, "/cof/v1/lookup/rrset/name/%2A.rows.example?aggr=false&limit=5", &[]);
+    assert_eq!(r.body.lines().count(), 5, "{}", r.body);
+    assert!(r.headers.contains("x-cursor: "), "{}", r.headers);
+    // A rows cursor belongs to aggr=false.
+    let (_, term) = saf(&get(s.addr, &format!("{base}&limit=5"), &[]));
+    let c = term["cursor"].as_str().unwrap();
+    let r = get(s.addr, &format!("/dnsdb/v2/lookup/rrset/name/%2A.rows.example?cursor={c}"), &[]);
+    assert_eq!(r.status, 400, "{}", r.body);
+}
+
 #[test]
 fn bad_queries_keys_and_quotas_get_dnsdb_status_codes() {
     let s = serve(true);

@@ -399,10 +399,9 @@ impl Api {
             Endpoint::RateLimit => Ok(json(StatusCode::OK, self.rate_limit(key))),
             Endpoint::Dnsdb { summarize, lookup } => {
                 self.check_cursor(&lookup, &params)?;
-                if !params.aggr && !summarize && !self.db.keeps_days() {
-                    return Err(ApiError::bad(
-                        "aggr=false: this store keeps no per-day rows (`day_rows = true` in the [api] of the process writing it)",
-                    ));
+                // A summary is over the aggregates when there are no rows.
+                if !summarize {
+                    self.check_rows(&params)?;
                 }
                 self.charge_and_slot(key).map(|slots| respond::saf(self.clone(), lookup, params, summarize, slots))
             }
@@ -410,6 +409,7 @@ impl Api {
                 let mut params = params;
                 circl_paging(req, &mut params, self.config.max_page)?;
                 self.check_cursor(&lookup, &params)?;
+                self.check_rows(&params)?;
                 let slots = self.charge_and_slot(key)?;
                 Ok(respond::page(self.clone(), lookup, params, slots).await)
             }
@@ -422,11 +422,28 @@ impl Api {
         }
     }
 
-    fn check_cursor(&self, lookup: &crate::store::Lookup, params: &request::Params) -> Result<(), ApiError> {
-        match &params.cursor {
-            Some(c) => Store::check_cursor(lookup, c).map_err(|e| ApiError::bad(format!("cursor: {e}"))),
-            None => Ok(()),
+    /// `aggr=false` needs the per-day rows.
+    fn check_rows(&self, params: &request::Params) -> Result<(), ApiError> {
+        if !params.aggr && !self.db.keeps_days() {
+            return Err(ApiError::bad(
+                "aggr=false: this store keeps no per-day rows (`day_rows = true` in the [api] of the process writing it)",
+            ));
         }
+        Ok(())
+    }
+
+    fn check_cursor(&self, lookup: &crate::store::Lookup, params: &request::Params) -> Result<(), ApiError> {
+        let bad = |e: crate::store::ForeignCursor| ApiError::bad(format!("cursor: {e}"));
+        if let Some(c) = &params.cursor {
+            Store::check_cursor(lookup, c).map_err(bad)?;
+        }
+        if let Some((at, _)) = &params.cursor_rows {
+            Store::check_cursor(lookup, at).map_err(bad)?;
+            if params.aggr {
+                return Err(ApiError::bad("cursor: it pages per-day rows (aggr=false)"));
+            }
+        }
+        Ok(())
     }
 
     fn charge_and_slot(&self, key: Option<usize>) -> Result<Slots, ApiError> {
@@ -446,9 +463,8 @@ fn circl_paging(req: &Request<Incoming>, params: &mut request::Params, max_page:
         params.limit = n.parse().map_err(|_| ApiError::bad("dribble-paginate-count: expected an integer"))?;
     }
     if let Some(c) = h("dribble-paginate-cursor").filter(|c| !c.is_empty()) {
-        let bytes =
-            request::unhex(c).map_err(|_| ApiError::bad("dribble-paginate-cursor: not a cursor from this server"))?;
-        params.cursor = Some(bytes);
+        (params.cursor, params.cursor_rows) = request::parse_cursor(c)
+            .map_err(|_| ApiError::bad("dribble-paginate-cursor: not a cursor from this server"))?;
     }
     if params.limit > max_page || params.limit == 0 {
         params.limit = max_page;

@@ -100,6 +100,9 @@ pub struct Params {
     pub aggr: bool,
     /// Resume strictly after this position (from a previous response's cursor).
     pub cursor: Option<Vec<u8>>,
+    /// `aggr=false` pages cut inside an RRset's rows: skip this many rows of the RRset at this
+    /// position when the walk reaches it.
+    pub cursor_rows: Option<(Vec<u8>, u64)>,
 }
 
 /// Server limits that parameters are checked against.
@@ -311,6 +314,7 @@ pub fn parse_params(query: Option<&str>, limits: Limits, now: u64) -> Result<Par
         humantime: false,
         aggr: true,
         cursor: None,
+        cursor_rows: None,
     };
     let mut seen = std::collections::HashSet::new();
     for pair in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
@@ -367,7 +371,8 @@ pub fn parse_params(query: Option<&str>, limits: Limits, now: u64) -> Result<Par
             "humantime" => p.humantime = boolean(&v)?,
             "aggr" => p.aggr = boolean(&v)?,
             "cursor" => {
-                p.cursor = Some(unhex(&v).map_err(|_| ApiError::bad("`cursor`: not a cursor from this server"))?)
+                (p.cursor, p.cursor_rows) =
+                    parse_cursor(&v).map_err(|_| ApiError::bad("`cursor`: not a cursor from this server"))?
             }
             // Client identification that dnsdbq and dnsdb2 send with every query.
             "swclient" | "version" => {}
@@ -380,6 +385,33 @@ pub fn parse_params(query: Option<&str>, limits: Limits, now: u64) -> Result<Par
 /// Hex of a position, for cursors.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A cursor: `POS` (resume after this position) or, for a page of per-day rows that ended
+/// inside an RRset, `[POS]-AT-N` (resume after POS, or from the start without it, and skip N
+/// rows of the RRset at position AT).
+pub type Cursor = (Option<Vec<u8>>, Option<(Vec<u8>, u64)>);
+
+/// The cursor of a response: see [`Cursor`].
+pub fn cursor_string(after: &[u8], rows: Option<(&[u8], u64)>) -> String {
+    match rows {
+        None => hex(after),
+        Some((at, n)) => format!("{}-{}-{n}", hex(after), hex(at)),
+    }
+}
+
+/// Parses what [`cursor_string`] makes.
+pub fn parse_cursor(s: &str) -> Result<Cursor, ApiError> {
+    let parts: Vec<&str> = s.split('-').collect();
+    match parts[..] {
+        [pos] => Ok((Some(unhex(pos)?), None)),
+        [after, at, n] => {
+            let after = if after.is_empty() { None } else { Some(unhex(after)?) };
+            let n = n.parse().map_err(|_| ApiError::bad("bad cursor"))?;
+            Ok((after, Some((unhex(at)?, n))))
+        }
+        _ => Err(ApiError::bad("bad cursor")),
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use hyper::{Response, StatusCode, header};
 use tokio::sync::mpsc;
 
-use super::request::{Params, hex};
+use super::request::{Params, cursor_string, hex};
 use super::{Api, Body, NDJSON, Slots, response};
 use crate::store::{Ended, Entry, Lookup};
 
@@ -21,8 +21,8 @@ const CHUNKS_BUFFERED: usize = 8;
 /// How a walk ended, for the terminator.
 enum End {
     Done,
-    /// The limit cut the results; resume after the cursor.
-    Limited(Vec<u8>),
+    /// The limit cut the results; resume with this cursor.
+    Limited(String),
     /// The scan budget ran out before the limit; resume after the cursor.
     Budget(Vec<u8>),
     MaxCount,
@@ -54,37 +54,75 @@ fn partial_note(down: &[usize]) -> Option<String> {
 
 fn walk_db(api: &Api, lookup: &Lookup, p: &Params, mut emit: impl FnMut(&Entry) -> Emit) -> End {
     let (mut skipped, mut sent) = (0u64, 0u64);
-    let mut last = Vec::new();
+    // The position of the last RRset sent or skipped whole: where the next page resumes.
+    let mut last = p.cursor.clone().unwrap_or_default();
     let mut stop: Option<End> = None;
-    // Per-day rows are fenced one by one, not by their RRset's aggregate.
-    let fences = if p.aggr { p.fences } else { crate::store::Fences::default() };
+    // `aggr=false`: the results are per-day rows, fenced one by one (not by their RRset's
+    // aggregate), and limit and offset count rows; a page that ends inside an RRset's rows
+    // says in its cursor how many of them were sent.
+    let rows = !p.aggr && api.db.keeps_days();
+    let fences = if rows { crate::store::Fences::default() } else { p.fences };
     let ended = api.db.walk(lookup, &fences, p.cursor.as_deref(), api.config.scan_budget, |pos, e| {
-        if skipped < p.offset {
-            skipped += 1;
+        let day_rows: Vec<Entry>;
+        let mut results: &[Entry] = if rows {
+            match api.db.days_of(&e.rrset) {
+                Ok(days) => {
+                    day_rows = days
+                        .into_iter()
+                        .map(|r| Entry { first: r.first, last: r.last, count: r.count, ..e.clone() })
+                        .filter(|r| p.fences.admit(r))
+                        .collect();
+                    &day_rows
+                }
+                Err(err) => {
+                    stop = Some(End::Failed(err.to_string()));
+                    return false;
+                }
+            }
+        } else {
+            std::slice::from_ref(&e)
+        };
+        // Rows of this RRset that earlier pages sent.
+        let mut done_here = 0u64;
+        if let Some((at, n)) = &p.cursor_rows
+            && at[..] == pos[..]
+        {
+            done_here = (*n).min(results.len() as u64);
+            results = &results[done_here as usize..];
+        }
+        if skipped < p.offset && !results.is_empty() {
+            let skip = (p.offset - skipped).min(results.len() as u64);
+            skipped += skip;
+            done_here += skip;
+            results = &results[skip as usize..];
+        }
+        if results.is_empty() {
             last.clear();
             last.extend_from_slice(pos);
             return true;
         }
         if sent == p.limit {
-            stop = Some(End::Limited(last.clone()));
+            stop = Some(End::Limited(cursor_string(&last, None)));
             return false;
         }
-        match emit(&e) {
-            Emit::Go => {}
-            Emit::Gone => {
-                stop = Some(End::ClientGone);
+        let room = (p.limit - sent).min(results.len() as u64) as usize;
+        let cut = room < results.len();
+        for r in &results[..room] {
+            let gone = match emit(r) {
+                Emit::Go => None,
+                Emit::Gone => Some(End::ClientGone),
+                Emit::Enough => Some(End::MaxCount),
+            };
+            if gone.is_some() {
+                stop = gone;
                 return false;
             }
-            Emit::Enough => {
-                stop = Some(End::MaxCount);
-                return false;
-            }
-            Emit::Failed(e) => {
-                stop = Some(End::Failed(e));
-                return false;
-            }
+            sent += 1;
         }
-        sent += 1;
+        if cut {
+            stop = Some(End::Limited(cursor_string(&last, Some((pos, done_here + room as u64)))));
+            return false;
+        }
         last.clear();
         last.extend_from_slice(pos);
         true
@@ -104,8 +142,6 @@ enum Emit {
     Gone,
     /// Summaries: max_count reached.
     Enough,
-    /// The store failed while reading what to send.
-    Failed(String),
 }
 
 /// One COF object. `sensors`: contributors to report (COF `sensor_id` is one string; all of
@@ -186,26 +222,10 @@ pub fn saf(api: Arc<Api>, lookup: Lookup, p: Params, summarize: bool, slots: Slo
                 }
                 return Emit::Go;
             }
-            if p.aggr {
-                buf.extend_from_slice(b"{\"obj\":");
-                write_cof(&mut buf, e, p.humantime, &[]);
-                buf.extend_from_slice(b"}\n");
-                api.stats.results.inc();
-            } else {
-                let rows = match api.db.days_of(&e.rrset) {
-                    Ok(rows) => rows,
-                    Err(e) => return Emit::Failed(e.to_string()),
-                };
-                for row in rows {
-                    let r = Entry { first: row.first, last: row.last, count: row.count, ..e.clone() };
-                    if p.fences.admit(&r) {
-                        buf.extend_from_slice(b"{\"obj\":");
-                        write_cof(&mut buf, &r, p.humantime, &[]);
-                        buf.extend_from_slice(b"}\n");
-                        api.stats.results.inc();
-                    }
-                }
-            }
+            buf.extend_from_slice(b"{\"obj\":");
+            write_cof(&mut buf, e, p.humantime, &[]);
+            buf.extend_from_slice(b"}\n");
+            api.stats.results.inc();
             if flush(&mut buf, false) { Emit::Go } else { Emit::Gone }
         });
         if summarize && summary.1 > 0 {
@@ -228,7 +248,7 @@ pub fn saf(api: Arc<Api>, lookup: Lookup, p: Params, summarize: bool, slots: Slo
             End::Done | End::MaxCount => "{\"cond\":\"succeeded\"}".to_string(),
             End::Limited(c) => {
                 api.stats.cut.inc("limit");
-                format!("{{\"cond\":\"limited\",\"msg\":\"Result limit reached{also}\",\"cursor\":\"{}\"}}", hex(c))
+                format!("{{\"cond\":\"limited\",\"msg\":\"Result limit reached{also}\",\"cursor\":\"{c}\"}}")
             }
             End::Budget(c) => {
                 api.stats.cut.inc("budget");
@@ -291,7 +311,8 @@ pub async fn page(api: Arc<Api>, lookup: Lookup, p: Params, slots: Slots) -> Res
         Err(_) => return super::text(StatusCode::INTERNAL_SERVER_ERROR, "Error: the query failed\n".into()),
     };
     let cursor = match end {
-        End::Limited(c) | End::Budget(c) => Some(hex(&c)),
+        End::Limited(c) => Some(c),
+        End::Budget(c) => Some(hex(&c)),
         End::OffsetTooFar => {
             api.stats.cut.inc("budget");
             return super::text(
