@@ -162,6 +162,13 @@ fn wildcards_at_the_apex_and_below_and_cidr_edges() {
         ["alias.example.org./CNAME", "example.com./MX", "example.com./NS"]
     );
     assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rdata/name/%2A.example.com/NS"), ["example.com./NS"]);
+    // Right wildcards over rdata names, label by label (`ns` is not `ns1`); an NS set with
+    // two matching targets is reported once.
+    assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rdata/name/ns1.example.%2A"), ["example.com./NS"]);
+    assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rdata/name/ns.example.%2A"), Vec::<String>::new());
+    assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rdata/name/%2A.com/NS"), ["example.com./NS"]);
+    assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rdata/name/www.%2A"), ["alias.example.org./CNAME"]);
+    assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rdata/name/mail.example.%2A"), ["example.com./MX"]);
     // Raw: the wire name of example.com, and 192.0.2.1 as 4 bytes.
     assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rrset/raw/076578616d706c6503636f6d00/MX"), ["example.com./MX"]);
     assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rdata/raw/c0000201"), ["example.com./A"]);

@@ -268,18 +268,6 @@ impl Ordered for Cluster {
             self.aggregated(&format!("key IN ({list})"))?.into_iter().map(Aggregated::value).collect();
         Ok(keys.iter().map(|k| found.remove(&untag(k)).map(sled::IVec::from)).collect())
     }
-
-    fn rrsets(&self) -> u64 {
-        #[derive(clickhouse::Row, Deserialize)]
-        struct N {
-            n: u64,
-        }
-        let db = &self.config.database;
-        self.read::<N>(&format!("SELECT uniq(key) AS n FROM {db}.rrsets_all WHERE key < '\\xFF'"))
-            .ok()
-            .and_then(|r| r.first().map(|n| n.n))
-            .unwrap_or(0)
-    }
 }
 
 #[cfg(test)]

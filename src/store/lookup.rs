@@ -15,8 +15,8 @@ use std::ops::Bound;
 
 use super::keys::{decode_value, owner_prefix, reverse_name};
 use super::{
-    Entry, Fences, NamePattern, Store, StoreError, TAG_BY_IP, TAG_BY_NAME, TAG_BY_TARGET, TAG_RRSET, ip_key, rdata_ip,
-    rdata_target, tagged,
+    Entry, Fences, NamePattern, Store, StoreError, TAG_BY_IP, TAG_BY_NAME, TAG_BY_TARGET, TAG_BY_TARGET_FWD, TAG_RRSET,
+    ip_key, rdata_ip, rdata_target, tagged,
 };
 
 /// What to look up.
@@ -54,8 +54,6 @@ enum Walk {
     Prefix { prefix: Vec<u8>, below: Option<usize>, key_at: usize, sep: bool },
     /// Keys in `[lo, hi]` of the address index.
     Range { lo: Vec<u8>, hi: Vec<u8> },
-    /// Every RRset, filtered (a right wildcard over rdata names has no index).
-    Everything,
 }
 
 impl Lookup {
@@ -80,7 +78,9 @@ impl Lookup {
                 let n = prefix.len();
                 Walk::Prefix { prefix, below: Some(n), key_at: 1, sep: true }
             }
-            Lookup::RdataName { target: NamePattern::RightWildcard(_), .. } => Walk::Everything,
+            Lookup::RdataName { target: NamePattern::RightWildcard(p), .. } => {
+                Walk::Prefix { prefix: tagged(TAG_BY_TARGET_FWD, p.as_bytes()), below: None, key_at: 1, sep: true }
+            }
             Lookup::RdataIp { lo, hi } => Walk::Range { lo: tagged(TAG_BY_IP, lo), hi: tagged(TAG_BY_IP, hi) },
         }
     }
@@ -111,13 +111,16 @@ impl Lookup {
                 .filter(|a| a >= lo && a <= hi)
                 .min()
                 .map(|a| [&[TAG_BY_IP][..], &a, rkey].concat()),
-            Lookup::RdataName { target, .. } if !matches!(target, NamePattern::RightWildcard(_)) => e
+            Lookup::RdataName { target, .. } => e
                 .rrset
                 .rdata
                 .iter()
                 .filter(|d| target_matches(target, e.rrset.rrtype, d))
                 .filter_map(|d| rdata_target(e.rrset.rrtype, d))
-                .map(|t| [&[TAG_BY_TARGET][..], &owner_prefix(&t), rkey].concat())
+                .map(|t| match target {
+                    NamePattern::RightWildcard(_) => [&[TAG_BY_TARGET_FWD][..], t.as_bytes(), &[0], rkey].concat(),
+                    _ => [&[TAG_BY_TARGET][..], &owner_prefix(&t), rkey].concat(),
+                })
                 .min(),
             _ => None,
         }
@@ -128,7 +131,6 @@ impl Lookup {
         match self.walk() {
             Walk::Prefix { prefix, .. } => pos.starts_with(&prefix),
             Walk::Range { lo, hi } => pos >= &lo[..] && pos.get(..hi.len()).is_some_and(|p| p <= &hi[..]),
-            Walk::Everything => pos.first() == Some(&TAG_RRSET),
         }
     }
 }
@@ -146,8 +148,6 @@ pub trait Ordered {
     fn scan(&self, start: Bound<Vec<u8>>, end: Option<Vec<u8>>) -> Box<dyn Iterator<Item = Scanned> + '_>;
     /// The values of these RRset keys (tagged, sorted), in the same order; `None` if absent.
     fn get_sorted(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<sled::IVec>>, StoreError>;
-    /// How many RRsets there are (the estimate of a walk over everything).
-    fn rrsets(&self) -> u64;
 }
 
 /// One key (and value) of a scan.
@@ -161,10 +161,6 @@ impl Ordered for Store {
 
     fn get_sorted(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<sled::IVec>>, StoreError> {
         keys.iter().map(|k| self.t.get(k).map_err(StoreError::from)).collect()
-    }
-
-    fn rrsets(&self) -> u64 {
-        self.len() as u64
     }
 }
 
@@ -188,7 +184,6 @@ impl Walk {
             Walk::Prefix { prefix, below: Some(_), .. } => ([&prefix[..], &[1]].concat(), successor(prefix)),
             Walk::Prefix { prefix, .. } => (prefix.clone(), successor(prefix)),
             Walk::Range { lo, hi } => (lo.clone(), successor(hi)),
-            Walk::Everything => (vec![TAG_RRSET], Some(vec![TAG_RRSET + 1])),
         }
     }
 }
@@ -260,7 +255,6 @@ pub fn walk<O: Ordered + ?Sized>(
     let index = match &walk {
         Walk::Prefix { sep, .. } => *sep,
         Walk::Range { .. } => true,
-        Walk::Everything => false,
     };
     let mut pending: Vec<(sled::IVec, usize)> = Vec::new();
     let mut batch = 16usize;
@@ -288,12 +282,6 @@ pub fn walk<O: Ordered + ?Sized>(
                     break;
                 }
                 hi.len()
-            }
-            Walk::Everything => {
-                if k.first() != Some(&TAG_RRSET) {
-                    break;
-                }
-                1
             }
         };
         if examined == budget {
@@ -386,9 +374,6 @@ fn visit_pending<O: Ordered + ?Sized>(
 /// fences), counted up to `cap`; `true` when the count is complete.
 pub fn count_entries<O: Ordered + ?Sized>(db: &O, lookup: &Lookup, cap: u64) -> Result<(u64, bool), StoreError> {
     let walk = lookup.walk();
-    if matches!(walk, Walk::Everything) {
-        return Ok((db.rrsets(), true));
-    }
     let (start, end) = walk.bounds();
     let mut n = 0u64;
     for item in db.scan(Bound::Included(start), end) {
@@ -407,7 +392,6 @@ pub fn count_entries<O: Ordered + ?Sized>(db: &O, lookup: &Lookup, cap: u64) -> 
                     break;
                 }
             }
-            Walk::Everything => break,
         }
         n += 1;
         if n >= cap {
@@ -535,6 +519,44 @@ mod tests {
         for (old, new) in again.iter().zip(s.lookup(&lookups[0], &Fences::default(), 2).unwrap()) {
             assert_eq!((new.first, new.last, new.count), (0, 1_000, old.count + 5), "{}", old.rrset.rrname);
         }
+    }
+
+    #[test]
+    fn right_wildcards_over_rdata_names_use_their_index_and_old_stores_get_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = |i: usize| Delta {
+            kind: Kind::Positive,
+            rrset: Rrset {
+                rrname: format!("z{i}.example."),
+                rrtype: 2,
+                bailiwick: "example.".into(),
+                // Two targets under ns.provider.*: the RRset is reported once.
+                rdata: vec![format!("a{i}.ns.provider.net."), format!("b{i}.ns.provider.net.")],
+            },
+            first: 1,
+            last: 2,
+            count: 1,
+            sensors: Vec::new(),
+        };
+        let l = Lookup::RdataName { target: NamePattern::parse("a1.ns.provider.*").unwrap(), rrtype: None };
+        let all = Lookup::RdataName { target: NamePattern::parse("a1.*").unwrap(), rrtype: Some(2) };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.merge(&(0..20).map(ns).collect::<Vec<_>>(), false).unwrap();
+            assert_eq!(s.lookup(&l, &Fences::default(), 100).unwrap().len(), 1);
+            assert_eq!(s.lookup(&all, &Fences::default(), 100).unwrap().len(), 1);
+            // A store from before `G` entries: none, and not marked.
+            for item in s.t.scan_prefix([TAG_BY_TARGET_FWD]) {
+                s.t.remove(item.unwrap().0).unwrap();
+            }
+            s.t.remove(super::super::META_FWD_TARGETS).unwrap();
+            assert!(s.lookup(&l, &Fences::default(), 100).unwrap().is_empty());
+            s.sync().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let got = s.lookup(&l, &Fences::default(), 100).unwrap();
+        assert_eq!(got.iter().map(|e| e.rrset.rrname.as_str()).collect::<Vec<_>>(), ["z1.example."]);
+        assert_eq!(s.count_entries(&l, 100).unwrap(), (1, true));
     }
 
     #[test]

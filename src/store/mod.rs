@@ -5,6 +5,8 @@
 //! - `F` + forward owner name, `0x00`, RRset key: for right wildcards (`www.example.*`).
 //! - `I` + 16-byte address (IPv4 mapped) + RRset key: A/AAAA rdata, for prefix/range scans.
 //! - `T` + reversed target name, `0x00`, RRset key: NS, CNAME, PTR, DNAME, MX, SRV targets.
+//! - `G` + forward target name, `0x00`, RRset key: the same targets, for right wildcards
+//!   (`ns1.example.*`).
 //! - `O` + sequence number: the deltas of one flush, for the next hop (opt-in).
 //! - `M...`: counters (stored RRsets, outbox sequence), the outbox stream id.
 //! - `S` + sender id: (stream, last applied sequence) of each sender (collector side), written
@@ -254,6 +256,9 @@ const TAG_NEGATIVE: u8 = b'N';
 const TAG_BY_NAME: u8 = b'F';
 const TAG_BY_IP: u8 = b'I';
 const TAG_BY_TARGET: u8 = b'T';
+const TAG_BY_TARGET_FWD: u8 = b'G';
+/// Set once every RRset has its `G` entries (stores from before them get them at open).
+const META_FWD_TARGETS: &[u8] = b"Mfwd_targets";
 const TAG_OUTBOX: u8 = b'O';
 const META_OUTBOX_SEQ: &[u8] = b"Moutbox_seq";
 const META_RRSETS: &[u8] = b"Mrrsets";
@@ -299,13 +304,23 @@ impl Store {
                 "this store is compressed; build dnsledger with `--features compression`".into(),
             )));
         }
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_mb.max(1) << 20)
             .mode(sled::Mode::HighThroughput)
-            .use_compression(compression)
-            .open()
-            .map_err(open_err)?;
+            .use_compression(compression);
+        // A handle just closed (a restart in this process, a process exiting) can hold sled's
+        // file lock for a moment from its flusher thread: wait up to 2 s for it.
+        let mut waited = 0;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e)) if waited < 40 && e.to_string().contains("could not acquire lock") => {
+                    waited += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                r => break r.map_err(open_err)?,
+            }
+        };
         let t = db.open_tree("pdns").map_err(StoreError::Sled)?;
         // A range pinned before a restart is still in flight: never folded into.
         let pinned = t.get(META_PINNED).map_err(StoreError::Sled)?.filter(|v| v.len() == 16).map(|v| u64_of(&v[8..]));
@@ -320,10 +335,41 @@ impl Store {
             suffixes: Default::default(),
             days: false,
         };
+        store.add_forward_targets()?;
         // What a previous process wrote is on disk now.
         let written = store.feed_written()?;
         store.feed_durable = std::sync::Arc::new(written.into());
         Ok(store)
+    }
+
+    /// Gives a store written before `G` entries existed its forward rdata-name entries, once
+    /// (the RRset tree is read through: about 2M RRsets/s, logged as it goes).
+    fn add_forward_targets(&self) -> Result<(), StoreError> {
+        if self.t.get(META_FWD_TARGETS)?.is_some() {
+            return Ok(());
+        }
+        let (mut rrsets, mut added) = (0u64, 0u64);
+        let mut batch = sled::Batch::default();
+        for item in self.t.scan_prefix([TAG_RRSET]) {
+            let (k, v) = item?;
+            let e = decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
+            for key in index_keys(&e.rrset, &k[1..]).into_iter().filter(|k| k[0] == TAG_BY_TARGET_FWD) {
+                batch.insert(key, &[]);
+                added += 1;
+            }
+            rrsets += 1;
+            if rrsets.is_multiple_of(100_000) {
+                self.t.apply_batch(std::mem::take(&mut batch))?;
+                tracing::info!(rrsets, entries = added, "store upgrade: indexing rdata names for right wildcards");
+            }
+        }
+        batch.insert(META_FWD_TARGETS, &[1]);
+        self.t.apply_batch(batch)?;
+        self.db.flush()?;
+        if rrsets > 0 {
+            tracing::info!(rrsets, entries = added, "store upgrade: done");
+        }
+        Ok(())
     }
 
     /// Adds a flush's deltas (each RRset at most once): counters summed, first/last widened,
@@ -645,12 +691,12 @@ pub fn attribute(deltas: &[Delta], sender: &str, trust_sensors: bool) -> Vec<Del
 /// (addresses, names) hold a copy of the RRset's value `v`, rewritten with it on every merge:
 /// a walk over them reads its results in index order instead of fetching each RRset by key,
 /// a random read (CIDR walks were 7x slower for it, docs/BENCHMARKS.md). The forward-name
-/// entry (right wildcards, rarer) stays bare, as every entry of stores written before this
+/// entries (right wildcards, rarer) stay bare, as every entry of stores written before this
 /// was; walks fetch the RRsets of bare entries. The copies cost the writer ~10% and ~13% more
 /// disk on the synthetic workload.
 fn index(batch: &mut sled::Batch, r: &Rrset, rkey: &[u8], v: &[u8], new: bool) {
     for k in index_keys(r, rkey) {
-        if k[0] != TAG_BY_NAME {
+        if k[0] != TAG_BY_NAME && k[0] != TAG_BY_TARGET_FWD {
             batch.insert(k, v);
         } else if new {
             batch.insert(k, &[]);
@@ -674,6 +720,10 @@ pub fn index_keys(r: &Rrset, rkey: &[u8]) -> Vec<Vec<u8>> {
         }
         if let Some(target) = rdata_target(r.rrtype, rdata) {
             let mut k = tagged(TAG_BY_TARGET, &owner_prefix(&target));
+            k.extend_from_slice(rkey);
+            out.push(k);
+            let mut k = tagged(TAG_BY_TARGET_FWD, target.as_bytes());
+            k.push(0);
             k.extend_from_slice(rkey);
             out.push(k);
         }
