@@ -323,7 +323,9 @@ fn per_day_rows_page_by_rows() {
 
 #[test]
 fn bad_queries_keys_and_quotas_get_dnsdb_status_codes() {
-    let s = serve(true);
+    let quotas = tempfile::tempdir().unwrap();
+    let quota_file = format!("quota_file = \"{}\"", quotas.path().join("quotas.json").display());
+    let s = serve_with(true, &quota_file, &[]);
     for path in [
         "/dnsdb/v2/lookup/rrset/name/*",
         "/dnsdb/v2/lookup/rrset/name/%2A",
@@ -370,8 +372,15 @@ fn bad_queries_keys_and_quotas_get_dnsdb_status_codes() {
     assert_eq!((rate["rate"]["limit"].as_u64(), rate["rate"]["remaining"].as_u64()), (Some(3), Some(0)));
     // The other key is not affected, and the server is still up.
     assert_eq!(get(s.addr, "/dnsdb/v2/lookup/rrset/name/example.com", &[&key()]).status, 200);
-    let mut p = s.proc;
-    assert!(p.is_running());
+    let Server { mut proc, .. } = s;
+    assert!(proc.is_running());
+    // The day's counts outlive a crash (kill -9 after the once-a-second write).
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(proc);
+    let s = serve_with(true, &quota_file, &[]);
+    let r = get(s.addr, "/dnsdb/v2/lookup/rrset/name/example.com", &[&format!("X-API-Key: {LIMITED_KEY}")]);
+    assert_eq!(r.status, 429, "after a restart: {}", r.body);
+    assert_eq!(get(s.addr, "/dnsdb/v2/lookup/rrset/name/example.com", &[&key()]).status, 200);
 }
 
 fn dnsdbq(s: &Server, args: &[&str]) -> (Vec<serde_json::Value>, String) {

@@ -26,6 +26,7 @@ pub struct RawApi {
     export_at: Option<String>,
     public_suffix_list: Option<PathBuf>,
     day_rows: Option<bool>,
+    quota_file: Option<PathBuf>,
     #[serde(default)]
     keys: Vec<RawKey>,
 }
@@ -84,6 +85,8 @@ pub struct ApiConfig {
     /// Keep per-day rows for `aggr=false` (costs the store about a third of its write speed
     /// and doubles its size; docs/BENCHMARKS.md).
     pub day_rows: bool,
+    /// Where the keys' daily query counts are kept across restarts (`None`: in memory only).
+    pub quota_file: Option<PathBuf>,
     /// No keys: the API is open (keep it on loopback).
     pub keys: Vec<ApiKey>,
 }
@@ -194,6 +197,7 @@ impl ApiConfig {
                 export,
                 public_suffix_list: raw.public_suffix_list,
                 day_rows: raw.day_rows.unwrap_or(false),
+                quota_file: raw.quota_file,
                 keys,
             }),
             _ => Err(errors),

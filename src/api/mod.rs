@@ -13,10 +13,10 @@
 //! reaches the store.
 
 pub mod config;
+mod quota;
 pub mod request;
 mod respond;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -118,8 +118,8 @@ pub struct Api {
     feeds: Arc<Semaphore>,
     /// Ends live feeds (which never end on their own) at shutdown.
     shutdown: CancellationToken,
-    /// Per key: (UTC day, queries used that day).
-    used: std::sync::Mutex<HashMap<usize, (u64, u64)>>,
+    /// Queries used today per key.
+    quotas: quota::Quotas,
     /// Per key: queries running now.
     running: Vec<Arc<AtomicUsize>>,
     /// Reported as the sensor of every RRset of a sensor's own store (which records no
@@ -179,7 +179,11 @@ impl Api {
             feeds: Arc::new(Semaphore::new(config.max_feeds)),
             shutdown,
             running: config.keys.iter().map(|_| Arc::new(AtomicUsize::new(0))).collect(),
-            used: std::sync::Mutex::new(HashMap::new()),
+            quotas: quota::Quotas::load(
+                config.keys.iter().map(|k| k.name.clone()).collect(),
+                config.quota_file.clone(),
+                now() / 86_400,
+            ),
             config,
             stats,
             own_sensor,
@@ -238,20 +242,7 @@ impl Api {
     /// Takes one query from the key's daily quota.
     fn charge(&self, key: usize) -> Result<(), ApiError> {
         let Some(quota) = self.config.keys[key].queries_per_day else { return Ok(()) };
-        let day = now() / 86_400;
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        let u = used.entry(key).or_insert((day, 0));
-        if u.0 != day {
-            *u = (day, 0);
-        }
-        if u.1 >= quota {
-            return Err(ApiError::status(
-                429,
-                format!("Error: quota of {quota} queries per day reached; it resets at 00:00 UTC"),
-            ));
-        }
-        u.1 += 1;
-        Ok(())
+        self.quotas.charge(key, quota, now() / 86_400)
     }
 
     fn slots(&self, key: Option<usize>) -> Result<Slots, ApiError> {
@@ -283,8 +274,7 @@ impl Api {
         let (limit, remaining, reset) = match key.and_then(|k| c.keys[k].queries_per_day.map(|q| (k, q))) {
             Some((k, quota)) => {
                 let day = now() / 86_400;
-                let used = self.used.lock().unwrap_or_else(|e| e.into_inner()).get(&k).copied();
-                let used = used.filter(|u| u.0 == day).map(|u| u.1).unwrap_or(0);
+                let used = self.quotas.used(k, day);
                 (quota.to_string(), quota.saturating_sub(used).to_string(), ((day + 1) * 86_400).to_string())
             }
             None => ("\"unlimited\"".into(), "\"n/a\"".into(), "\"n/a\"".into()),
@@ -575,6 +565,26 @@ pub async fn start(
         && let Some(store) = api.db.sled()
     {
         tokio::spawn(crate::export::schedule(store.clone(), dir.clone(), *at, shutdown.clone()));
+    }
+    if api.config.keys.iter().any(|k| k.queries_per_day.is_some()) {
+        if api.quotas.persistent() {
+            let (api, shutdown) = (api.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    let stop = tokio::select! {
+                        _ = shutdown.cancelled() => true,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+                    };
+                    let saver = api.clone();
+                    let _ = tokio::task::spawn_blocking(move || saver.quotas.save(now() / 86_400)).await;
+                    if stop {
+                        return;
+                    }
+                }
+            });
+        } else {
+            tracing::warn!("API keys have daily quotas but no [api] quota_file: a restart resets them");
+        }
     }
     tokio::spawn(serve(listener, api, tls, shutdown));
     Ok(addr)
