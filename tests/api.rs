@@ -128,7 +128,7 @@ fn wildcards_at_the_apex_and_below_and_cidr_edges() {
     assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rrset/name/www.example.%2A"), ["www.example.com./A", "www.example.net./A"]);
     assert_eq!(
         lookup(&s, "/dnsdb/v2/lookup/rrset/name/example.%2A"),
-        ["example.com./A", "example.com./MX", "example.com./NS"]
+        ["example.com./A", "example.com./MX", "example.com./NS", "example.net./TXT"]
     );
     // Without keys, only requests addressed to an IP or localhost (DNS rebinding guard).
     let rebound = get(s.addr, "/dnsdb/v2/lookup/rrset/name/example.com", &["Host: pdns.attacker.example"]);
@@ -172,6 +172,9 @@ fn wildcards_at_the_apex_and_below_and_cidr_edges() {
     // Raw: the wire name of example.com, and 192.0.2.1 as 4 bytes.
     assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rrset/raw/076578616d706c6503636f6d00/MX"), ["example.com./MX"]);
     assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rdata/raw/c0000201"), ["example.com./A"]);
+    // Raw rdata of other types: TXT `v=spf1 -all` in wire format.
+    assert_eq!(lookup(&s, "/dnsdb/v2/lookup/rdata/raw/0b763d73706631202d616c6c/TXT"), ["example.net./TXT"]);
+    assert!(lookup(&s, "/dnsdb/v2/lookup/rdata/raw/0b763d73706631202d616c6d/TXT").is_empty());
 }
 
 #[test]

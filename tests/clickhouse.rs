@@ -118,6 +118,8 @@ fn the_cluster_answers_every_query_exactly_as_the_sled_store_does() {
         "lookup/rdata/ip/2001:db8::,32",
         "lookup/rdata/ip/198.51.100.0,24",
         "lookup/rdata/raw/c0000250",
+        "lookup/rdata/raw/0b763d73706631202d616c6c/TXT",
+        "lookup/rdata/name/ns1.example.*",
         "summarize/rrset/name/*.example.com",
         "summarize/rdata/ip/198.51.100.0,24",
     ]

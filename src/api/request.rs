@@ -296,9 +296,7 @@ fn raw_rdata(bytes: &[u8], rrtype: Option<u16>) -> Result<Lookup, ApiError> {
                     target: NamePattern::Exact(target),
                     rrtype: if rrtype.is_some() { Some(code) } else { None },
                 }),
-                None => Err(ApiError::bad(format!(
-                    "raw rdata lookups answer addresses (A, AAAA) and names in rdata (NS, CNAME, PTR, DNAME, MX, SRV); {t} rdata is not indexed"
-                ))),
+                None => Ok(Lookup::RdataValue { rrtype: code, rdata: text }),
             }
         }
     }
@@ -447,6 +445,11 @@ mod tests {
         assert!(matches!(lookup("/dnsdb/v2/lookup/rrset/raw/0373696f02696f00/A").unwrap(),
             Lookup::Rrset { owner: NamePattern::Exact(n), rrtype: Some(1), .. } if n == "sio.io."));
         assert!(matches!(lookup("/dnsdb/v2/lookup/rdata/raw/c0000201").unwrap(), Lookup::RdataIp { .. }));
+        // Other types: the rdata in the store's presentation format (`v=spf1 -all` as TXT).
+        assert_eq!(
+            lookup("/dnsdb/v2/lookup/rdata/raw/0b763d73706631202d616c6c/TXT").unwrap(),
+            Lookup::RdataValue { rrtype: 16, rdata: "\"v=spf1 -all\"".into() }
+        );
         assert!(matches!(
             lookup("/dnsdb/v2/summarize/rdata/name/ns1.example.com/NS").unwrap(),
             Lookup::RdataName { rrtype: Some(2), .. }
@@ -470,6 +473,7 @@ mod tests {
             "/dnsdb/v2/lookup/rdata/raw/zz",
             "/dnsdb/v2/lookup/rdata/raw/a%C3%A9b",
             "/dnsdb/v2/lookup/rdata/raw/+f",
+            // A TXT string of 10 bytes with 2 there.
             "/dnsdb/v2/lookup/rdata/raw/0a0b0c/TXT",
             "/dnsdb/v2/lookup/rrset/raw/03616263",
             "/dnsdb/v2/lookup/rrset/name/a/A/b/c",

@@ -16,7 +16,7 @@ use std::ops::Bound;
 use super::keys::{decode_value, owner_prefix, reverse_name};
 use super::{
     Entry, Fences, NamePattern, Store, StoreError, TAG_BY_IP, TAG_BY_NAME, TAG_BY_TARGET, TAG_BY_TARGET_FWD, TAG_RRSET,
-    ip_key, rdata_ip, rdata_target, tagged,
+    ip_key, rdata_ip, rdata_target, tagged, value_prefix,
 };
 
 /// What to look up.
@@ -28,6 +28,9 @@ pub enum Lookup {
     RdataName { target: NamePattern, rrtype: Option<u16> },
     /// A/AAAA RRsets with an address in `[lo, hi]` (16 bytes, IPv4 mapped).
     RdataIp { lo: [u8; 16], hi: [u8; 16] },
+    /// RRsets of a type without addresses or names in rdata (TXT, SOA, ...) holding this
+    /// rdata (presentation format, as stored).
+    RdataValue { rrtype: u16, rdata: String },
 }
 
 /// Why a walk ended.
@@ -82,6 +85,11 @@ impl Lookup {
                 Walk::Prefix { prefix: tagged(TAG_BY_TARGET_FWD, p.as_bytes()), below: None, key_at: 1, sep: true }
             }
             Lookup::RdataIp { lo, hi } => Walk::Range { lo: tagged(TAG_BY_IP, lo), hi: tagged(TAG_BY_IP, hi) },
+            Lookup::RdataValue { rrtype, rdata } => {
+                let prefix = value_prefix(*rrtype, rdata);
+                let key_at = prefix.len();
+                Walk::Prefix { prefix, below: None, key_at, sep: false }
+            }
         }
     }
 
@@ -96,6 +104,7 @@ impl Lookup {
                     typed(rrtype) && e.rrset.rdata.iter().any(|d| target_matches(target, e.rrset.rrtype, d))
                 }
                 Lookup::RdataIp { .. } => true,
+                Lookup::RdataValue { rrtype, rdata } => e.rrset.rrtype == *rrtype && e.rrset.rdata.contains(rdata),
             }
     }
 
@@ -253,7 +262,7 @@ pub fn walk<O: Ordered + ?Sized>(
     // then land in the same sled pages (random gets were 10x slower on a large store).
     // Batches start small, so that a walk that stops early fetches little ahead.
     let index = match &walk {
-        Walk::Prefix { sep, .. } => *sep,
+        Walk::Prefix { prefix, .. } => prefix[0] != TAG_RRSET,
         Walk::Range { .. } => true,
     };
     let mut pending: Vec<(sled::IVec, usize)> = Vec::new();
@@ -549,7 +558,7 @@ mod tests {
             for item in s.t.scan_prefix([TAG_BY_TARGET_FWD]) {
                 s.t.remove(item.unwrap().0).unwrap();
             }
-            s.t.remove(super::super::META_FWD_TARGETS).unwrap();
+            s.t.remove(super::super::META_INDEXES).unwrap();
             assert!(s.lookup(&l, &Fences::default(), 100).unwrap().is_empty());
             s.sync().unwrap();
         }

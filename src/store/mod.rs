@@ -7,6 +7,8 @@
 //! - `T` + reversed target name, `0x00`, RRset key: NS, CNAME, PTR, DNAME, MX, SRV targets.
 //! - `G` + forward target name, `0x00`, RRset key: the same targets, for right wildcards
 //!   (`ns1.example.*`).
+//! - `V` + rrtype (2) + digest of one rdata (16) + RRset key: the rdata of every other type
+//!   (TXT, SOA, CAA, ...), for raw rdata lookups.
 //! - `O` + sequence number: the deltas of one flush, for the next hop (opt-in).
 //! - `M...`: counters (stored RRsets, outbox sequence), the outbox stream id.
 //! - `S` + sender id: (stream, last applied sequence) of each sender (collector side), written
@@ -257,8 +259,11 @@ const TAG_BY_NAME: u8 = b'F';
 const TAG_BY_IP: u8 = b'I';
 const TAG_BY_TARGET: u8 = b'T';
 const TAG_BY_TARGET_FWD: u8 = b'G';
-/// Set once every RRset has its `G` entries (stores from before them get them at open).
-const META_FWD_TARGETS: &[u8] = b"Mfwd_targets";
+const TAG_BY_VALUE: u8 = b'V';
+/// The index generation every RRset has entries of: 2 = with `G` and `V` entries (stores from
+/// before get them at open).
+const META_INDEXES: &[u8] = b"Mindexes";
+const INDEXES: u8 = 2;
 const TAG_OUTBOX: u8 = b'O';
 const META_OUTBOX_SEQ: &[u8] = b"Moutbox_seq";
 const META_RRSETS: &[u8] = b"Mrrsets";
@@ -335,17 +340,18 @@ impl Store {
             suffixes: Default::default(),
             days: false,
         };
-        store.add_forward_targets()?;
+        store.upgrade_indexes()?;
         // What a previous process wrote is on disk now.
         let written = store.feed_written()?;
         store.feed_durable = std::sync::Arc::new(written.into());
         Ok(store)
     }
 
-    /// Gives a store written before `G` entries existed its forward rdata-name entries, once
-    /// (the RRset tree is read through: about 2M RRsets/s, logged as it goes).
-    fn add_forward_targets(&self) -> Result<(), StoreError> {
-        if self.t.get(META_FWD_TARGETS)?.is_some() {
+    /// Gives a store written before `G` and `V` entries existed those entries, once (the
+    /// RRset tree is read through, logged as it goes; entries already there are rewritten as
+    /// they were).
+    fn upgrade_indexes(&self) -> Result<(), StoreError> {
+        if self.t.get(META_INDEXES)?.is_some_and(|v| v.first().is_some_and(|g| *g >= INDEXES)) {
             return Ok(());
         }
         let (mut rrsets, mut added) = (0u64, 0u64);
@@ -353,17 +359,23 @@ impl Store {
         for item in self.t.scan_prefix([TAG_RRSET]) {
             let (k, v) = item?;
             let e = decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
-            for key in index_keys(&e.rrset, &k[1..]).into_iter().filter(|k| k[0] == TAG_BY_TARGET_FWD) {
+            for key in
+                index_keys(&e.rrset, &k[1..]).into_iter().filter(|k| [TAG_BY_TARGET_FWD, TAG_BY_VALUE].contains(&k[0]))
+            {
                 batch.insert(key, &[]);
                 added += 1;
             }
             rrsets += 1;
             if rrsets.is_multiple_of(100_000) {
                 self.t.apply_batch(std::mem::take(&mut batch))?;
-                tracing::info!(rrsets, entries = added, "store upgrade: indexing rdata names for right wildcards");
+                tracing::info!(
+                    rrsets,
+                    entries = added,
+                    "store upgrade: indexing rdata for right wildcards and raw lookups"
+                );
             }
         }
-        batch.insert(META_FWD_TARGETS, &[1]);
+        batch.insert(META_INDEXES, &[INDEXES]);
         self.t.apply_batch(batch)?;
         self.db.flush()?;
         if rrsets > 0 {
@@ -691,12 +703,12 @@ pub fn attribute(deltas: &[Delta], sender: &str, trust_sensors: bool) -> Vec<Del
 /// (addresses, names) hold a copy of the RRset's value `v`, rewritten with it on every merge:
 /// a walk over them reads its results in index order instead of fetching each RRset by key,
 /// a random read (CIDR walks were 7x slower for it, docs/BENCHMARKS.md). The forward-name
-/// entries (right wildcards, rarer) stay bare, as every entry of stores written before this
-/// was; walks fetch the RRsets of bare entries. The copies cost the writer ~10% and ~13% more
+/// entries (right wildcards) and raw-value entries, rarer lookups, stay bare, as every entry
+/// of stores written before this was; walks fetch the RRsets of bare entries. The copies cost the writer ~10% and ~13% more
 /// disk on the synthetic workload.
 fn index(batch: &mut sled::Batch, r: &Rrset, rkey: &[u8], v: &[u8], new: bool) {
     for k in index_keys(r, rkey) {
-        if k[0] != TAG_BY_NAME && k[0] != TAG_BY_TARGET_FWD {
+        if ![TAG_BY_NAME, TAG_BY_TARGET_FWD, TAG_BY_VALUE].contains(&k[0]) {
             batch.insert(k, v);
         } else if new {
             batch.insert(k, &[]);
@@ -726,9 +738,20 @@ pub fn index_keys(r: &Rrset, rkey: &[u8]) -> Vec<Vec<u8>> {
             k.push(0);
             k.extend_from_slice(rkey);
             out.push(k);
+        } else if rdata_ip(r.rrtype, rdata).is_none() {
+            let mut k = value_prefix(r.rrtype, rdata);
+            k.extend_from_slice(rkey);
+            out.push(k);
         }
     }
     out
+}
+
+/// The `V` index prefix of one rdata (presentation format, as stored) of type `rrtype`.
+pub(crate) fn value_prefix(rrtype: u16, rdata: &str) -> Vec<u8> {
+    let mut k = tagged(TAG_BY_VALUE, &rrtype.to_be_bytes());
+    k.extend_from_slice(&keys::rdata_digest(std::slice::from_ref(&rdata.to_string())));
+    k
 }
 
 fn u64_of(v: &[u8]) -> u64 {

@@ -20,6 +20,7 @@ pub const FIXTURE: &[Row] = &[
     ("v6edge.example.org.", "AAAA", "example.org.", &["2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"], 500, 600, 1),
     ("v6out.example.org.", "AAAA", "example.org.", &["2001:db9::"], 500, 600, 1),
     ("alias.example.org.", "CNAME", "example.org.", &["www.example.com."], 500, 600, 1),
+    ("example.net.", "TXT", "example.net.", &["\"v=spf1 -all\""], 500, 600, 1),
 ];
 
 /// 30 more RRsets under paged.example., for paging.
