@@ -177,10 +177,13 @@ fn main() {
             direct.push(count as f64 / t.elapsed().as_secs_f64());
             let _ = bytes;
         }
+        let runs = |v: &[f64]| v.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
         println!(
-            "{what}: {results} results; streamed over HTTP {:.0} results/s (median of 3); store walk alone {:.0} results/s",
-            median(http),
-            median(direct)
+            "{what}: {results} results; streamed over HTTP {:.0} results/s (median of 3: {}); store walk alone {:.0} results/s ({})",
+            median(http.clone()),
+            runs(&http),
+            median(direct.clone()),
+            runs(&direct)
         );
     }
     shutdown.cancel();
