@@ -363,6 +363,43 @@ fn bad_clients_are_answered_or_dropped_and_the_resolver_keeps_serving() {
     let garbage: Vec<u8> = (0..60_000u32).map(|i| (i * 7919 % 251) as u8).collect();
     let _ = udp_exchange(client, server, &garbage);
     ok("malformed datagrams");
+    // hickory-server dropped runts and responses without a trace; the UDP front counts them.
+    let dropped = |reason: &str| {
+        tools::metric(metrics, &format!("dnsledger_resolver_udp_dropped_total{{reason=\"{reason}\"}}")).unwrap_or(0)
+    };
+    assert!(
+        dropped("runt") >= 1 && dropped("response") >= 1 && dropped("malformed") >= 3,
+        "runt {}, response {}, malformed {}",
+        dropped("runt"),
+        dropped("response"),
+        dropped("malformed")
+    );
+
+    // A repeated question is answered from the cache of encoded answers, made the client's:
+    // its id, its spelling of the name (0x20), the same records.
+    let exchange = |id: u16, name: &str| -> Vec<u8> {
+        let s = std::net::UdpSocket::bind((client, 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.send_to(&query_bytes(id, name), server).unwrap();
+        let mut buf = [0u8; 4096];
+        let (n, _) = s.recv_from(&mut buf).unwrap();
+        buf[..n].to_vec()
+    };
+    let hits = || tools::metric(metrics, "dnsledger_resolver_answer_cache_hits_total").unwrap_or(0);
+    let first = exchange(0x1111, "www.example.com");
+    let stored = std::time::Instant::now();
+    let before = hits();
+    let q = query_bytes(0x4242, "wWw.eXample.COM");
+    let again = exchange(0x4242, "wWw.eXample.COM");
+    assert_eq!(hits(), before + 1, "the second answer came from the cache");
+    assert_eq!(&again[..2], &[0x42, 0x42], "the client's id");
+    assert_eq!(&again[12..q.len()], &q[12..], "the client's spelling of the question");
+    assert_eq!(again.len(), first.len());
+    assert_eq!((again[2..12].to_vec(), again[3] & 0x0f), (first[2..12].to_vec(), 0), "same flags and counts");
+    assert!(u16::from_be_bytes([again[6], again[7]]) >= 1, "with its answer");
+    if stored.elapsed() < Duration::from_millis(900) {
+        assert_eq!(&again[q.len()..], &first[q.len()..], "same records, TTLs too (less than a second apart)");
+    }
 
     // Garbage over TCP, a length prefix promising more than is sent, then many idle
     // connections at once.

@@ -49,6 +49,7 @@ struct RawRecursion {
     root_hints: Option<PathBuf>,
     ns_cache_size: Option<usize>,
     response_cache_size: Option<u64>,
+    answer_cache_size: Option<usize>,
     allow_servers: Option<Vec<String>>,
     deny_servers: Option<Vec<String>>,
     dnssec: Option<String>,
@@ -92,6 +93,8 @@ pub struct ResolverConfig {
     pub roots: Vec<IpAddr>,
     pub ns_cache_size: usize,
     pub response_cache_size: u64,
+    /// Encoded answers kept by the UDP front (0: none).
+    pub answer_cache_size: usize,
     pub allow_servers: Vec<IpNet>,
     /// `None`: hickory's recommended list (loopback, private and special-use ranges).
     pub deny_servers: Option<Vec<IpNet>>,
@@ -278,6 +281,7 @@ impl ResolverConfig {
             roots,
             ns_cache_size: r.ns_cache_size.unwrap_or(1024),
             response_cache_size: r.response_cache_size.unwrap_or(1 << 20),
+            answer_cache_size: r.answer_cache_size.unwrap_or(100_000),
             allow_servers,
             deny_servers,
             dnssec,

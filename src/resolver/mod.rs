@@ -16,6 +16,7 @@ mod client;
 pub mod config;
 mod emit;
 mod tap;
+mod udp;
 mod zones;
 
 use std::sync::Arc;
@@ -68,6 +69,11 @@ pub struct ResolverStats {
     /// Frames the in-process sensor's queue refused (full).
     pub dnstap_dropped_sensor: Counter,
     pub latency: Histogram,
+    /// UDP datagrams not answered as queries, by reason (`runt`, `response`; `malformed` ones
+    /// get FORMERR).
+    pub dropped: ReasonCounter,
+    /// Queries answered by the UDP front's cache of encoded answers.
+    pub answer_cache_hits: Counter,
 }
 
 impl Default for ResolverStats {
@@ -85,6 +91,8 @@ impl Default for ResolverStats {
             dnstap_frames: Counter::default(),
             dnstap_dropped_sensor: Counter::default(),
             latency: Histogram::new(LATENCY_BUCKETS),
+            dropped: ReasonCounter::default(),
+            answer_cache_hits: Counter::default(),
         }
     }
 }
@@ -120,6 +128,20 @@ impl Metrics for ResolverStats {
             &self.refused,
         );
         write_reasons(out, &format!("{p}_responses_total"), "Responses sent, by rcode.", "rcode", &self.responses);
+        write_reasons(
+            out,
+            &format!("{p}_udp_dropped_total"),
+            "UDP datagrams not answered as queries (runts, responses, malformed).",
+            "reason",
+            &self.dropped,
+        );
+        write_metric(
+            out,
+            &format!("{p}_answer_cache_hits_total"),
+            "counter",
+            "Queries answered from the UDP front's cache of encoded answers.",
+            self.answer_cache_hits.get(),
+        );
         write_metric(
             out,
             &format!("{p}_cache_answers_total"),
@@ -277,6 +299,12 @@ struct Frontend {
 }
 
 impl Frontend {
+    /// Whether the access list lets this client query.
+    fn allows(&self, client: std::net::SocketAddr) -> bool {
+        let ip = client.ip().to_canonical();
+        self.allow.iter().any(|c| c.contains(ip))
+    }
+
     async fn refuse<R: ResponseHandler>(
         &self,
         request: &Request,
@@ -306,8 +334,7 @@ impl RequestHandler for Frontend {
             Protocol::Tcp => self.stats.queries_tcp.inc(),
             _ => self.stats.queries_udp.inc(),
         }
-        let client = request.src().ip().to_canonical();
-        if !self.allow.iter().any(|c| c.contains(client)) {
+        if !self.allows(request.src()) {
             return self.refuse(request, response, "access").await;
         }
         // Excess queries are refused at once rather than queued: hickory-server starts a task
@@ -338,6 +365,16 @@ impl RequestHandler for Frontend {
             self.stats.cache_answers.inc();
         }
         info
+    }
+}
+
+/// hickory-server's TCP side and our UDP front share one frontend.
+struct Shared(Arc<Frontend>);
+
+#[async_trait::async_trait]
+impl RequestHandler for Shared {
+    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response: R) -> ResponseInfo {
+        self.0.handle_request::<R, T>(request, response).await
     }
 }
 
@@ -445,20 +482,32 @@ pub async fn run(
     let mut catalog = Catalog::new();
     let origin = LowerName::from(Name::root());
     catalog.upsert(origin.clone(), vec![Arc::new(Recursion { origin, recursor })]);
-    let frontend = Frontend {
+    // Every answer must pass the CLIENT_* tap when it is on: no answers from the cache then.
+    let cache = (!config.client_messages && config.answer_cache_size > 0)
+        .then(|| Arc::new(udp::AnswerCache::new(config.answer_cache_size)));
+    let frontend = Arc::new(Frontend {
         catalog,
         client_tap,
         allow: config.allow.clone(),
         inflight: Semaphore::new(config.max_inflight),
-        stats,
-    };
+        stats: stats.clone(),
+    });
 
-    let mut server = Server::new(frontend);
+    let udp_shutdown = CancellationToken::new();
+    let udp_tasks = tokio_util::task::TaskTracker::new();
     for addr in &config.udp {
         let socket = UdpSocket::bind(addr).await.with_context(|| format!("udp {addr}"))?;
         tracing::info!(addr = %socket.local_addr()?, "resolver listening (udp)");
-        server.register_socket(socket);
+        tokio::spawn(udp::serve(
+            Arc::new(socket),
+            frontend.clone(),
+            cache.clone(),
+            stats.clone(),
+            udp_tasks.clone(),
+            udp_shutdown.clone(),
+        ));
     }
+    let mut server = Server::new(Shared(frontend));
     for addr in &config.tcp {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("tcp {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, "resolver listening (tcp)");
@@ -467,6 +516,11 @@ pub async fn run(
 
     shutdown.cancelled().await;
     tracing::info!("resolver stopping");
+    udp_shutdown.cancel();
+    udp_tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), udp_tasks.wait()).await.is_err() {
+        tracing::warn!("resolver stopping: UDP queries still resolving after 10 s, dropped");
+    }
     if let Err(e) = server.shutdown_gracefully().await {
         tracing::warn!(error = %e, "resolver shutdown");
     }
