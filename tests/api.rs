@@ -235,35 +235,38 @@ fn per_day_rows_page_by_rows() {
     let db = dir.path().join("db");
     const DAY: u64 = 86_400;
     const START: u64 = 20_000 * DAY;
-    {
-        // Three RRsets, each seen on 4 days (counts 1..=4); a store that keeps per-day rows.
+    // An RRset `r{owner}.rows.example.` seen on `day` (relative to START) `count` times.
+    let seen = |owner: &str, day: i64, count: u64| dnsledger::store::Delta {
+        kind: dnsledger::sensor::Kind::Positive,
+        rrset: dnsledger::sensor::Rrset {
+            rrname: format!("r{owner}.rows.example."),
+            rrtype: 1,
+            bailiwick: "rows.example.".into(),
+            rdata: vec![format!("203.0.113.{}", owner.len())],
+        },
+        first: (START as i64 + day * DAY as i64) as u64 + 60,
+        last: (START as i64 + day * DAY as i64) as u64 + 120,
+        count,
+        sensors: Vec::new(),
+    };
+    let merge = |deltas: &[dnsledger::store::Delta]| {
         let store = dnsledger::store::Store::open(&db).unwrap().with_days();
-        for day in 0..4u64 {
-            let deltas: Vec<dnsledger::store::Delta> = (0..3)
-                .map(|i| dnsledger::store::Delta {
-                    kind: dnsledger::sensor::Kind::Positive,
-                    rrset: dnsledger::sensor::Rrset {
-                        rrname: format!("r{i}.rows.example."),
-                        rrtype: 1,
-                        bailiwick: "rows.example.".into(),
-                        rdata: vec![format!("203.0.113.{i}")],
-                    },
-                    first: START + day * DAY + 60,
-                    last: START + day * DAY + 120,
-                    count: day + 1,
-                    sensors: Vec::new(),
-                })
-                .collect();
-            store.merge(&deltas, false).unwrap();
-        }
+        store.merge(deltas, false).unwrap();
         store.sync().unwrap();
+    };
+    // Three RRsets, each seen on 4 days (counts 1..=4); a store that keeps per-day rows.
+    for day in 0..4 {
+        merge(&["0", "1", "2"].map(|o| seen(o, day, day as u64 + 1)));
     }
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut cmd = dnsledger();
-    cmd.arg("api").arg("--db").arg(&db).arg("--api").arg(addr.to_string());
-    let proc = Proc::spawn("api", cmd, dir.path());
-    wait_for("the API", Duration::from_secs(20), || std::net::TcpStream::connect(addr).is_ok());
-    let s = Server { addr, proc, _dir: dir };
+    let serve_rows = || {
+        let mut cmd = dnsledger();
+        cmd.arg("api").arg("--db").arg(&db).arg("--api").arg(addr.to_string());
+        let proc = Proc::spawn("api", cmd, dir.path());
+        wait_for("the API", Duration::from_secs(20), || std::net::TcpStream::connect(addr).is_ok());
+        proc
+    };
+    let s = Server { addr, proc: serve_rows(), _dir: tempfile::tempdir().unwrap() };
 
     let base = "/dnsdb/v2/lookup/rrset/name/%2A.rows.example?aggr=false";
     let (all, term) = saf(&get(s.addr, base, &[]));
@@ -322,6 +325,28 @@ fn per_day_rows_page_by_rows() {
     let c = term["cursor"].as_str().unwrap();
     let r = get(s.addr, &format!("/dnsdb/v2/lookup/rrset/name/%2A.rows.example?cursor={c}"), &[]);
     assert_eq!(r.status, 400, "{}", r.body);
+
+    // Data added between pages: a row of r1 for a day before the one the cursor stopped at,
+    // and a new RRset between r0 and r1 (`r0a` sorts there). Neither is sent on the next page
+    // (both are before the cursor) and nothing is sent twice.
+    let (page1, term) = saf(&get(s.addr, &format!("{base}&limit=5"), &[]));
+    let cursor = term["cursor"].as_str().unwrap().to_string();
+    let Server { proc, .. } = s;
+    drop(proc);
+    merge(&[seen("1", -1, 50), seen("0a", 0, 60)]);
+    let s = Server { addr, proc: serve_rows(), _dir: tempfile::tempdir().unwrap() };
+    let (mut pages, mut cursor) = (page1, cursor);
+    loop {
+        let (objs, term) = saf(&get(s.addr, &format!("{base}&limit=5&cursor={cursor}"), &[]));
+        pages.extend(objs);
+        match term["cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(pages, all, "the pages are the rows as they were when paging began");
+    let (now, _) = saf(&get(s.addr, base, &[]));
+    assert_eq!(now.len(), 14, "a fresh query has both additions");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Daily query quotas per API key, kept across restarts when `[api] quota_file` is set: the
 //! day's counts by key name, written (temp file + rename) at most once a second when they
-//! changed, and at shutdown. A crash forgets at most the last second's queries.
+//! changed, and when the server goes away. A crash forgets at most the last second's queries.
+//! One file per server process: two servers sharing one would overwrite each other's counts.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -106,9 +107,20 @@ impl Quotas {
     }
 }
 
+/// The last counts, when the server goes away (its runtime drops the saving task).
+impl Drop for Quotas {
+    fn drop(&mut self) {
+        let day =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) / 86_400;
+        self.save(day);
+    }
+}
+
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;

@@ -100,8 +100,9 @@ pub struct Params {
     pub aggr: bool,
     /// Resume strictly after this position (from a previous response's cursor).
     pub cursor: Option<Vec<u8>>,
-    /// `aggr=false` pages cut inside an RRset's rows: skip this many rows of the RRset at this
-    /// position when the walk reaches it.
+    /// `aggr=false` pages cut inside an RRset's rows: the RRset's position and the day (days
+    /// since 1970) of the last row sent; RRsets before that position are skipped (added since),
+    /// and so are its rows of that day and before.
     pub cursor_rows: Option<(Vec<u8>, u64)>,
 }
 
@@ -386,8 +387,8 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// A cursor: `POS` (resume after this position) or, for a page of per-day rows that ended
-/// inside an RRset, `[POS]-AT-N` (resume after POS, or from the start without it, and skip N
-/// rows of the RRset at position AT).
+/// inside an RRset, `[POS]-AT-DAY` (resume after POS, or from the start without it, at the
+/// RRset at position AT, with its rows after day DAY).
 pub type Cursor = (Option<Vec<u8>>, Option<(Vec<u8>, u64)>);
 
 /// The cursor of a response: see [`Cursor`].

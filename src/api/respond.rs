@@ -9,7 +9,7 @@ use bytes::Bytes;
 use hyper::{Response, StatusCode, header};
 use tokio::sync::mpsc;
 
-use super::request::{Params, cursor_string, hex};
+use super::request::{Params, cursor_string};
 use super::{Api, Body, NDJSON, Slots, response};
 use crate::store::{Ended, Entry, Lookup};
 
@@ -23,8 +23,8 @@ enum End {
     Done,
     /// The limit cut the results; resume with this cursor.
     Limited(String),
-    /// The scan budget ran out before the limit; resume after the cursor.
-    Budget(Vec<u8>),
+    /// The scan budget ran out before the limit; resume with this cursor.
+    Budget(String),
     MaxCount,
     ClientGone,
     /// The scan budget ran out while the offset was still being skipped.
@@ -59,10 +59,17 @@ fn walk_db(api: &Api, lookup: &Lookup, p: &Params, mut emit: impl FnMut(&Entry) 
     let mut stop: Option<End> = None;
     // `aggr=false`: the results are per-day rows, fenced one by one (not by their RRset's
     // aggregate), and limit and offset count rows; a page that ends inside an RRset's rows
-    // says in its cursor how many of them were sent.
+    // says in its cursor which RRset and the day of the last row sent.
     let rows = !p.aggr && api.db.keeps_days();
     let fences = if rows { crate::store::Fences::default() } else { p.fences };
     let ended = api.db.walk(lookup, &fences, p.cursor.as_deref(), api.config.scan_budget, |pos, e| {
+        // Resuming inside an RRset's rows: RRsets before it were added since the cursor was
+        // made (they sort before the cursor's position, so they are not part of this paging).
+        if let Some((at, _)) = &p.cursor_rows
+            && pos < &at[..]
+        {
+            return true;
+        }
         let day_rows: Vec<Entry>;
         let mut results: &[Entry] = if rows {
             match api.db.days_of(&e.rrset) {
@@ -82,18 +89,17 @@ fn walk_db(api: &Api, lookup: &Lookup, p: &Params, mut emit: impl FnMut(&Entry) 
         } else {
             std::slice::from_ref(&e)
         };
-        // Rows of this RRset that earlier pages sent.
-        let mut done_here = 0u64;
-        if let Some((at, n)) = &p.cursor_rows
+        // Rows of this RRset that earlier pages sent: those of the cursor's day and before
+        // (rows are oldest first; a row added since for an earlier day is skipped with them).
+        if let Some((at, day)) = &p.cursor_rows
             && at[..] == pos[..]
         {
-            done_here = (*n).min(results.len() as u64);
-            results = &results[done_here as usize..];
+            let done = results.iter().take_while(|r| r.first / 86_400 <= *day).count();
+            results = &results[done..];
         }
         if skipped < p.offset && !results.is_empty() {
             let skip = (p.offset - skipped).min(results.len() as u64);
             skipped += skip;
-            done_here += skip;
             results = &results[skip as usize..];
         }
         if results.is_empty() {
@@ -120,7 +126,8 @@ fn walk_db(api: &Api, lookup: &Lookup, p: &Params, mut emit: impl FnMut(&Entry) 
             sent += 1;
         }
         if cut {
-            stop = Some(End::Limited(cursor_string(&last, Some((pos, done_here + room as u64)))));
+            let day = results[room - 1].first / 86_400;
+            stop = Some(End::Limited(cursor_string(&last, Some((pos, day)))));
             return false;
         }
         last.clear();
@@ -132,7 +139,11 @@ fn walk_db(api: &Api, lookup: &Lookup, p: &Params, mut emit: impl FnMut(&Entry) 
         // A cursor from the middle of the skipped offset could not be resumed correctly
         // (with the offset it skips too much, without it too little).
         Ok(Ended::Budget(_)) if skipped < p.offset => End::OffsetTooFar,
-        Ok(Ended::Budget(pos)) => End::Budget(pos),
+        // Stopped while skipping towards a rows cursor's RRset: keep skipping next time.
+        Ok(Ended::Budget(pos)) => match &p.cursor_rows {
+            Some((at, day)) if pos[..] < at[..] => End::Budget(cursor_string(&pos, Some((at, *day)))),
+            _ => End::Budget(cursor_string(&pos, None)),
+        },
         Ok(_) => stop.unwrap_or(End::Done),
     }
 }
@@ -253,9 +264,8 @@ pub fn saf(api: Arc<Api>, lookup: Lookup, p: Params, summarize: bool, slots: Slo
             End::Budget(c) => {
                 api.stats.cut.inc("budget");
                 format!(
-                    "{{\"cond\":\"limited\",\"msg\":\"Scan limit reached ({} index entries); resume with the cursor{also}\",\"cursor\":\"{}\"}}",
+                    "{{\"cond\":\"limited\",\"msg\":\"Scan limit reached ({} index entries); resume with the cursor{also}\",\"cursor\":\"{c}\"}}",
                     api.config.scan_budget,
-                    hex(c)
                 )
             }
             End::ClientGone => {
@@ -311,8 +321,7 @@ pub async fn page(api: Arc<Api>, lookup: Lookup, p: Params, slots: Slots) -> Res
         Err(_) => return super::text(StatusCode::INTERNAL_SERVER_ERROR, "Error: the query failed\n".into()),
     };
     let cursor = match end {
-        End::Limited(c) => Some(c),
-        End::Budget(c) => Some(hex(&c)),
+        End::Limited(c) | End::Budget(c) => Some(c),
         End::OffsetTooFar => {
             api.stats.cut.inc("budget");
             return super::text(

@@ -1,5 +1,5 @@
 //! Reading the cluster as the ordered key space the store's lookups walk: RRset keys (tag `R`)
-//! from `rrsets_all` (re-aggregated: merges are eventual), index keys (`F`, `I`, `T`) from
+//! from `rrsets_all` (re-aggregated: merges are eventual), index keys (`F`, `I`, `T`, `G`, `V`) from
 //! `rdata_index_all`, in pages that grow from 64 to 4,096 keys.
 
 use std::collections::VecDeque;

@@ -33,6 +33,7 @@ use super::{Frontend, ResolverStats};
 
 const HEADER: usize = 12;
 const OPT: u16 = 41;
+const SOA: u16 = 6;
 
 /// The cacheable shape of a query: its cache key, where its question name ends, and the
 /// largest answer the client takes over UDP.
@@ -116,8 +117,9 @@ fn skip_name(m: &[u8], mut at: usize) -> Option<usize> {
     }
 }
 
-/// The offsets of every TTL in a response (OPT's excepted) and the smallest TTL; `None` if
-/// the response does not parse or has nothing to time it by.
+/// The offsets of every TTL in a response (OPT's excepted) and how long it may be served: its
+/// smallest TTL, or an SOA's MINIMUM if smaller; `None` if the response does not parse or has
+/// nothing to time it by.
 fn ttls(m: &[u8]) -> Option<(Vec<usize>, u32)> {
     let count = |i: usize| usize::from(u16::from_be_bytes([m[i], m[i + 1]]));
     if m.len() < HEADER || count(4) != 1 {
@@ -135,6 +137,13 @@ fn ttls(m: &[u8]) -> Option<(Vec<usize>, u32)> {
         if rtype != OPT {
             offsets.push(at + 4);
             min = min.min(ttl);
+        }
+        // A negative answer is good for the SOA's MINIMUM at most (RFC 2308), whatever the
+        // SOA record's own TTL says.
+        if rtype == SOA && rdlen >= 20 {
+            let end = at + 10 + rdlen;
+            let minimum = m.get(end - 4..end)?;
+            min = min.min(u32::from_be_bytes([minimum[0], minimum[1], minimum[2], minimum[3]]));
         }
         at += 10 + rdlen;
     }
@@ -448,6 +457,23 @@ mod tests {
         let c = AnswerCache::new(10);
         c.offer(ps.key.clone(), &answer_to(&plain, 0, false));
         assert!(c.answer(&plain, &ps).is_none());
+    }
+
+    #[test]
+    fn a_negative_answer_lives_no_longer_than_its_soa_minimum() {
+        let q = query(1, &["nx", "example"], None);
+        let end = skip_name(&q, HEADER).unwrap() + 4;
+        let mut a = q[..end].to_vec();
+        a[2] |= 0x80;
+        a[3] = 0x83;
+        a[6..12].copy_from_slice(&[0, 0, 0, 1, 0, 0]);
+        // example. SOA (TTL 3600) ns. host. serial refresh retry expire minimum=60
+        a.extend_from_slice(&[7, b'e', b'x', b'a', b'm', b'p', b'l', b'e', 0, 0, 6, 0, 1, 0, 0, 0x0e, 0x10, 0, 25]);
+        a.extend_from_slice(&[2, b'n', b's', 0, 0]);
+        for v in [1u32, 7200, 900, 86400, 60] {
+            a.extend_from_slice(&v.to_be_bytes());
+        }
+        assert_eq!(ttls(&a).map(|(o, min)| (o.len(), min)), Some((1, 60)));
     }
 
     #[test]

@@ -149,7 +149,7 @@ fn target_matches(pattern: &NamePattern, rrtype: u16, rdata: &str) -> bool {
 }
 
 /// An ordered key space a lookup walks: the sled tree, or the ClickHouse tables, which hold the
-/// same keys (RRset keys tagged `R`, index keys tagged `F`, `I`, `T`) and RRset values in the
+/// same keys (RRset keys tagged `R`, index keys tagged `F`, `I`, `T`, `G`, `V`) and RRset values in the
 /// same encoding ([`super::keys::encode_value`]).
 pub trait Ordered {
     /// Keys from `start` (below `end` when given), in key order; RRset keys with their values,
@@ -528,6 +528,33 @@ mod tests {
         for (old, new) in again.iter().zip(s.lookup(&lookups[0], &Fences::default(), 2).unwrap()) {
             assert_eq!((new.first, new.last, new.count), (0, 1_000, old.count + 5), "{}", old.rrset.rrname);
         }
+    }
+
+    #[test]
+    fn large_rrsets_keep_bare_index_entries_and_are_still_found() {
+        let (_dir, s) = store_with(0);
+        let big = Delta {
+            kind: Kind::Positive,
+            rrset: Rrset {
+                rrname: "pool.example.com.".into(),
+                rrtype: 1,
+                bailiwick: "example.com.".into(),
+                rdata: (0..20).map(|i| format!("10.9.0.{i}")).collect(),
+            },
+            first: 1,
+            last: 2,
+            count: 1,
+            sensors: Vec::new(),
+        };
+        s.merge(std::slice::from_ref(&big), false).unwrap();
+        s.merge(std::slice::from_ref(&big), false).unwrap();
+        // 20 copies of a 20-address value on every merge would be 20x its size: bare instead.
+        let entries: Vec<_> = s.t.scan_prefix([TAG_BY_IP]).map(|r| r.unwrap()).collect();
+        assert_eq!(entries.len(), 20);
+        assert!(entries.iter().all(|(_, v)| v.is_empty()));
+        let (lo, hi) = "10.9.0.0/24".parse::<crate::sensor::Cidr>().unwrap().range();
+        let got = s.lookup(&Lookup::RdataIp { lo, hi }, &Fences::default(), 100).unwrap();
+        assert_eq!(got.iter().map(|e| e.count).collect::<Vec<_>>(), [2], "once, with its counters");
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!   in the same batch as the merge it marks: exactly once.
 //! - `C` + RRset key + `0x00` + sender id: which senders contributed an RRset.
 //!
-//! A merge is one atomic sled batch (counters, index entries of new RRsets, outbox batch):
+//! A merge is one atomic sled batch (counters, index entries of new RRsets and the copies
+//! index entries carry, outbox batch):
 //! either all of it is applied or none. [`Store::sync`] then makes it durable; a failed sync
 //! is retried on its own, never by merging again, so nothing is counted twice. Keep batches small (the sensor uses 2,000
 //! RRsets): sled's memory grows with the batch.
@@ -263,6 +264,8 @@ const TAG_BY_VALUE: u8 = b'V';
 /// The index generation every RRset has entries of: 2 = with `G` and `V` entries (stores from
 /// before get them at open).
 const META_INDEXES: &[u8] = b"Mindexes";
+/// The last RRset key an unfinished upgrade did.
+const META_INDEXES_AT: &[u8] = b"Mindexes_at";
 const INDEXES: u8 = 2;
 const TAG_OUTBOX: u8 = b'O';
 const META_OUTBOX_SEQ: &[u8] = b"Moutbox_seq";
@@ -347,16 +350,21 @@ impl Store {
         Ok(store)
     }
 
-    /// Gives a store written before `G` and `V` entries existed those entries, once (the
-    /// RRset tree is read through, logged as it goes; entries already there are rewritten as
-    /// they were).
+    /// Gives a store written before `G` and `V` entries existed those entries, once: the RRset
+    /// tree is read through in batches of 5,000 RRsets, each written with the last key done, so
+    /// an upgrade cut short (a restart) resumes where it stopped; progress is logged.
     fn upgrade_indexes(&self) -> Result<(), StoreError> {
         if self.t.get(META_INDEXES)?.is_some_and(|v| v.first().is_some_and(|g| *g >= INDEXES)) {
             return Ok(());
         }
+        let total = self.len().max(1) as u64;
+        let start = match self.t.get(META_INDEXES_AT)? {
+            Some(at) => std::ops::Bound::Excluded(at.to_vec()),
+            None => std::ops::Bound::Included(vec![TAG_RRSET]),
+        };
         let (mut rrsets, mut added) = (0u64, 0u64);
         let mut batch = sled::Batch::default();
-        for item in self.t.scan_prefix([TAG_RRSET]) {
+        for item in self.t.range::<Vec<u8>, _>((start, std::ops::Bound::Excluded(vec![TAG_RRSET + 1]))) {
             let (k, v) = item?;
             let e = decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
             for key in
@@ -366,16 +374,21 @@ impl Store {
                 added += 1;
             }
             rrsets += 1;
-            if rrsets.is_multiple_of(100_000) {
+            if rrsets.is_multiple_of(5_000) {
+                batch.insert(META_INDEXES_AT, k);
                 self.t.apply_batch(std::mem::take(&mut batch))?;
-                tracing::info!(
-                    rrsets,
-                    entries = added,
-                    "store upgrade: indexing rdata for right wildcards and raw lookups"
-                );
+                if rrsets.is_multiple_of(200_000) {
+                    tracing::info!(
+                        rrsets,
+                        entries = added,
+                        percent = (rrsets * 100 / total).min(100),
+                        "store upgrade: indexing rdata for right wildcards and raw lookups"
+                    );
+                }
             }
         }
         batch.insert(META_INDEXES, &[INDEXES]);
+        batch.remove(META_INDEXES_AT);
         self.t.apply_batch(batch)?;
         self.db.flush()?;
         if rrsets > 0 {
@@ -699,16 +712,24 @@ pub fn attribute(deltas: &[Delta], sender: &str, trust_sensors: bool) -> Vec<Del
         .collect()
 }
 
+/// RRsets with more rdata than this, or a value larger than [`MAX_COPY_BYTES`], keep bare
+/// index entries: their copies would cost (rdata x value size) bytes per merge.
+const MAX_COPIES: usize = 8;
+const MAX_COPY_BYTES: usize = 1024;
+
 /// Index entries of a positive RRset (`new`: stored for the first time). The rdata entries
-/// (addresses, names) hold a copy of the RRset's value `v`, rewritten with it on every merge:
-/// a walk over them reads its results in index order instead of fetching each RRset by key,
-/// a random read (CIDR walks were 7x slower for it, docs/BENCHMARKS.md). The forward-name
-/// entries (right wildcards) and raw-value entries, rarer lookups, stay bare, as every entry
-/// of stores written before this was; walks fetch the RRsets of bare entries. The copies cost the writer ~10% and ~13% more
-/// disk on the synthetic workload.
+/// (addresses, names) of a small RRset hold a copy of its value `v`, rewritten with it on
+/// every merge: a walk over them reads its results in index order instead of fetching each
+/// RRset by key, a random read (CIDR walks were 10x slower for it, docs/BENCHMARKS.md). The
+/// forward-name entries (right wildcards) and raw-value entries, rarer lookups, and every entry
+/// of a large RRset stay bare, as every entry of stores written before this was; walks fetch
+/// the RRsets of bare entries. Whether an RRset gets copies never changes (its rdata and its
+/// value's size are fixed). The copies cost the writer ~10% and ~13% more disk on the
+/// synthetic workload.
 fn index(batch: &mut sled::Batch, r: &Rrset, rkey: &[u8], v: &[u8], new: bool) {
+    let copies = r.rdata.len() <= MAX_COPIES && v.len() <= MAX_COPY_BYTES;
     for k in index_keys(r, rkey) {
-        if ![TAG_BY_NAME, TAG_BY_TARGET_FWD, TAG_BY_VALUE].contains(&k[0]) {
+        if copies && ![TAG_BY_NAME, TAG_BY_TARGET_FWD, TAG_BY_VALUE].contains(&k[0]) {
             batch.insert(k, v);
         } else if new {
             batch.insert(k, &[]);
@@ -717,7 +738,8 @@ fn index(batch: &mut sled::Batch, r: &Rrset, rkey: &[u8], v: &[u8], new: bool) {
 }
 
 /// The index keys of a positive RRset (`rkey`: its RRset key): `F` forward owner, `I` rdata
-/// address, `T` rdata name; each ends with the RRset key.
+/// addresses, `T` and `G` rdata names (reversed and forward), `V` other rdata; each ends with
+/// the RRset key.
 pub fn index_keys(r: &Rrset, rkey: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(1 + r.rdata.len());
     let mut k = tagged(TAG_BY_NAME, r.rrname.as_bytes());
