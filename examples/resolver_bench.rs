@@ -100,6 +100,11 @@ fn start_ours(bin: &Path, work: &Path, h: &Hierarchy, listen: Ipv4Addr, dnstap: 
         .expect("start dnsledger resolver");
     for _ in 0..200 {
         if std::net::TcpStream::connect(SocketAddr::from((listen, 53))).is_ok() {
+            // Something answers: ours, not a resolver left over from an earlier run.
+            std::thread::sleep(Duration::from_millis(200));
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("resolver on {listen} exited ({status}): another one holds the address? see {}", work.display());
+            }
             return child;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -135,12 +140,12 @@ fn main() {
     let unbound = Unbound::start_with(&h, h.resolver_addr(1), options, work);
     let ours_sock = work.join("ours.sock");
     let _ours_capture = FstrmCapture::unix(&ours_sock, &work.join("ours.fstrm"));
-    let mut ours = start_ours(&bin, work, &h, h.resolver_addr(3), Some(&ours_sock));
-    let mut ours_off = start_ours(&bin, work, &h, h.resolver_addr(4), None);
+    let ours = Stopped(start_ours(&bin, work, &h, h.resolver_addr(3), Some(&ours_sock)));
+    let ours_off = Stopped(start_ours(&bin, work, &h, h.resolver_addr(4), None));
     let resolvers = [
         Resolver { name: "unbound (dnstap on)", addr: h.resolver_addr(1), pid: unbound.pid() },
-        Resolver { name: "dnsledger (dnstap on)", addr: h.resolver_addr(3), pid: ours.id() },
-        Resolver { name: "dnsledger (dnstap off)", addr: h.resolver_addr(4), pid: ours_off.id() },
+        Resolver { name: "dnsledger (dnstap on)", addr: h.resolver_addr(3), pid: ours.0.id() },
+        Resolver { name: "dnsledger (dnstap off)", addr: h.resolver_addr(4), pid: ours_off.0.id() },
     ];
 
     let cached = work.join("cached.txt");
@@ -190,7 +195,7 @@ fn main() {
         {
             let out = work.join(format!("perf-{what}.data"));
             let mut perf = Command::new("perf")
-                .args(["record", "-g", "-p", &ours.id().to_string(), "-o"])
+                .args(["record", "-g", "-p", &ours.0.id().to_string(), "-o"])
                 .arg(&out)
                 .args(["--", "sleep", &seconds])
                 .stderr(Stdio::null())
@@ -219,8 +224,15 @@ fn main() {
             );
         }
     }
-    for child in [&mut ours, &mut ours_off] {
-        let _ = child.kill();
-        let _ = child.wait();
+}
+
+/// Our resolver, stopped when dropped: also when the benchmark panics, so that no resolver
+/// is left holding the rig's addresses for the next run.
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
