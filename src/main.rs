@@ -89,6 +89,13 @@ enum ClickhouseCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Add the index positions a cluster filled by a version before them lacks (rdata right
+    /// wildcards, raw lookups of TXT, SOA, ...); idempotent.
+    Reindex {
+        /// A file with a `[clickhouse]` table.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Apply the batches that collectors stored in NATS JetStream (`nats` in the
     /// `[clickhouse]` table) to the cluster, each exactly once.
     Writer {
@@ -582,6 +589,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let stats = std::sync::Arc::new(dnsledger::clickhouse::nats::WriterStats::default());
             registry.register(stats.clone());
             dnsledger::clickhouse::nats::write(nats, std::sync::Arc::new(cluster), stats, shutdown).await?;
+        }
+        Command::Clickhouse(ClickhouseCommand::Reindex { config }) => {
+            let cluster = open_cluster(&config)?;
+            let n = cluster.reindex().await?;
+            println!("clickhouse: {n} index positions written");
         }
         Command::Clickhouse(ClickhouseCommand::Init { config }) => {
             let cluster = open_cluster(&config)?;

@@ -172,6 +172,33 @@ fn the_cluster_answers_every_query_exactly_as_the_sled_store_does() {
         assert_eq!(seen as u64, PAGED, "{base}");
     }
 
+    // A cluster filled before `G` and `V` index positions existed: without them, rdata right
+    // wildcards and raw TXT lookups miss; `dnsledger clickhouse reindex` adds them.
+    let newer =
+        ["/dnsdb/v2/lookup/rdata/name/ns1.example.*", "/dnsdb/v2/lookup/rdata/raw/0b763d73706631202d616c6c/TXT"];
+    for i in 0..2 {
+        ch.query(i, "ALTER TABLE dnsledger.rdata_index DELETE WHERE substring(pos, 1, 1) IN ('G', 'V')");
+    }
+    wait_for("the deletions", Duration::from_secs(60), || {
+        (0..2).all(|i| ch.query(i, "SELECT count() FROM system.mutations WHERE is_done = 0").trim() == "0")
+    });
+    for path in newer {
+        let (a, b) = (get(sled, path, &[]), get(cluster, path, &[]));
+        assert_ne!(a.body, b.body, "{path}: the positions are gone");
+    }
+    let mut reindex = dnsledger();
+    reindex.args(["clickhouse", "reindex", "--config"]).arg(&ch.config);
+    let out = run(reindex);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("index positions written"), "{out:?}");
+    let mut again = dnsledger();
+    again.args(["clickhouse", "reindex", "--config"]).arg(&ch.config);
+    run(again);
+    for path in newer.iter().copied().chain(["/dnsdb/v2/lookup/rdata/name/mail.example.*"]) {
+        let (a, b) = (get(sled, path, &[]), get(cluster, path, &[]));
+        assert_eq!((a.status, &a.body), (b.status, &b.body), "{path} after reindex (twice)");
+        assert!(a.body.contains("\"rrname\""), "{path}: {}", a.body);
+    }
+
     // aggr=false: the cluster computes per-day rows from its landing table. One RRset seen on
     // two days (two imports, so two batches): one row per day, summing to the aggregate.
     for (name, line) in [

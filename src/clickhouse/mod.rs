@@ -345,6 +345,65 @@ impl Cluster {
         Ok(())
     }
 
+    /// Adds the index positions that a cluster written before they existed lacks (`G`:
+    /// forward rdata target names, `V`: other rdata by digest), shard by shard, reading each
+    /// shard's RRsets in pages of 10,000 keys. Idempotent: a position written twice is one
+    /// position. Returns how many positions were written.
+    pub async fn reindex(&self) -> Result<u64, ClusterError> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct Stored {
+            #[serde(with = "serde_bytes")]
+            key: Vec<u8>,
+            rrname: String,
+            rrtype: u16,
+            bailiwick: String,
+            rdata: Vec<String>,
+        }
+        const PAGE: usize = 10_000;
+        let db = &self.config.database;
+        let mut written = 0u64;
+        for (shard, client) in self.shards.iter().enumerate() {
+            let mut after: Vec<u8> = Vec::new();
+            loop {
+                let sql = format!(
+                    "SELECT key, any(rrname) AS rrname, any(rrtype) AS rrtype, any(bailiwick) AS bailiwick, \
+                     any(rdata) AS rdata FROM {db}.rrsets WHERE key > {} AND key < '\\xFF' \
+                     GROUP BY key ORDER BY key LIMIT {PAGE}",
+                    literal(&after)
+                );
+                let rows: Vec<Stored> = client.query(&sql).fetch_all().await.map_err(|e| self.err(shard, e))?;
+                let Some(last) = rows.last() else { break };
+                after = last.key.clone();
+                let idx: Vec<IndexRow> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        let rrset = crate::sensor::Rrset {
+                            rrname: r.rrname.clone(),
+                            rrtype: r.rrtype,
+                            bailiwick: r.bailiwick.clone(),
+                            rdata: r.rdata.clone(),
+                        };
+                        let positions: Vec<serde_bytes::ByteBuf> = index_keys(&rrset, &r.key)
+                            .into_iter()
+                            .filter(|k| [crate::store::TAG_BY_TARGET_FWD, crate::store::TAG_BY_VALUE].contains(&k[0]))
+                            .map(serde_bytes::ByteBuf::from)
+                            .collect();
+                        (!positions.is_empty()).then_some(IndexRow { idx: positions })
+                    })
+                    .collect();
+                if !idx.is_empty() {
+                    self.insert::<IndexRow>(shard, "index_in", &idx).await?;
+                    written += idx.iter().map(|r| r.idx.len() as u64).sum::<u64>();
+                }
+                if rows.len() < PAGE {
+                    break;
+                }
+            }
+            tracing::info!(shard = shard + 1, positions = written, "reindex: shard done");
+        }
+        Ok(written)
+    }
+
     /// The shard that holds an owner name: by its registrable domain (the name itself when
     /// it has none), so a zone's subtree stays on one shard.
     pub fn shard_of(&self, rrname: &str) -> usize {

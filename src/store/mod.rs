@@ -259,8 +259,8 @@ const TAG_NEGATIVE: u8 = b'N';
 const TAG_BY_NAME: u8 = b'F';
 const TAG_BY_IP: u8 = b'I';
 const TAG_BY_TARGET: u8 = b'T';
-const TAG_BY_TARGET_FWD: u8 = b'G';
-const TAG_BY_VALUE: u8 = b'V';
+pub(crate) const TAG_BY_TARGET_FWD: u8 = b'G';
+pub(crate) const TAG_BY_VALUE: u8 = b'V';
 /// The index generation every RRset has entries of: 2 = with `G` and `V` entries (stores from
 /// before get them at open).
 const META_INDEXES: &[u8] = b"Mindexes";
