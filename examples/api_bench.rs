@@ -107,7 +107,8 @@ fn main() {
         .ok()
         .map(|v| v.parse().expect("BENCH_CACHE_MB"))
         .unwrap_or(dnsledger::store::SERVER_CACHE_MB);
-    let store = Store::open_cached(std::path::Path::new(&db), cache_mb).expect("store");
+    // Index entries with copies, as in a store that serves the API.
+    let store = Store::open_cached(std::path::Path::new(&db), cache_mb).and_then(Store::with_copies).expect("store");
     println!("store: {cache_mb} MiB page cache");
     build(&store, n);
     println!("store: {:.2} GB on disk", store.size_on_disk().expect("size") as f64 / 1e9);

@@ -526,8 +526,8 @@ fn response(status: StatusCode, content_type: &'static str, body: Body) -> Respo
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The store as the process serving the API over it must open it: with the feed log, and
-/// per-day rows if configured.
+/// The store as the process serving the API over it must open it: with the feed log, index
+/// entries carrying copies of their RRsets, and per-day rows if configured.
 pub fn with_feed(store: Store, config: &ApiConfig) -> anyhow::Result<Store> {
     let list = crate::psl::SuffixList::load(config.public_suffix_list.as_deref())
         .with_context(|| format!("public_suffix_list {:?}", config.public_suffix_list))?;
@@ -536,7 +536,8 @@ pub fn with_feed(store: Store, config: &ApiConfig) -> anyhow::Result<Store> {
             "no public suffix list (install Debian's publicsuffix): new domains are judged by their last label"
         );
     }
-    let store = store.with_feed(config.feed_retain, Arc::new(list));
+    // Index entries with copies of their RRsets: CIDR and rdata-name walks in index order.
+    let store = store.with_feed(config.feed_retain, Arc::new(list)).with_copies()?;
     Ok(if config.day_rows { store.with_days() } else { store })
 }
 

@@ -416,9 +416,10 @@ mod tests {
     use crate::sensor::{Kind, Rrset};
     use crate::store::Delta;
 
+    /// A store as one serving the API keeps it (index entries with copies).
     fn store_with(n: usize) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open(dir.path()).unwrap().with_copies().unwrap();
         let deltas: Vec<Delta> = (0..n)
             .map(|i| Delta {
                 kind: Kind::Positive,
@@ -528,6 +529,42 @@ mod tests {
         for (old, new) in again.iter().zip(s.lookup(&lookups[0], &Fences::default(), 2).unwrap()) {
             assert_eq!((new.first, new.last, new.count), (0, 1_000, old.count + 5), "{}", old.rrset.rrname);
         }
+    }
+
+    #[test]
+    fn copies_are_made_where_asked_and_kept_current_by_every_later_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = |count: u64| Delta {
+            kind: Kind::Positive,
+            rrset: Rrset {
+                rrname: "www.example.com.".into(),
+                rrtype: 1,
+                bailiwick: "example.com.".into(),
+                rdata: vec!["10.0.0.1".into()],
+            },
+            first: 1,
+            last: 2,
+            count,
+            sensors: Vec::new(),
+        };
+        let copy = |s: &Store| s.t.scan_prefix([TAG_BY_IP]).next().unwrap().unwrap().1;
+        {
+            // A sensor that only forwards: bare entries, nothing to keep current.
+            let s = Store::open(dir.path()).unwrap();
+            s.merge(&[one(1)], false).unwrap();
+            assert!(copy(&s).is_empty());
+            // Serving the API from now on: the next merge writes the copy.
+            let s = s.with_copies().unwrap();
+            s.merge(&[one(1)], false).unwrap();
+            assert_eq!(super::super::keys::value_counters(&copy(&s)), Some((1, 2, 2)));
+            s.sync().unwrap();
+        }
+        // Opened again without asking: the copies are still kept current.
+        let s = Store::open(dir.path()).unwrap();
+        s.merge(&[one(5)], false).unwrap();
+        assert_eq!(super::super::keys::value_counters(&copy(&s)), Some((1, 2, 7)));
+        let (lo, hi) = "10.0.0.0/8".parse::<crate::sensor::Cidr>().unwrap().range();
+        assert_eq!(s.lookup(&Lookup::RdataIp { lo, hi }, &Fences::default(), 10).unwrap()[0].count, 7);
     }
 
     #[test]

@@ -201,6 +201,10 @@ pub struct Store {
     suffixes: std::sync::Arc<crate::psl::SuffixList>,
     /// Keep per-day rows (`days.rs`).
     days: bool,
+    /// Index entries carry copies of their RRset's value (see `index`): stores that serve
+    /// the query API. Once on, on for good (recorded in the store): a merge that skipped the
+    /// copies would leave them stale.
+    copies: bool,
 }
 
 /// sled's page cache in MiB unless configured: small, for sensors (a memory goal); servers of
@@ -267,6 +271,8 @@ const META_INDEXES: &[u8] = b"Mindexes";
 /// The last RRset key an unfinished upgrade did.
 const META_INDEXES_AT: &[u8] = b"Mindexes_at";
 const INDEXES: u8 = 2;
+/// Set once a store's index entries carry copies.
+const META_COPIES: &[u8] = b"Mcopies";
 const TAG_OUTBOX: u8 = b'O';
 const META_OUTBOX_SEQ: &[u8] = b"Moutbox_seq";
 const META_RRSETS: &[u8] = b"Mrrsets";
@@ -284,6 +290,17 @@ fn tagged(tag: u8, rest: &[u8]) -> Vec<u8> {
 }
 
 impl Store {
+    /// Index entries carry copies of their RRset's value from now on (a store that serves the
+    /// query API: address and rdata-name walks read in index order). Recorded in the store, so
+    /// every later merge keeps the copies current whoever opens it.
+    pub fn with_copies(mut self) -> Result<Self, StoreError> {
+        if !self.copies {
+            self.t.insert(META_COPIES, &[1])?;
+            self.copies = true;
+        }
+        Ok(self)
+    }
+
     /// Bounds the outbox to `limit` entries (at least [`MIN_OUTBOX_LIMIT`]): past it, flushes
     /// fold into the newest entry, so nothing is lost while the next hop is away.
     pub fn with_outbox_limit(mut self, limit: usize) -> Self {
@@ -342,8 +359,10 @@ impl Store {
             feed_durable: Default::default(),
             suffixes: Default::default(),
             days: false,
+            copies: false,
         };
         store.upgrade_indexes()?;
+        store.copies = store.t.get(META_COPIES)?.is_some();
         // What a previous process wrote is on disk now.
         let written = store.feed_written()?;
         store.feed_durable = std::sync::Arc::new(written.into());
@@ -583,7 +602,7 @@ impl Store {
                     let mut v = old.to_vec();
                     set_counters(&mut v, f.min(d.first), l.max(d.last), c.saturating_add(d.count));
                     if positive {
-                        index(&mut batch, &d.rrset, &rkey, &v, false);
+                        index(&mut batch, &d.rrset, &rkey, &v, false, self.copies);
                     }
                     batch.insert(key, v);
                     stats.updated_keys += 1;
@@ -591,7 +610,7 @@ impl Store {
                 None => {
                     let v = encode_value(d.first, d.last, d.count, &d.rrset);
                     if positive {
-                        index(&mut batch, &d.rrset, &rkey, &v, true);
+                        index(&mut batch, &d.rrset, &rkey, &v, true, self.copies);
                     }
                     batch.insert(key, v);
                     stats.new_keys += 1;
@@ -717,17 +736,18 @@ pub fn attribute(deltas: &[Delta], sender: &str, trust_sensors: bool) -> Vec<Del
 const MAX_COPIES: usize = 8;
 const MAX_COPY_BYTES: usize = 1024;
 
-/// Index entries of a positive RRset (`new`: stored for the first time). The rdata entries
-/// (addresses, names) of a small RRset hold a copy of its value `v`, rewritten with it on
-/// every merge: a walk over them reads its results in index order instead of fetching each
+/// Index entries of a positive RRset (`new`: stored for the first time). In a store with
+/// `copies` (one serving the query API), the rdata entries (addresses, names) of a small
+/// RRset hold a copy of its value `v`, rewritten with it on every merge: a walk over them reads its results in index order instead of fetching each
 /// RRset by key, a random read (CIDR walks were 10x slower for it, docs/BENCHMARKS.md). The
 /// forward-name entries (right wildcards) and raw-value entries, rarer lookups, and every entry
 /// of a large RRset stay bare, as every entry of stores written before this was; walks fetch
-/// the RRsets of bare entries. Whether an RRset gets copies never changes (its rdata and its
-/// value's size are fixed). The copies cost the writer ~10% and ~13% more disk on the
-/// synthetic workload.
-fn index(batch: &mut sled::Batch, r: &Rrset, rkey: &[u8], v: &[u8], new: bool) {
-    let copies = r.rdata.len() <= MAX_COPIES && v.len() <= MAX_COPY_BYTES;
+/// the RRsets of bare entries. Whether an RRset gets copies never changes once the store has
+/// them (its rdata and its value's size are fixed). The copies cost the writer 10-30% and
+/// 13-23% more disk on the synthetic workloads (docs/BENCHMARKS.md), hence only where queries
+/// are served.
+fn index(batch: &mut sled::Batch, r: &Rrset, rkey: &[u8], v: &[u8], new: bool, copies: bool) {
+    let copies = copies && r.rdata.len() <= MAX_COPIES && v.len() <= MAX_COPY_BYTES;
     for k in index_keys(r, rkey) {
         if copies && ![TAG_BY_NAME, TAG_BY_TARGET_FWD, TAG_BY_VALUE].contains(&k[0]) {
             batch.insert(k, v);
