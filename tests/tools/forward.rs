@@ -109,9 +109,24 @@ pub fn flushed(metrics: SocketAddr) -> bool {
 
 /// Waits until a sensor has everything it observed in its store and its outbox is empty.
 pub fn settle(metrics: SocketAddr) {
-    wait_for("windows flushed", Duration::from_secs(30), || flushed(metrics));
-    // The forwarder polls an empty outbox every 200 ms and sets the gauge on each round.
-    std::thread::sleep(Duration::from_millis(600));
+    // Called after a replay finished sending: wait until the sensor has observed something,
+    // flushed all it observed, and observed nothing more for 600 ms (a sensor that has not
+    // read its first frame yet has flushed all of its 0 observations; a loaded machine
+    // showed that).
+    let start = std::time::Instant::now();
+    loop {
+        wait_for("windows flushed", Duration::from_secs(30), || {
+            flushed(metrics) && metric(metrics, "dnsledger_sensor_rrsets_observed_total").is_some_and(|o| o > 0)
+        });
+        let before = metric(metrics, "dnsledger_sensor_rrsets_observed_total");
+        std::thread::sleep(Duration::from_millis(600));
+        if metric(metrics, "dnsledger_sensor_rrsets_observed_total") == before && flushed(metrics) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the sensor never settled");
+    }
+    // The forwarder polls an empty outbox every 200 ms and sets the gauge on each round (the
+    // 600 ms above covered it).
     wait_for("outbox drained", Duration::from_secs(60), || {
         metric(metrics, "dnsledger_forward_outbox_batches") == Some(0)
     });
