@@ -109,15 +109,13 @@ pub fn flushed(metrics: SocketAddr) -> bool {
 
 /// Waits until a sensor has everything it observed in its store and its outbox is empty.
 pub fn settle(metrics: SocketAddr) {
-    // Called after a replay finished sending: wait until the sensor has observed something,
-    // flushed all it observed, and observed nothing more for 600 ms (a sensor that has not
-    // read its first frame yet has flushed all of its 0 observations; a loaded machine
-    // showed that).
+    // Wait until the sensor has flushed all it observed and observed nothing more for 600 ms:
+    // right after a replay, a sensor that has not read its first frame yet has flushed all of
+    // its 0 observations (a loaded machine showed that). A restarted sensor with nothing new
+    // to read settles at 0.
     let start = std::time::Instant::now();
     loop {
-        wait_for("windows flushed", Duration::from_secs(30), || {
-            flushed(metrics) && metric(metrics, "dnsledger_sensor_rrsets_observed_total").is_some_and(|o| o > 0)
-        });
+        wait_for("windows flushed", Duration::from_secs(30), || flushed(metrics));
         let before = metric(metrics, "dnsledger_sensor_rrsets_observed_total");
         std::thread::sleep(Duration::from_millis(600));
         if metric(metrics, "dnsledger_sensor_rrsets_observed_total") == before && flushed(metrics) {
