@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use hickory_proto::op::Message;
 use hickory_proto::rr::Record;
-use hickory_proto::serialize::binary::{BinDecoder, BinEncoder};
+use hickory_proto::serialize::binary::BinDecoder;
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::xfer::Protocol;
 use hickory_server::server::{ResponseHandler, ResponseInfo};
@@ -93,16 +93,7 @@ impl<R: ResponseHandler> ResponseHandler for Recording<R> {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        // hickory-server's limit: the EDNS payload size (512 without EDNS) over UDP.
-        let max = match (self.protocol, response.edns()) {
-            (Protocol::Udp, Some(edns)) => edns.max_payload(),
-            (Protocol::Udp, None) => 512,
-            _ => u16::MAX,
-        };
-        let mut wire = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut wire);
-        encoder.set_max_size(max);
-        response.destructive_emit(&mut encoder)?;
+        let (_, wire) = super::udp::encode(response, self.protocol)?;
         self.tap.emit(MessageType::ClientResponse, self.client, self.protocol, None, Some(&wire), self.query_time);
 
         let message = Message::from_vec(&wire)?;

@@ -302,6 +302,42 @@ async fn slow(
     frontend.handle_request::<_, TokioTime>(&request, reply).await;
 }
 
+/// Encodes a response as hickory-server does (its own encoder is private to it): over UDP at
+/// most the client's EDNS payload (512 without EDNS), truncated past it; a response that
+/// cannot be encoded becomes a bare SERVFAIL.
+pub(super) fn encode<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    protocol: Protocol,
+) -> Result<(ResponseInfo, Vec<u8>), NetError> {
+    let max = match protocol {
+        Protocol::Udp => response.edns().map_or(512, |e| e.max_payload()),
+        _ => u16::MAX,
+    };
+    let id = response.metadata().id;
+    let mut wire = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut wire);
+    encoder.set_max_size(max);
+    match response.destructive_emit(&mut encoder) {
+        Ok(info) => Ok((info, wire)),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not encode a response; SERVFAIL");
+            wire.clear();
+            let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+            metadata.response_code = ResponseCode::ServFail;
+            let header = Header { metadata, counts: HeaderCounts::default() };
+            header.emit(&mut BinEncoder::new(&mut wire))?;
+            Ok((ResponseInfo::from(header), wire))
+        }
+    }
+}
+
 /// Sends an answer of the slow path and offers it to the cache.
 #[derive(Clone)]
 struct Reply {
@@ -323,26 +359,8 @@ impl ResponseHandler for Reply {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        // As hickory-server encodes for UDP: at most the client's EDNS payload (512 without
-        // EDNS), truncated past it; a response that cannot be encoded becomes SERVFAIL.
-        let max = response.edns().map_or(512, |e| e.max_payload());
-        let id = response.metadata().id;
-        let mut wire = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut wire);
-        encoder.set_max_size(max);
-        let info = match response.destructive_emit(&mut encoder) {
-            Ok(info) => info,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not encode a response; SERVFAIL");
-                wire.clear();
-                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-                metadata.response_code = ResponseCode::ServFail;
-                let header = Header { metadata, counts: HeaderCounts::default() };
-                header.emit(&mut BinEncoder::new(&mut wire))?;
-                self.offer = None;
-                ResponseInfo::from(header)
-            }
-        };
+        // A SERVFAIL in place of an answer that could not be encoded is not kept (`offer`).
+        let (info, wire) = encode(response, Protocol::Udp)?;
         self.socket.send_to(&wire, self.dst).await?;
         if let Some((cache, key)) = self.offer.take() {
             cache.offer(key, &wire);
