@@ -330,13 +330,21 @@ fn bad_clients_are_answered_or_dropped_and_the_resolver_keeps_serving() {
     let listen = h.resolver_addr(3);
     let server = SocketAddr::from((listen, 53));
     let metrics = free_metrics();
-    let config = resolver_toml(&h, listen, work, metrics, ["max_inflight = 4\ntcp_idle_seconds = 2\n", "", ""]);
+    let config = resolver_toml(
+        &h,
+        listen,
+        work,
+        metrics,
+        ["max_inflight = 4\ntcp_idle_seconds = 2\ntcp_max_connections = 100\n", "", ""],
+    );
     let mut resolver = start_resolver(&config, listen, work);
     let ok = |what: &str| {
         let a = answer(server, client, "www.example.com", "A", &[]);
         assert_eq!(a.0, "NOERROR", "after {what}");
-        let a = answer(server, client, "www.example.com", "A", &["+tcp"]);
-        assert_eq!(a.0, "NOERROR", "after {what}, over TCP");
+        // Over TCP, once connections held by earlier steps have gone (the idle time is 2 s).
+        wait_for(&format!("a TCP answer after {what}"), Duration::from_secs(10), || {
+            answer(server, client, "www.example.com", "A", &["+tcp"]).0 == "NOERROR"
+        });
     };
     ok("start");
 
@@ -402,21 +410,77 @@ fn bad_clients_are_answered_or_dropped_and_the_resolver_keeps_serving() {
         assert_eq!(&again[q.len()..], &first[q.len()..], "same records, TTLs too (less than a second apart)");
     }
 
-    // Garbage over TCP, a length prefix promising more than is sent, then many idle
-    // connections at once.
-    use std::io::Write;
-    let mut t = std::net::TcpStream::connect(server).unwrap();
-    t.write_all(&[0, 20, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]).unwrap();
-    let mut t2 = std::net::TcpStream::connect(server).unwrap();
-    t2.write_all(&[0xff, 0xff, 1, 2, 3]).unwrap();
-    let idle: Vec<std::net::TcpStream> = (0..300).map(|_| std::net::TcpStream::connect(server).unwrap()).collect();
-    ok("TCP garbage and 300 idle connections");
+    // Over TCP (RFC 7766 framing): pipelined queries are each answered on the one connection,
+    // a malformed one with FORMERR, and the connection stays open; a response sent to us gets
+    // nothing. (std's TcpStream connects from 127.0.0.1, outside the access list: REFUSED.)
+    use std::io::{Read, Write};
+    let framed = |m: &[u8]| -> Vec<u8> { [&(m.len() as u16).to_be_bytes()[..], m].concat() };
+    let read_message = |t: &mut std::net::TcpStream| -> Option<Vec<u8>> {
+        let mut len = [0u8; 2];
+        t.read_exact(&mut len).ok()?;
+        let mut m = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        t.read_exact(&mut m).ok()?;
+        Some(m)
+    };
+    let connect = || {
+        let t = std::net::TcpStream::connect(server).unwrap();
+        t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        t
+    };
+    let tcp_dropped = |reason: &str| {
+        tools::metric(metrics, &format!("dnsledger_resolver_tcp_dropped_total{{reason=\"{reason}\"}}")).unwrap_or(0)
+    };
+    let mut t = connect();
+    let mut bad = query_bytes(0x0202, "www.example.com");
+    bad[5] = 40;
+    let mut response = query_bytes(0x0404, "www.example.com");
+    response[2] |= 0x80;
+    let burst = [
+        framed(&query_bytes(0x0101, "www.example.com")),
+        framed(&bad),
+        framed(&response),
+        framed(&query_bytes(0x0303, "www.example.org")),
+    ]
+    .concat();
+    t.write_all(&burst).unwrap();
+    let mut replies: Vec<(u16, u8)> = (0..3)
+        .map(|_| read_message(&mut t).map(|m| (u16::from_be_bytes([m[0], m[1]]), m[3] & 0x0f)).unwrap())
+        .collect();
+    replies.sort();
+    assert_eq!(replies, [(0x0101, 5), (0x0202, 1), (0x0303, 5)]);
+    t.write_all(&framed(&query_bytes(0x0505, "www.example.com"))).unwrap();
+    assert_eq!(read_message(&mut t).map(|m| m[..2].to_vec()), Some(vec![5, 5]), "still open");
+    drop(t);
+    // A message shorter than a header closes the connection at once; a length prefix promising
+    // more than is sent, after the idle time (2 s here).
+    let mut runt = connect();
+    runt.write_all(&[0, 3, 1, 2, 3]).unwrap();
+    let mut stalled = connect();
+    stalled.write_all(&[0xff, 0xff, 1, 2, 3]).unwrap();
+    for t in [&mut runt, &mut stalled] {
+        assert_eq!(t.read(&mut [0u8; 16]).unwrap_or(0), 0, "closed by the resolver");
+    }
+    let counts = || (tcp_dropped("malformed"), tcp_dropped("response"), tcp_dropped("runt"), tcp_dropped("truncated"));
+    let start = std::time::Instant::now();
+    while counts() != (1, 1, 1, 1) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(counts(), (1, 1, 1, 1), "TCP drops: malformed, response, runt, truncated");
+    // More connections than allowed (100 here): the excess is closed at once and counted, and
+    // once the idle ones go, TCP clients are served again.
+    let before = tcp_dropped("connections");
+    let idle: Vec<std::net::TcpStream> = (0..300).map(|_| connect()).collect();
+    wait_for("excess connections counted", Duration::from_secs(10), || tcp_dropped("connections") - before >= 200);
+    ok("300 connections with 100 allowed");
     drop(idle);
 
     // Outside the access list: REFUSED (rcode 5), counted.
     let stranger = Ipv4Addr::new(127, 69, 3, 1);
+    let refused = || tools::metric(metrics, "dnsledger_resolver_refused_total{reason=\"access\"}");
+    // The three TCP queries from 127.0.0.1 above.
+    assert_eq!(refused(), Some(3));
     assert_eq!(udp_exchange(stranger, server, &query_bytes(5, "www.example.com")), Some(5));
-    assert_eq!(tools::metric(metrics, "dnsledger_resolver_refused_total{reason=\"access\"}"), Some(1));
+    assert_eq!(refused(), Some(4));
 
     // More queries in flight than allowed (names under a server that never answers):
     // the excess is refused at once, counted, and service resumes when they end.

@@ -34,6 +34,7 @@ struct RawListen {
     udp: Option<Vec<String>>,
     tcp: Option<Vec<String>>,
     tcp_idle_seconds: Option<u64>,
+    tcp_max_connections: Option<usize>,
     max_inflight: Option<usize>,
 }
 
@@ -86,6 +87,8 @@ pub struct ResolverConfig {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
     pub tcp_idle: Duration,
+    /// TCP connections open at once; past it a new connection is closed at once (counted).
+    pub tcp_max_connections: usize,
     pub max_inflight: usize,
     /// Clients allowed to query; everyone else gets REFUSED.
     pub allow: Vec<Cidr>,
@@ -164,6 +167,10 @@ impl ResolverConfig {
         let tcp_idle = raw.listen.tcp_idle_seconds.unwrap_or(10);
         if tcp_idle == 0 || tcp_idle > 3600 {
             err("listen.tcp_idle_seconds", format!("{tcp_idle}: between 1 and 3600"));
+        }
+        let tcp_max_connections = raw.listen.tcp_max_connections.unwrap_or(1000);
+        if tcp_max_connections == 0 || tcp_max_connections > 100_000 {
+            err("listen.tcp_max_connections", format!("{tcp_max_connections}: between 1 and 100000"));
         }
         let max_inflight = raw.listen.max_inflight.unwrap_or(2048);
         if max_inflight == 0 {
@@ -276,6 +283,7 @@ impl ResolverConfig {
             udp,
             tcp,
             tcp_idle: Duration::from_secs(tcp_idle),
+            tcp_max_connections,
             max_inflight,
             allow,
             roots,

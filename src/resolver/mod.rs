@@ -1,8 +1,8 @@
 //! `dnsledger resolver`: a recursive resolver that taps every upstream exchange as dnstap.
 //!
 //! ```text
-//! clients --UDP/TCP--> hickory-server Server --> Frontend (access list, in-flight bound,
-//!     metrics) --> Catalog --> Recursion (hickory recursor)
+//! clients --UDP (udp.rs)/TCP (tcp.rs)--> cache of encoded answers, or Frontend (access
+//!     list, in-flight bound, metrics) --> hickory-server Catalog --> Recursion (hickory recursor)
 //!                                  | every upstream socket is made by TapProvider (tap.rs)
 //!                                  v
 //!            RESOLVER_QUERY / RESOLVER_RESPONSE frames with query_zone (zones.rs)
@@ -16,6 +16,7 @@ mod client;
 pub mod config;
 mod emit;
 mod tap;
+mod tcp;
 mod udp;
 mod zones;
 
@@ -30,7 +31,7 @@ use hickory_proto::rr::{LowerName, Name, RecordType};
 use hickory_resolver::net::runtime::Time;
 use hickory_resolver::net::xfer::Protocol;
 use hickory_resolver::recursor::{DnssecConfig, DnssecPolicy, QNameMinimization, Recursor, RecursorOptions};
-use hickory_server::server::{Request, RequestHandler, RequestInfo, ResponseHandler, ResponseInfo, Server};
+use hickory_server::server::{Request, RequestHandler, RequestInfo, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{
     AuthLookup, AxfrPolicy, Catalog, LookupControlFlow, LookupError, LookupOptions, MessageResponseBuilder,
     ZoneHandler, ZoneType,
@@ -72,6 +73,9 @@ pub struct ResolverStats {
     /// UDP datagrams not answered as queries, by reason (`runt`, `response`; `malformed` ones
     /// get FORMERR).
     pub dropped: ReasonCounter,
+    /// TCP connections or messages not answered as queries, by reason (`connections` past
+    /// the limit, `runt`, `truncated`, `response`; `malformed` ones get FORMERR).
+    pub tcp_dropped: ReasonCounter,
     /// Queries answered by the UDP front's cache of encoded answers.
     pub answer_cache_hits: Counter,
 }
@@ -92,6 +96,7 @@ impl Default for ResolverStats {
             dnstap_dropped_sensor: Counter::default(),
             latency: Histogram::new(LATENCY_BUCKETS),
             dropped: ReasonCounter::default(),
+            tcp_dropped: ReasonCounter::default(),
             answer_cache_hits: Counter::default(),
         }
     }
@@ -134,6 +139,13 @@ impl Metrics for ResolverStats {
             "UDP datagrams not answered as queries (runts, responses, malformed).",
             "reason",
             &self.dropped,
+        );
+        write_reasons(
+            out,
+            &format!("{p}_tcp_dropped_total"),
+            "TCP connections or messages not answered as queries (over the connection limit, runts, stalled, responses, malformed).",
+            "reason",
+            &self.tcp_dropped,
         );
         write_metric(
             out,
@@ -368,16 +380,6 @@ impl RequestHandler for Frontend {
     }
 }
 
-/// hickory-server's TCP side and our UDP front share one frontend.
-struct Shared(Arc<Frontend>);
-
-#[async_trait::async_trait]
-impl RequestHandler for Shared {
-    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response: R) -> ResponseInfo {
-        self.0.handle_request::<R, T>(request, response).await
-    }
-}
-
 fn recursor(config: &ResolverConfig, provider: TapProvider) -> anyhow::Result<Recursor<TapProvider>> {
     let defaults = RecursorOptions::default();
     let options = RecursorOptions {
@@ -493,39 +495,44 @@ pub async fn run(
         stats: stats.clone(),
     });
 
-    let udp_shutdown = CancellationToken::new();
-    let udp_tasks = tokio_util::task::TaskTracker::new();
+    let fronts_shutdown = CancellationToken::new();
+    let client_tasks = tokio_util::task::TaskTracker::new();
     for addr in &config.udp {
         let socket = UdpSocket::bind(addr).await.with_context(|| format!("udp {addr}"))?;
         tracing::info!(addr = %socket.local_addr()?, "resolver listening (udp)");
-        tokio::spawn(udp::serve(
+        client_tasks.spawn(udp::serve(
             Arc::new(socket),
             frontend.clone(),
             cache.clone(),
             stats.clone(),
-            udp_tasks.clone(),
-            udp_shutdown.clone(),
+            client_tasks.clone(),
+            fronts_shutdown.clone(),
         ));
     }
-    let mut server = Server::new(Shared(frontend));
+    let limits = tcp::Limits { idle: config.tcp_idle, max_connections: config.tcp_max_connections };
     for addr in &config.tcp {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("tcp {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, "resolver listening (tcp)");
-        server.register_listener(listener, config.tcp_idle, 64);
+        client_tasks.spawn(tcp::serve(
+            listener,
+            frontend.clone(),
+            cache.clone(),
+            stats.clone(),
+            limits,
+            client_tasks.clone(),
+            fronts_shutdown.clone(),
+        ));
     }
+    drop(frontend);
 
     shutdown.cancelled().await;
     tracing::info!("resolver stopping");
-    udp_shutdown.cancel();
-    udp_tasks.close();
-    if tokio::time::timeout(Duration::from_secs(10), udp_tasks.wait()).await.is_err() {
-        tracing::warn!("resolver stopping: UDP queries still resolving after 10 s, dropped");
+    fronts_shutdown.cancel();
+    client_tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), client_tasks.wait()).await.is_err() {
+        tracing::warn!("resolver stopping: client queries still resolving after 10 s, dropped");
     }
-    if let Err(e) = server.shutdown_gracefully().await {
-        tracing::warn!(error = %e, "resolver shutdown");
-    }
-    // The server (and with it the tap and emitter) is gone: what is queued is all there is.
-    drop(server);
+    // The fronts (and with them the tap and emitter) are going: what is queued is all there is.
     feed_shutdown.cancel();
     writer_shutdown.cancel();
     if let Some((_, task)) = writer {

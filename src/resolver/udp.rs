@@ -31,15 +31,15 @@ use tokio_util::task::TaskTracker;
 
 use super::{Frontend, ResolverStats};
 
-const HEADER: usize = 12;
+pub(super) const HEADER: usize = 12;
 const OPT: u16 = 41;
 const SOA: u16 = 6;
 
 /// The cacheable shape of a query: its cache key, where its question name ends, and the
 /// largest answer the client takes over UDP.
 #[derive(Debug, PartialEq, Eq)]
-struct Shape {
-    key: Vec<u8>,
+pub(super) struct Shape {
+    pub(super) key: Vec<u8>,
     qname_end: usize,
     max_udp: usize,
 }
@@ -47,7 +47,7 @@ struct Shape {
 /// Reads a query that the cache may answer: one question with an uncompressed name, no
 /// records but an optional OPT without options, nothing after. `None`: anything else (the
 /// slow path decides what it is).
-fn shape(q: &[u8]) -> Option<Shape> {
+pub(super) fn shape(q: &[u8]) -> Option<Shape> {
     if q.len() < HEADER {
         return None;
     }
@@ -169,8 +169,9 @@ impl AnswerCache {
         Self { entries: Mutex::new(HashMap::new()), capacity }
     }
 
-    /// The cached answer to `q` (of shape `s`), made the client's; `None` on a miss.
-    fn answer(&self, q: &[u8], s: &Shape) -> Option<Vec<u8>> {
+    /// The cached answer to `q` (of shape `s`) if it is at most `max` bytes, made the
+    /// client's; `None` on a miss.
+    fn answer(&self, q: &[u8], s: &Shape, max: usize) -> Option<Vec<u8>> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let c = entries.get(&s.key)?;
         let age = c.stored.elapsed().as_secs();
@@ -178,7 +179,7 @@ impl AnswerCache {
             entries.remove(&s.key);
             return None;
         }
-        if c.wire.len() > s.max_udp {
+        if c.wire.len() > max {
             return None;
         }
         let mut out = c.wire.clone();
@@ -194,7 +195,7 @@ impl AnswerCache {
 
     /// Keeps an answer the slow path sent: whole (not truncated), NOERROR or NXDOMAIN, with a
     /// TTL above zero on every record.
-    fn offer(&self, key: Vec<u8>, wire: &[u8]) {
+    pub(super) fn offer(&self, key: Vec<u8>, wire: &[u8]) {
         let rcode = wire.get(3).map(|f| f & 0x0f);
         let truncated = wire.get(2).is_some_and(|f| f & 0x02 != 0);
         if truncated || !matches!(rcode, Some(0 | 3)) {
@@ -248,16 +249,10 @@ pub async fn serve(
             continue;
         }
         let shape = cache.as_ref().and_then(|_| shape(q));
+        let start = Instant::now();
         if let (Some(cache), Some(s)) = (&cache, &shape)
-            && frontend.allows(src)
-            && let Some(answer) = cache.answer(q, s)
+            && let Some(answer) = from_cache(cache, &frontend, &stats, q, s, src, Protocol::Udp)
         {
-            let start = Instant::now();
-            stats.queries_udp.inc();
-            stats.cache_answers.inc();
-            stats.answer_cache_hits.inc();
-            // Only NOERROR and NXDOMAIN answers are kept.
-            stats.responses.inc(if answer[3] & 0x0f == 3 { "NXDOMAIN" } else { "NOERROR" });
             if let Err(e) = socket.send_to(&answer, src).await {
                 tracing::debug!(error = %e, "udp send");
             }
@@ -269,6 +264,40 @@ pub async fn serve(
         let offer = cache.clone().zip(shape.map(|s| s.key));
         tasks.spawn(async move { slow(raw, src, socket, frontend, stats, offer).await });
     }
+}
+
+/// The cached answer to a query of shape `s` from `src` over `protocol`, counted as answered,
+/// if the client may have it (over UDP: if it fits the client's payload size).
+pub(super) fn from_cache(
+    cache: &AnswerCache,
+    frontend: &Frontend,
+    stats: &ResolverStats,
+    q: &[u8],
+    s: &Shape,
+    src: SocketAddr,
+    protocol: Protocol,
+) -> Option<Vec<u8>> {
+    if !frontend.allows(src) {
+        return None;
+    }
+    let max = if protocol == Protocol::Udp { s.max_udp } else { usize::MAX };
+    let answer = cache.answer(q, s, max)?;
+    if protocol == Protocol::Udp {
+        stats.queries_udp.inc()
+    } else {
+        stats.queries_tcp.inc()
+    }
+    stats.cache_answers.inc();
+    stats.answer_cache_hits.inc();
+    // Only NOERROR and NXDOMAIN answers are kept.
+    stats.responses.inc(if answer[3] & 0x0f == 3 { "NXDOMAIN" } else { "NOERROR" });
+    Some(answer)
+}
+
+/// The FORMERR answer to a malformed query whose header is there (its first four bytes):
+/// the client's id, opcode and RD, as hickory-server answers.
+pub(super) fn formerr(header: [u8; 4]) -> [u8; HEADER] {
+    [header[0], header[1], 0x80 | (header[2] & 0x79), 0x01, 0, 0, 0, 0, 0, 0, 0, 0]
 }
 
 /// What hickory-server would do with the datagram, through the frontend.
@@ -284,13 +313,10 @@ async fn slow(
     let request = match Request::from_bytes(raw, src, Protocol::Udp) {
         Ok(r) => r,
         Err(e) => {
-            // The header is there: FORMERR with the client's id, opcode and RD, as
-            // hickory-server answers.
             tracing::debug!(error = %e, "malformed query");
             stats.dropped.inc("malformed");
             stats.responses.inc("FORMERR");
-            let reply = [header[0], header[1], 0x80 | (header[2] & 0x79), 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
-            let _ = socket.send_to(&reply, src).await;
+            let _ = socket.send_to(&formerr(header), src).await;
             return;
         }
     };
@@ -441,18 +467,18 @@ mod tests {
         let cache = AnswerCache::new(10);
         let first = query(1, &["www", "example", "com"], Some((1232, false)));
         let s = shape(&first).unwrap();
-        assert!(cache.answer(&first, &s).is_none());
+        assert!(cache.answer(&first, &s, s.max_udp).is_none());
         cache.offer(s.key.clone(), &answer_to(&first, 300, true));
         let second = query(0xbeef, &["wWw", "EXAMPLE", "com"], Some((1232, false)));
-        let got = cache.answer(&second, &shape(&second).unwrap()).unwrap();
+        let got = cache.answer(&second, &shape(&second).unwrap(), usize::from(u16::MAX)).unwrap();
         // The client's id and spelling, the rest as stored.
         assert_eq!(got, answer_to(&second, 300, true));
         // Aged: TTLs lowered by the time in the cache, gone after the smallest TTL.
         cache.entries.lock().unwrap().get_mut(&s.key).unwrap().stored -= std::time::Duration::from_secs(100);
-        let got = cache.answer(&second, &shape(&second).unwrap()).unwrap();
+        let got = cache.answer(&second, &shape(&second).unwrap(), usize::from(u16::MAX)).unwrap();
         assert_eq!(got, answer_to(&second, 200, true));
         cache.entries.lock().unwrap().get_mut(&s.key).unwrap().stored -= std::time::Duration::from_secs(200);
-        assert!(cache.answer(&second, &shape(&second).unwrap()).is_none());
+        assert!(cache.answer(&second, &shape(&second).unwrap(), usize::from(u16::MAX)).is_none());
         // Too large for a client without EDNS: not from the cache.
         let plain = query(2, &["big"], None);
         let ps = shape(&plain).unwrap();
@@ -463,18 +489,20 @@ mod tests {
         let records = 41u16.to_be_bytes();
         big[6..8].copy_from_slice(&records);
         cache.offer(ps.key.clone(), &big);
-        assert!(big.len() > 512 && cache.answer(&plain, &ps).is_none());
+        assert!(big.len() > 512 && cache.answer(&plain, &ps, ps.max_udp).is_none());
+        // Over TCP it is.
+        assert_eq!(cache.answer(&plain, &ps, usize::MAX).map(|a| a.len()), Some(big.len()));
         // Not kept: truncated, SERVFAIL, TTL 0.
         for (flag_byte, value) in [(2, 0x82u8), (3, 0x82)] {
             let mut a = answer_to(&plain, 60, false);
             a[flag_byte] = value;
             let c = AnswerCache::new(10);
             c.offer(ps.key.clone(), &a);
-            assert!(c.answer(&plain, &ps).is_none());
+            assert!(c.answer(&plain, &ps, ps.max_udp).is_none());
         }
         let c = AnswerCache::new(10);
         c.offer(ps.key.clone(), &answer_to(&plain, 0, false));
-        assert!(c.answer(&plain, &ps).is_none());
+        assert!(c.answer(&plain, &ps, ps.max_udp).is_none());
     }
 
     #[test]

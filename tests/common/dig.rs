@@ -78,6 +78,9 @@ pub fn dig_with(server: SocketAddr, source: Option<Ipv4Addr>, name: &str, rtype:
     parse(&output).unwrap_or_else(|| {
         if output.contains("timed out") || output.contains("no servers could be reached") {
             DigAnswer { rcode: "TIMEOUT".into(), flags: vec![], answer: vec![], authority: vec![], output }
+        } else if output.contains("communications error") {
+            // A TCP connection closed or refused by the server.
+            DigAnswer { rcode: "COMMERROR".into(), flags: vec![], answer: vec![], authority: vec![], output }
         } else {
             panic!(
                 "cannot parse dig output of {cmd:?} ({}):\n{output}{}",
