@@ -1,6 +1,7 @@
 //! Resolver benchmark with `dnsperf` on the loopback rig (needs root and the rig's packages,
 //! like the tests): `dnsledger resolver` against unbound on the same hierarchy in the same run,
-//! one thread each, both sending dnstap to `fstrm_capture`, plus ours with dnstap off.
+//! one thread each, both sending dnstap to `fstrm_capture`, plus ours with dnstap off and unbound
+//! with query name minimisation on (unbound's default; the rig's unbound has it off).
 //!
 //! - cached: 10 names asked over and over for `BENCH_SECONDS` (default 10);
 //! - cache miss: unique names under a wildcard (`r<round>-<n>.wild.example.com A`), each one
@@ -137,13 +138,21 @@ fn main() {
     let mut options = UnboundOptions::new(DnstapOut::Unix(unbound_sock));
     // Resolver messages only, as ours emits.
     options.client_messages = false;
-    let unbound = Unbound::start_with(&h, h.resolver_addr(1), options, work);
+    let unbound = Unbound::start_with(&h, h.resolver_addr(1), options.clone(), work);
+    // unbound as shipped minimises query names (its default, like hickory's recursor, which
+    // cannot turn it off); the rig's unbound above does not.
+    let qmin_sock = work.join("unbound-qmin.sock");
+    let _qmin_capture = FstrmCapture::unix(&qmin_sock, &work.join("unbound-qmin.fstrm"));
+    options.dnstap = Some(DnstapOut::Unix(qmin_sock));
+    options.extra_server = "qname-minimisation: yes".into();
+    let unbound_qmin = Unbound::start_with(&h, h.resolver_addr(2), options, work);
     let ours_sock = work.join("ours.sock");
     let _ours_capture = FstrmCapture::unix(&ours_sock, &work.join("ours.fstrm"));
     let ours = Stopped(start_ours(&bin, work, &h, h.resolver_addr(3), Some(&ours_sock)));
     let ours_off = Stopped(start_ours(&bin, work, &h, h.resolver_addr(4), None));
     let resolvers = [
         Resolver { name: "unbound (dnstap on)", addr: h.resolver_addr(1), pid: unbound.pid() },
+        Resolver { name: "unbound, qmin (dnstap on)", addr: h.resolver_addr(2), pid: unbound_qmin.pid() },
         Resolver { name: "dnsledger (dnstap on)", addr: h.resolver_addr(3), pid: ours.0.id() },
         Resolver { name: "dnsledger (dnstap off)", addr: h.resolver_addr(4), pid: ours_off.0.id() },
     ];
@@ -168,7 +177,7 @@ fn main() {
             miss_qps[i].push(qps);
         }
     }
-    for r in &resolvers[1..] {
+    for r in &resolvers[2..] {
         let port = 19_000 + u16::from(r.addr.octets()[3]);
         let text =
             std::process::Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/metrics")]).output();
@@ -191,7 +200,7 @@ fn main() {
     if let Ok(seconds) = std::env::var("BENCH_PROFILE_SECONDS") {
         // perf profile of ours (dnstap on) answering from the cache, then missing it.
         for (what, data, extra) in
-            [("cached", cached.clone(), vec!["-l", "5"]), ("miss", work.join("miss-0-1.txt"), vec!["-n", "1"])]
+            [("cached", cached.clone(), vec!["-l", "5"]), ("miss", work.join("miss-0-2.txt"), vec!["-n", "1"])]
         {
             let out = work.join(format!("perf-{what}.data"));
             let mut perf = Command::new("perf")
@@ -206,10 +215,10 @@ fn main() {
                 let text: String = (0..MISS_NAMES).map(|n| format!("p-{n}.wild.example.com A\n")).collect();
                 std::fs::write(&data, text).unwrap();
             }
-            dnsperf(resolvers[1].addr, client, &data, &[&["-q", "200"], extra.as_slice()].concat());
+            dnsperf(resolvers[2].addr, client, &data, &[&["-q", "200"], extra.as_slice()].concat());
             let _ = perf.wait();
             let report = Command::new("perf")
-                .args(["report", "--children", "--percent-limit", "4", "--stdio", "-g", "none", "-i"])
+                .args(["report", "--no-children", "--percent-limit", "1", "--stdio", "-g", "none", "-i"])
                 .arg(&out)
                 .output()
                 .expect("perf report");

@@ -15,6 +15,7 @@
 //!    `DNSLEDGER_BIN`) against `fstrm_capture` on the same input: frames/s and loss.
 //!
 //! `BENCH_COMPRESSION=1` with `--features compression` measures sled's zstd compression;
+//! `BENCH_WINDOW_KEYS=N` sets phase 1's window bound, `BENCH_FULL_ONLY=1` stops after it;
 //! `BENCH_API=1` gives phase 1 the store a sensor serving the API keeps (the feed log),
 //! `BENCH_API=days` with per-day rows too.
 
@@ -40,7 +41,9 @@ fn main() {
 
     // 1. Full pipeline, default configuration.
     let db = dir.path().join("full");
-    let cfg_full = config(&db, "");
+    // BENCH_WINDOW_KEYS: another window bound for this phase (the default is 200,000).
+    let window = std::env::var("BENCH_WINDOW_KEYS").map(|k| format!("[aggregate]\nwindow_keys = {k}\n"));
+    let cfg_full = config(&db, window.as_deref().unwrap_or(""));
     let stats = Arc::new(SensorStats::default());
     let start = Instant::now();
     let mut store = Store::open_with(&db, cfg_full.compression, cfg_full.cache_mb).expect("store");
@@ -73,6 +76,9 @@ fn main() {
         disk as f64 / 1e6
     );
 
+    if std::env::var_os("BENCH_FULL_ONLY").is_some() {
+        return;
+    }
     // 2. The stages alone: one window for the whole input, flushed once at the end.
     let db = dir.path().join("stages");
     let cfg_stages = config(&db, "[aggregate]\nwindow_seconds = 3600\nwindow_keys = 100000000\n");
