@@ -15,7 +15,8 @@
 //!    `DNSLEDGER_BIN`) against `fstrm_capture` on the same input: frames/s and loss.
 //!
 //! `BENCH_COMPRESSION=1` with `--features compression` measures sled's zstd compression;
-//! `BENCH_WINDOW_KEYS=N` sets phase 1's window bound, `BENCH_FULL_ONLY=1` stops after it;
+//! `BENCH_WINDOW_KEYS=N` sets phase 1's window bound, `BENCH_FULL_ONLY=1` stops after it,
+//! `BENCH_CACHE_MB=N` sets sled's cache, `BENCH_KEEP=1` keeps the work directory;
 //! `BENCH_API=1` gives phase 1 the store a sensor serving the API keeps (the feed log),
 //! `BENCH_API=days` with per-day rows too.
 
@@ -33,17 +34,20 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let frames: u64 = args.next().map(|a| a.parse().expect("FRAMES")).unwrap_or(2_000_000);
     let names: u64 = args.next().map(|a| a.parse().expect("NAMES")).unwrap_or(200_000);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let input = dir.path().join("input.dnstap");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    // BENCH_KEEP=1 keeps the work directory (input, stores) for a look afterwards.
+    let dir = if std::env::var_os("BENCH_KEEP").is_some() { tmp.keep() } else { tmp.path().to_path_buf() };
+    let input = dir.as_path().join("input.dnstap");
     let spec = GenerateSpec { frames, names, zones: 1_000, seed: 1, start: 1_767_225_600 };
     generate(&spec, &input).expect("generate");
     println!("input: {frames} frames over {names} names, {:.1} MB", size(&input) as f64 / 1e6);
 
     // 1. Full pipeline, default configuration.
-    let db = dir.path().join("full");
+    let db = dir.as_path().join("full");
     // BENCH_WINDOW_KEYS: another window bound for this phase (the default is 200,000).
     let window = std::env::var("BENCH_WINDOW_KEYS").map(|k| format!("[aggregate]\nwindow_keys = {k}\n"));
     let cfg_full = config(&db, window.as_deref().unwrap_or(""));
+    println!("window_keys {}, sled cache {} MiB", cfg_full.window_keys, cfg_full.cache_mb);
     let stats = Arc::new(SensorStats::default());
     let start = Instant::now();
     let mut store = Store::open_with(&db, cfg_full.compression, cfg_full.cache_mb).expect("store");
@@ -80,7 +84,7 @@ fn main() {
         return;
     }
     // 2. The stages alone: one window for the whole input, flushed once at the end.
-    let db = dir.path().join("stages");
+    let db = dir.as_path().join("stages");
     let cfg_stages = config(&db, "[aggregate]\nwindow_seconds = 3600\nwindow_keys = 100000000\n");
     let stats = Arc::new(SensorStats::default());
     let mut p = Pipeline::new(
@@ -111,20 +115,20 @@ fn main() {
         println!("socket: skipped, {} not built", bin.display());
         return;
     }
-    let sock = dir.path().join("bench.sock");
+    let sock = dir.as_path().join("bench.sock");
     let capture = Command::new("fstrm_capture")
         .args(["-t", "protobuf:dnstap.Dnstap", "-u"])
         .arg(&sock)
         .arg("-w")
-        .arg(dir.path().join("capture.dnstap"))
+        .arg(dir.as_path().join("capture.dnstap"))
         .stderr(Stdio::null())
         .spawn()
         .expect("fstrm_capture (fstrm-bin)");
     let theirs = replay(&sock, &input, capture);
-    let cfg = dir.path().join("sensor.toml");
+    let cfg = dir.as_path().join("sensor.toml");
     std::fs::write(
         &cfg,
-        format!("db = \"{}\"\n[listen]\nunix = [\"{}\"]\n", dir.path().join("sock-db").display(), sock.display()),
+        format!("db = \"{}\"\n[listen]\nunix = [\"{}\"]\n", dir.as_path().join("sock-db").display(), sock.display()),
     )
     .expect("config");
     let sensor =
@@ -140,8 +144,10 @@ fn main() {
 
 /// With `BENCH_COMPRESSION=1` (and `--features compression`) the stores are compressed.
 fn config(db: &Path, extra: &str) -> SensorConfig {
-    let store = if std::env::var_os("BENCH_COMPRESSION").is_some() { "[store]\ncompression = true\n" } else { "" };
-    SensorConfig::parse(&format!("db = \"{}\"\n{extra}\n{store}", db.display())).expect("config")
+    let compression = if std::env::var_os("BENCH_COMPRESSION").is_some() { "compression = true\n" } else { "" };
+    // BENCH_CACHE_MB: sled's cache (the sensor's default is 32 MiB).
+    let cache = std::env::var("BENCH_CACHE_MB").map(|mb| format!("cache_mb = {mb}\n")).unwrap_or_default();
+    SensorConfig::parse(&format!("db = \"{}\"\n{extra}\n[store]\n{compression}{cache}", db.display())).expect("config")
 }
 
 fn size(p: &Path) -> u64 {

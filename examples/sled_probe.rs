@@ -8,7 +8,8 @@
 //! N keys like RRset keys (`R` + reversed owner + type + bailiwick + digest, ~60 bytes) with
 //! values of VALUE_BYTES, into trees of a fresh database with a 1 GiB cache (no sync):
 //! new keys one by one in random and in sorted order, new keys in atomic batches of 2,000
-//! (what a merge is), then overwrites and gets of the existing keys.
+//! (what a merge is), then overwrites and gets of the existing keys, with the process's
+//! resident memory after each. `PROBE_CACHE_MB` sets the cache (default 1024).
 
 use std::time::Instant;
 
@@ -16,10 +17,11 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().map(|a| a.parse().expect("N")).unwrap_or(500_000);
     let value_bytes: usize = args.next().map(|a| a.parse().expect("VALUE_BYTES")).unwrap_or(150);
+    let cache_mb: u64 = std::env::var("PROBE_CACHE_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
     let dir = tempfile::tempdir().expect("temp dir");
     let db = sled::Config::new()
         .path(dir.path())
-        .cache_capacity(1 << 30)
+        .cache_capacity(cache_mb << 20)
         .mode(sled::Mode::HighThroughput)
         .open()
         .expect("sled");
@@ -33,7 +35,7 @@ fn main() {
     sorted.sort();
     let value = vec![7u8; value_bytes];
     let rate = |what: &str, start: Instant| {
-        println!("{what}: {:.0}/s", n as f64 / start.elapsed().as_secs_f64());
+        println!("{what}: {:.0}/s, RSS {} MiB", n as f64 / start.elapsed().as_secs_f64(), rss_mib());
     };
 
     for (what, keys) in [("random", &random), ("sorted", &sorted)] {
@@ -64,4 +66,14 @@ fn main() {
         assert!(t.get(k).expect("get").is_some());
     }
     rate("gets, random order", start);
+}
+
+/// The process's resident memory now.
+fn rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
 }

@@ -188,7 +188,7 @@ impl SensorConfig {
         if window_seconds == 0 || window_seconds > 3600 {
             err("aggregate.window_seconds", format!("{window_seconds}: between 1 and 3600"));
         }
-        let window_keys = raw.aggregate.window_keys.unwrap_or(200_000);
+        let window_keys = raw.aggregate.window_keys.unwrap_or(50_000);
         if window_keys == 0 {
             err("aggregate.window_keys", "must be at least 1".into());
         }

@@ -40,6 +40,10 @@ pub const IANA_ROOT_SERVERS: &[&str] = &[
 
 /// Zones remembered per server address or name server name.
 const ZONES_PER_NAME: usize = 256;
+/// Answered addresses remembered per generation (two are kept): enough for resolvers that log
+/// a glueless server's address shortly before the referral naming it, small beside a window
+/// (every A/AAAA answer passes through here).
+const RECENT_PER_GENERATION: usize = 32_768;
 
 /// Server address -> zones, bounded. Lookups take the closest enclosing zone of a name.
 #[derive(Debug)]
@@ -48,8 +52,10 @@ pub struct ZoneMap {
     /// Name server names of delegations whose addresses were not in the referral (glueless).
     pending: HashMap<Name, Vec<Name>>,
     /// Addresses recently answered, by name: the answer for a glueless server's address may
-    /// be logged before the referral that names it (BIND logs out of order). Cleared when full.
+    /// be logged before the referral that names it (BIND logs out of order). When full, it
+    /// becomes `older` and a new one starts.
     recent: HashMap<Name, Vec<IpAddr>>,
+    older: HashMap<Name, Vec<IpAddr>>,
     limit: usize,
     /// Entries not added because the map was full.
     pub full: u64,
@@ -60,7 +66,15 @@ pub struct ZoneMap {
 impl ZoneMap {
     /// An empty map holding at most `limit` servers and as many pending names.
     pub fn new(limit: usize) -> Self {
-        Self { servers: HashMap::new(), pending: HashMap::new(), recent: HashMap::new(), limit, full: 0, generation: 0 }
+        Self {
+            servers: HashMap::new(),
+            pending: HashMap::new(),
+            recent: HashMap::new(),
+            older: HashMap::new(),
+            limit,
+            full: 0,
+            generation: 0,
+        }
     }
 
     /// Seeds the root zone's servers.
@@ -93,7 +107,7 @@ impl ZoneMap {
     /// Remembers that `target` serves `zone`, until an answer gives its address (or maps the
     /// addresses already answered for it).
     pub fn add_server_name(&mut self, target: &Name, zone: &Name) {
-        if let Some(addrs) = self.recent.get(target).cloned() {
+        if let Some(addrs) = self.recent.get(target).or_else(|| self.older.get(target)).cloned() {
             for a in addrs {
                 self.add(a, zone.clone());
             }
@@ -136,8 +150,8 @@ impl ZoneMap {
                 }
             }
         }
-        if self.recent.len() >= self.limit {
-            self.recent.clear();
+        if self.recent.len() >= RECENT_PER_GENERATION.min(self.limit) {
+            self.older = std::mem::take(&mut self.recent);
         }
         self.recent.insert(owner, addrs);
     }
@@ -158,5 +172,37 @@ impl ZoneMap {
 
     pub fn is_empty(&self) -> bool {
         self.servers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn learn_others(m: &mut ZoneMap, n: usize, tag: &str) {
+        for i in 0..n {
+            m.learn_address(Name::from_ascii(format!("h{i}.{tag}.")).unwrap(), vec!["192.0.2.1".parse().unwrap()]);
+        }
+    }
+
+    #[test]
+    fn answered_addresses_are_remembered_for_a_while_in_bounded_memory() {
+        let ns = Name::from_ascii("ns.example.com.").unwrap();
+        let zone = Name::from_ascii("glueless.test.").unwrap();
+        let addr: IpAddr = "192.0.2.53".parse().unwrap();
+        // The address answered, then a generation's worth of other answers, then the
+        // referral naming the server: still placed.
+        let mut m = ZoneMap::new(1_000_000);
+        m.learn_address(ns.clone(), vec![addr]);
+        learn_others(&mut m, RECENT_PER_GENERATION, "a");
+        m.add_server_name(&ns, &zone);
+        assert_eq!(m.zones_of(addr), std::slice::from_ref(&zone));
+        // Two generations later it is forgotten, and the memory stays bounded.
+        let mut m = ZoneMap::new(1_000_000);
+        m.learn_address(ns.clone(), vec![addr]);
+        learn_others(&mut m, 2 * RECENT_PER_GENERATION, "b");
+        m.add_server_name(&ns, &zone);
+        assert!(m.zones_of(addr).is_empty());
+        assert!(m.recent.len() + m.older.len() <= 2 * RECENT_PER_GENERATION);
     }
 }
