@@ -74,7 +74,8 @@ pub struct ResolverStats {
     /// get FORMERR).
     pub dropped: ReasonCounter,
     /// TCP connections or messages not answered as queries, by reason (`connections` past
-    /// the limit, `runt`, `truncated`, `response`; `malformed` ones get FORMERR).
+    /// the limit, `runt`, `truncated`, `response`; `malformed` ones get FORMERR), and answers
+    /// not delivered (`unread`: the client stopped reading; `unsent`: it had gone).
     pub tcp_dropped: ReasonCounter,
     /// Queries answered by the UDP front's cache of encoded answers.
     pub answer_cache_hits: Counter,
@@ -143,7 +144,7 @@ impl Metrics for ResolverStats {
         write_reasons(
             out,
             &format!("{p}_tcp_dropped_total"),
-            "TCP connections or messages not answered as queries (over the connection limit, runts, stalled, responses, malformed).",
+            "TCP connections or messages not answered as queries (over the connection limit, runts, stalled, responses, malformed), or answers not delivered (unread, unsent).",
             "reason",
             &self.tcp_dropped,
         );
@@ -509,7 +510,8 @@ pub async fn run(
             fronts_shutdown.clone(),
         ));
     }
-    let limits = tcp::Limits { idle: config.tcp_idle, max_connections: config.tcp_max_connections };
+    let limits =
+        tcp::Limits { idle: config.tcp_idle, connections: Arc::new(Semaphore::new(config.tcp_max_connections)) };
     for addr in &config.tcp {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("tcp {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, "resolver listening (tcp)");
@@ -518,7 +520,7 @@ pub async fn run(
             frontend.clone(),
             cache.clone(),
             stats.clone(),
-            limits,
+            limits.clone(),
             client_tasks.clone(),
             fronts_shutdown.clone(),
         ));

@@ -5,9 +5,13 @@
 //!   counted (`reason="connections"`);
 //! - a connection idle for `listen.tcp_idle_seconds`, or stalled inside a message for as long,
 //!   is closed; a message shorter than a DNS header closes it too (nothing to answer with);
-//! - up to [`PIPELINE`] queries of one connection are resolved at once (RFC 7766 pipelining,
-//!   answers in the order they are ready); past that the connection is not read, so a client
-//!   pushing more waits on TCP instead of growing our memory;
+//! - up to [`PIPELINE`] queries of one connection are resolved or waiting to be written at
+//!   once (RFC 7766 pipelining, answers in the order they are ready); past that the connection
+//!   is not read, so a client pushing more waits on TCP instead of growing our memory. An
+//!   answer never waits for its client inside the resolver (it is queued, and the queue has
+//!   room for every answer the connection may have outstanding), so a client that does not
+//!   read holds no resolver capacity; a write that makes no progress for the idle time closes
+//!   the connection;
 //! - malformed queries get FORMERR and the connection stays open, as over UDP; DNS responses
 //!   sent to us are dropped, counted.
 //!
@@ -37,10 +41,11 @@ use super::{Frontend, ResolverStats};
 pub const PIPELINE: usize = 16;
 
 /// What the TCP front holds to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub idle: Duration,
-    pub max_connections: usize,
+    /// Connections open at once, shared by every listener.
+    pub connections: Arc<Semaphore>,
 }
 
 /// Serves one TCP listener until `shutdown`; `cache` is `None` when CLIENT_* dnstap is on.
@@ -53,7 +58,6 @@ pub async fn serve(
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (stream, src) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -67,7 +71,7 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
+        let Ok(permit) = limits.connections.clone().try_acquire_owned() else {
             stats.tcp_dropped.inc("connections");
             continue;
         };
@@ -92,30 +96,49 @@ struct Connection {
     tasks: TaskTracker,
 }
 
+/// An answer waiting for the writer, with the pipeline slot it holds until written.
+type Queued = (Vec<u8>, OwnedSemaphorePermit);
+
 impl Connection {
     /// Reads queries until the client closes, idles, misbehaves or we shut down; the writer
-    /// sends every answer of a query already read before the connection closes.
+    /// sends every answer of a query already read before the connection closes, unless the
+    /// client stops reading them.
     async fn run(self, stream: TcpStream, shutdown: CancellationToken, _permit: OwnedSemaphorePermit) {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(PIPELINE);
+        // Room for every answer outstanding (one per pipeline slot): queueing never waits.
+        let (tx, mut rx) = mpsc::channel::<Queued>(PIPELINE);
+        let idle = self.idle;
+        let stats = self.stats.clone();
         let writer = tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
+            while let Some((m, _slot)) = rx.recv().await {
                 let mut out = Vec::with_capacity(2 + m.len());
                 out.extend_from_slice(&(m.len() as u16).to_be_bytes());
                 out.extend_from_slice(&m);
-                if let Err(e) = wr.write_all(&out).await {
-                    tracing::debug!(error = %e, "tcp write");
-                    break;
+                match tokio::time::timeout(idle, wr.write_all(&out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "tcp write");
+                        break;
+                    }
+                    Err(_) => {
+                        // The client does not read: give up on it (queued answers dropped).
+                        stats.tcp_dropped.inc("unread");
+                        break;
+                    }
                 }
             }
             let _ = wr.shutdown().await;
         });
         let pipeline = Arc::new(Semaphore::new(PIPELINE));
+        let mut stopping = false;
         loop {
             let mut len = [0u8; 2];
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => {
+                    stopping = true;
+                    break;
+                }
                 r = tokio::time::timeout(self.idle, rd.read_exact(&mut len)) => match r {
                     Ok(Ok(_)) => {}
                     // Closed by the client, or idle.
@@ -132,30 +155,49 @@ impl Connection {
                 self.stats.tcp_dropped.inc("truncated");
                 break;
             }
+            // A free pipeline slot: all taken means answers are not being read (or are still
+            // resolving); wait for one as long as the connection may idle.
+            let slot = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    stopping = true;
+                    break;
+                }
+                s = tokio::time::timeout(self.idle, pipeline.clone().acquire_owned()) => match s {
+                    Ok(Ok(slot)) => slot,
+                    _ => break,
+                },
+            };
             let shape = self.cache.as_ref().and_then(|_| udp::shape(&raw));
             if let (Some(cache), Some(s)) = (&self.cache, &shape) {
                 let start = Instant::now();
                 if let Some(answer) =
                     udp::from_cache(cache, &self.frontend, &self.stats, &raw, s, self.src, Protocol::Tcp)
                 {
-                    if tx.send(answer).await.is_err() {
+                    if tx.try_send((answer, slot)).is_err() {
                         break;
                     }
                     self.stats.latency.observe(start.elapsed());
                     continue;
                 }
             }
-            let Ok(permit) = pipeline.clone().acquire_owned().await else { break };
             let offer = self.cache.clone().zip(shape.map(|s| s.key));
-            let (frontend, stats, reply) = (self.frontend.clone(), self.stats.clone(), Reply { tx: tx.clone(), offer });
-            let src = self.src;
-            self.tasks.spawn(async move {
-                query(raw, src, &frontend, &stats, reply).await;
-                drop(permit);
-            });
+            let slot = Arc::new(std::sync::Mutex::new(Some(slot)));
+            let reply = Reply { tx: tx.clone(), slot, offer, stats: self.stats.clone() };
+            let (frontend, stats, src) = (self.frontend.clone(), self.stats.clone(), self.src);
+            self.tasks.spawn(async move { query(raw, src, &frontend, &stats, reply).await });
         }
         drop(tx);
         let _ = writer.await;
+        if stopping {
+            // Queries the client sent that we did not read would make closing reset the
+            // connection, and a reset may discard answers the client has not read yet: take
+            // what is in flight for a moment first.
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        }
     }
 }
 
@@ -167,7 +209,7 @@ async fn query(raw: Vec<u8>, src: SocketAddr, frontend: &Frontend, stats: &Resol
             tracing::debug!(error = %e, "malformed query (tcp)");
             stats.tcp_dropped.inc("malformed");
             stats.responses.inc("FORMERR");
-            let _ = reply.tx.send(udp::formerr(header).to_vec()).await;
+            reply.queue(udp::formerr(header).to_vec());
             return;
         }
     };
@@ -178,11 +220,27 @@ async fn query(raw: Vec<u8>, src: SocketAddr, frontend: &Frontend, stats: &Resol
     frontend.handle_request::<_, TokioTime>(&request, reply).await;
 }
 
-/// Hands an answer to the connection's writer and offers it to the cache.
+/// Queues an answer for the connection's writer (never waiting: see [`Connection::run`]) and
+/// offers it to the cache.
 #[derive(Clone)]
 struct Reply {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Queued>,
+    /// The query's pipeline slot, released once its answer is written (shared by clones:
+    /// hickory's handlers are `Clone`; one query has one answer).
+    slot: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
     offer: Option<(Arc<AnswerCache>, Vec<u8>)>,
+    stats: Arc<ResolverStats>,
+}
+
+impl Reply {
+    fn queue(&self, wire: Vec<u8>) {
+        let Some(slot) = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        // Full cannot happen (a slot per queued answer); closed: the connection is gone,
+        // which is the client's doing, not a failure to answer.
+        if self.tx.try_send((wire, slot)).is_err() {
+            self.stats.tcp_dropped.inc("unsent");
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -202,7 +260,7 @@ impl ResponseHandler for Reply {
         if let Some((cache, key)) = self.offer.take() {
             cache.offer(key, &wire);
         }
-        self.tx.send(wire).await.map_err(|_| NetError::from("tcp connection closed"))?;
+        self.queue(wire);
         Ok(info)
     }
 }
