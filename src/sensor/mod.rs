@@ -14,9 +14,10 @@
 pub mod config;
 pub mod extract;
 pub mod filter;
+mod window;
 pub mod zones;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +35,7 @@ use crate::dnstap::{self, DnstapEvent};
 use crate::framestream::{DNSTAP_CONTENT_TYPE, Endpoint, FileReader, Listener, ListenerConfig, ListenerStats};
 use crate::metrics::{Counter, Gauge, Metrics, ReasonCounter, Registry, Tally, write_metric, write_reasons};
 use crate::store::{Delta, Store, StoreError};
+use window::Window;
 
 /// Pipeline counters (Prometheus prefix `dnsledger_sensor_`).
 #[derive(Debug, Default)]
@@ -180,17 +182,10 @@ impl Metrics for SensorStats {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Agg {
-    first: u64,
-    last: u64,
-    count: u64,
-}
-
 /// The pipeline state: extractor, open window, store.
 pub struct Pipeline {
     extractor: Extractor,
-    window: HashMap<(Kind, Rrset), Agg>,
+    window: Window,
     opened: Instant,
     window_age: Duration,
     window_keys: usize,
@@ -220,7 +215,7 @@ impl Pipeline {
         stats.outbox_batches.set(store.outbox_len() as i64);
         Self {
             extractor: Extractor::new(extract, filter, zones),
-            window: HashMap::new(),
+            window: Window::default(),
             opened: Instant::now(),
             window_age: config.window,
             window_keys: config.window_keys,
@@ -270,14 +265,7 @@ impl Pipeline {
         }
         self.stats.rrsets_observed.add(self.scratch.len() as u64);
         for o in self.scratch.drain(..) {
-            self.window
-                .entry((o.kind, o.rrset))
-                .and_modify(|a| {
-                    a.first = a.first.min(o.time);
-                    a.last = a.last.max(o.time);
-                    a.count += 1;
-                })
-                .or_insert(Agg { first: o.time, last: o.time, count: 1 });
+            self.window.add(o.kind, &o.rrset, o.time);
         }
         self.stats.window_keys.set(self.window.len() as i64);
         if self.window.len() >= self.window_keys {
@@ -328,20 +316,9 @@ impl Pipeline {
         if self.window.is_empty() {
             return Ok(());
         }
-        let deltas: Vec<Delta> = self
-            .window
-            .drain()
-            .map(|((kind, rrset), a)| Delta {
-                kind,
-                rrset,
-                first: a.first,
-                last: a.last,
-                count: a.count,
-                sensors: Vec::new(),
-            })
-            .collect();
+        let entries = self.window.take();
         self.stats.window_keys.set(0);
-        self.flusher.send(deltas)
+        self.flusher.send(entries)
     }
 
     /// End of input: what still has no bailiwick is dropped, the window written, and this
@@ -372,7 +349,7 @@ impl Pipeline {
 /// closing, after 5 attempts the error is returned and what was not written is lost with the
 /// process, as an unflushed window would be.
 struct Flusher {
-    tx: Option<std::sync::mpsc::SyncSender<Vec<Delta>>>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<window::Entry>>>,
     thread: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
     closing: Arc<std::sync::atomic::AtomicBool>,
     store: Store,
@@ -382,15 +359,15 @@ struct Flusher {
 
 impl Flusher {
     fn start(store: Store, outbox: bool, stats: Arc<SensorStats>) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Delta>>(0);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<window::Entry>>(0);
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
             let (store, stats, closing) = (store.clone(), stats.clone(), closing.clone());
             std::thread::Builder::new()
                 .name("sensor-flush".into())
                 .spawn(move || {
-                    for deltas in rx {
-                        write_window(&store, &deltas, outbox, &stats, &closing)?;
+                    for entries in rx {
+                        write_window(&store, &entries, outbox, &stats, &closing)?;
                     }
                     Ok(())
                 })
@@ -399,15 +376,15 @@ impl Flusher {
         Self { tx: Some(tx), thread: Some(thread), closing, store, outbox, stats }
     }
 
-    fn send(&mut self, deltas: Vec<Delta>) -> Result<(), StoreError> {
+    fn send(&mut self, entries: Vec<window::Entry>) -> Result<(), StoreError> {
         match &self.tx {
-            Some(tx) => match tx.send(deltas) {
+            Some(tx) => match tx.send(entries) {
                 Ok(()) => Ok(()),
                 // The thread has given up (only when closing): report why.
                 Err(std::sync::mpsc::SendError(_)) => self.close(),
             },
             // After close: write synchronously.
-            None => write_window(&self.store, &deltas, self.outbox, &self.stats, &self.closing),
+            None => write_window(&self.store, &entries, self.outbox, &self.stats, &self.closing),
         }
     }
 
@@ -432,12 +409,15 @@ impl Drop for Flusher {
 
 fn write_window(
     store: &Store,
-    deltas: &[Delta],
+    entries: &[window::Entry],
     outbox: bool,
     stats: &SensorStats,
     closing: &std::sync::atomic::AtomicBool,
 ) -> Result<(), StoreError> {
-    for chunk in deltas.chunks(FLUSH_CHUNK) {
+    for part in entries.chunks(FLUSH_CHUNK) {
+        // Decoded a chunk at a time: only the batch being written is in owned form.
+        let chunk: Vec<Delta> = part.iter().map(window::delta).collect();
+        let chunk = chunk.as_slice();
         let st = retry("store write", stats, closing, || store.merge(chunk, outbox))?;
         // Applied: from here on only the sync is retried, never the merge.
         retry("store sync", stats, closing, || store.sync())?;
@@ -453,7 +433,7 @@ fn write_window(
     }
     stats.flushes.inc();
     stats.outbox_batches.set(store.outbox_len() as i64);
-    tracing::debug!(rrsets = deltas.len(), "window written");
+    tracing::debug!(rrsets = entries.len(), "window written");
     Ok(())
 }
 

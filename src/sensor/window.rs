@@ -1,0 +1,167 @@
+//! The aggregation window: each distinct RRset seen since the last flush with its first seen,
+//! last seen and count. An RRset is kept as one byte string (kind, type, owner, bailiwick,
+//! rdata, each length-prefixed) instead of its owned strings: one allocation per entry in
+//! place of four or more, about half the memory per entry (docs/BENCHMARKS.md), so a window
+//! of a given size costs less and merges as many repeats.
+
+use std::collections::HashMap;
+
+use super::extract::{Kind, Rrset};
+use crate::store::Delta;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Agg {
+    pub first: u64,
+    pub last: u64,
+    pub count: u64,
+}
+
+/// A window's entry: the encoded RRset and its aggregate.
+pub type Entry = (Box<[u8]>, Agg);
+
+#[derive(Debug, Default)]
+pub struct Window {
+    map: HashMap<Box<[u8]>, Agg>,
+    scratch: Vec<u8>,
+}
+
+impl Window {
+    /// Counts one observation of `rrset` at `time`.
+    pub fn add(&mut self, kind: Kind, rrset: &Rrset, time: u64) {
+        encode(kind, rrset, &mut self.scratch);
+        match self.map.get_mut(self.scratch.as_slice()) {
+            Some(a) => {
+                a.first = a.first.min(time);
+                a.last = a.last.max(time);
+                a.count += 1;
+            }
+            None => {
+                self.map.insert(self.scratch.as_slice().into(), Agg { first: time, last: time, count: 1 });
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Empties the window, handing over its entries.
+    pub fn take(&mut self) -> Vec<Entry> {
+        self.map.drain().collect()
+    }
+}
+
+fn kind_byte(kind: Kind) -> u8 {
+    match kind {
+        Kind::Positive => 0,
+        Kind::NxDomain => 1,
+        Kind::NoData => 2,
+    }
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn encode(kind: Kind, rrset: &Rrset, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(kind_byte(kind));
+    out.extend_from_slice(&rrset.rrtype.to_le_bytes());
+    push_str(out, &rrset.rrname);
+    push_str(out, &rrset.bailiwick);
+    out.extend_from_slice(&(rrset.rdata.len() as u32).to_le_bytes());
+    for r in &rrset.rdata {
+        push_str(out, r);
+    }
+}
+
+/// Reads what [`encode`] wrote (the window's own bytes: a failure is a bug).
+fn decode(key: &[u8]) -> (Kind, Rrset) {
+    let kind = match key[0] {
+        0 => Kind::Positive,
+        1 => Kind::NxDomain,
+        _ => Kind::NoData,
+    };
+    let rrtype = u16::from_le_bytes([key[1], key[2]]);
+    let mut r = Reader { key, at: 3 };
+    let rrname = r.string();
+    let bailiwick = r.string();
+    let n = r.u32() as usize;
+    let rdata = (0..n).map(|_| r.string()).collect();
+    (kind, Rrset { rrname, rrtype, bailiwick, rdata })
+}
+
+struct Reader<'a> {
+    key: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn u32(&mut self) -> u32 {
+        let v = u32::from_le_bytes(self.key[self.at..self.at + 4].try_into().expect("4 bytes"));
+        self.at += 4;
+        v
+    }
+
+    fn string(&mut self) -> String {
+        let n = self.u32() as usize;
+        let s = String::from_utf8(self.key[self.at..self.at + n].to_vec()).expect("the window's own UTF-8");
+        self.at += n;
+        s
+    }
+}
+
+/// The store delta of a window entry.
+pub fn delta((key, a): &Entry) -> Delta {
+    let (kind, rrset) = decode(key);
+    Delta { kind, rrset, first: a.first, last: a.last, count: a.count, sensors: Vec::new() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rrset(name: &str, rdata: &[&str]) -> Rrset {
+        Rrset {
+            rrname: name.into(),
+            rrtype: 1,
+            bailiwick: "example.com.".into(),
+            rdata: rdata.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_window_sums_observations_per_rrset_and_gives_them_back() {
+        let mut w = Window::default();
+        let a = rrset("www.example.com.", &["192.0.2.1", "192.0.2.2"]);
+        // Same owner and type, other rdata; an rdata string that runs into the next: distinct.
+        let b = rrset("www.example.com.", &["192.0.2.1"]);
+        let c = rrset("www.example.com.", &["192.0.2.1192.0.2.2"]);
+        w.add(Kind::Positive, &a, 20);
+        w.add(Kind::Positive, &a, 10);
+        w.add(Kind::Positive, &a, 30);
+        w.add(Kind::Positive, &b, 5);
+        w.add(Kind::Positive, &c, 6);
+        w.add(Kind::NoData, &b, 7);
+        assert_eq!(w.len(), 4);
+        let mut deltas: Vec<Delta> = w.take().iter().map(delta).collect();
+        assert!(w.is_empty());
+        deltas.sort_by_key(|d| d.first);
+        let got: Vec<(Kind, Rrset, u64, u64, u64)> =
+            deltas.into_iter().map(|d| (d.kind, d.rrset, d.first, d.last, d.count)).collect();
+        assert_eq!(
+            got,
+            [
+                (Kind::Positive, b.clone(), 5, 5, 1),
+                (Kind::Positive, c, 6, 6, 1),
+                (Kind::NoData, b, 7, 7, 1),
+                (Kind::Positive, a, 10, 30, 3),
+            ]
+        );
+    }
+}
