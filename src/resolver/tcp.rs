@@ -10,8 +10,8 @@
 //!   is not read, so a client pushing more waits on TCP instead of growing our memory. An
 //!   answer never waits for its client inside the resolver (it is queued, and the queue has
 //!   room for every answer the connection may have outstanding), so a client that does not
-//!   read holds no resolver capacity; a write that makes no progress for the idle time closes
-//!   the connection;
+//!   read holds no resolver capacity; an answer that cannot be written within the idle time
+//!   closes the connection;
 //! - malformed queries get FORMERR and the connection stays open, as over UDP; DNS responses
 //!   sent to us are dropped, counted.
 //!

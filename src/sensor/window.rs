@@ -1,8 +1,8 @@
 //! The aggregation window: each distinct RRset seen since the last flush with its first seen,
 //! last seen and count. An RRset is kept as one byte string (kind, type, owner, bailiwick,
 //! rdata, each length-prefixed) instead of its owned strings: one allocation per entry in
-//! place of four or more, about half the memory per entry (docs/BENCHMARKS.md), so a window
-//! of a given size costs less and merges as many repeats.
+//! place of four or more, so a window of a given size takes much less memory (measured in
+//! docs/BENCHMARKS.md) and merges as many repeats.
 
 use std::collections::HashMap;
 
