@@ -480,14 +480,15 @@ fn bad_clients_are_answered_or_dropped_and_the_resolver_keeps_serving() {
     let flood = std::thread::spawn(move || {
         let mut t = std::net::TcpStream::connect(server).unwrap();
         let mut sent = 0;
-        while sent < 100 && t.write_all(&burst).is_ok() {
+        // Up to 270 MB: more than socket buffers hold, so the writes end only if we are cut off.
+        while sent < 1000 && t.write_all(&burst).is_ok() {
             sent += 1;
         }
         sent
     });
     wait_for("the unread connection given up", Duration::from_secs(60), || tcp_dropped("unread") >= 1);
     ok("a client that does not read");
-    assert!(flood.join().unwrap() < 100, "the connection was closed before all was sent");
+    assert!(flood.join().unwrap() < 1000, "the connection was closed before all was sent");
 
     // Outside the access list: REFUSED (rcode 5), counted.
     let stranger = Ipv4Addr::new(127, 69, 3, 1);

@@ -139,6 +139,8 @@ impl Connection {
                     stopping = true;
                     break;
                 }
+                // The writer gave up on the client: read no more from it.
+                _ = tx.closed() => break,
                 r = tokio::time::timeout(self.idle, rd.read_exact(&mut len)) => match r {
                     Ok(Ok(_)) => {}
                     // Closed by the client, or idle.
@@ -162,6 +164,7 @@ impl Connection {
                     stopping = true;
                     break;
                 }
+                _ = tx.closed() => break,
                 s = tokio::time::timeout(self.idle, pipeline.clone().acquire_owned()) => match s {
                     Ok(Ok(slot)) => slot,
                     _ => break,
