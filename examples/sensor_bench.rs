@@ -16,6 +16,7 @@
 //!
 //! `BENCH_COMPRESSION=1` with `--features compression` measures sled's zstd compression;
 //! `BENCH_WINDOW_KEYS=N` sets phase 1's window bound, `BENCH_FULL_ONLY=1` stops after it,
+//! `BENCH_STAGES_ONLY=1` runs the stages of phase 2 alone, without their flush (to profile them),
 //! `BENCH_CACHE_MB=N` sets sled's cache, `BENCH_KEEP=1` keeps the work directory;
 //! `BENCH_API=1` gives phase 1 the store a sensor serving the API keeps (the feed log),
 //! `BENCH_API=days` with per-day rows too.
@@ -42,6 +43,8 @@ fn main() {
     generate(&spec, &input).expect("generate");
     println!("input: {frames} frames over {names} names, {:.1} MB", size(&input) as f64 / 1e6);
 
+    // BENCH_STAGES_ONLY=1: phase 2's stages only, without its flush (for a profile of them).
+    let stages_only = std::env::var_os("BENCH_STAGES_ONLY").is_some();
     // 1. Full pipeline, default configuration.
     let db = dir.as_path().join("full");
     // BENCH_WINDOW_KEYS: another window bound for this phase (the default is 200,000).
@@ -59,7 +62,9 @@ fn main() {
         println!("store with the feed log{} (BENCH_API)", if api.day_rows { " and per-day rows" } else { "" });
     }
     let mut p = Pipeline::new(&cfg_full, store, stats.clone());
-    for f in FileReader::open(&input, DNSTAP_CONTENT_TYPE).expect("input") {
+    for f in
+        FileReader::open(&input, DNSTAP_CONTENT_TYPE).expect("input").take(if stages_only { 0 } else { usize::MAX })
+    {
         p.frame(f.expect("frame")).expect("pipeline");
     }
     p.finish().expect("flush");
@@ -98,6 +103,10 @@ fn main() {
     }
     let stages = start.elapsed();
     let keys = stats.window_keys.get();
+    if stages_only {
+        println!("stages only: {:.0} frames/s, {keys} RRsets in the window", frames as f64 / stages.as_secs_f64());
+        std::process::exit(0);
+    }
     let start = Instant::now();
     p.finish().expect("flush");
     let flush = start.elapsed();

@@ -1,12 +1,13 @@
 //! DNS presentation helpers shared by `tap` output and the sensor's RRsets: mnemonics for
 //! RCODE, OPCODE and RR types (RFC 3597 `TYPEnnn` when unknown) and rdata in zone-file
 //! presentation format (quoted, escaped TXT strings; RFC 3597 `\# len hex` for unknown types),
-//! which hickory's `Display` does not give for those cases.
+//! which hickory's `Display` does not give for those cases; domain names as on the wire, in
+//! ASCII with RFC 1035 escapes (see [`push_name`]).
 
 use std::fmt::Write as _;
 
 use hickory_proto::op::{OpCode, ResponseCode};
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::{Name, RData, RecordType};
 
 /// RCODE mnemonic as dig and the dnstap tools print it (numbers when unassigned).
 pub fn rcode_name(rcode: ResponseCode) -> String {
@@ -68,9 +69,90 @@ fn quoted(bytes: &[u8], out: &mut String) {
     out.push('"');
 }
 
-/// Rdata in presentation format.
+/// A domain name in presentation format, absolute (with the trailing dot; the root is `.`).
+pub fn name_text(name: &Name) -> String {
+    let mut s = String::with_capacity(name.len() + 1);
+    push_name(name, &mut s);
+    s
+}
+
+/// Appends a domain name in RFC 1035 presentation format (section 5.1), byte for byte as on
+/// the wire: letter case kept, `xn--` labels left in ASCII (passive DNS databases and the
+/// DNSDB API keep names as sent), the special characters `. \ " ( ) ; @ $` escaped with a
+/// backslash, any other byte outside printable ASCII as `\DDD` in decimal. hickory's
+/// `Display` differs on exactly those: it turns `xn--` labels into Unicode and writes `\DDD`
+/// in octal (and it is the sensor's costliest step, formatting a character at a time).
+pub fn push_name(name: &Name, out: &mut String) {
+    let mut labels = 0;
+    for label in name.iter() {
+        labels += 1;
+        for &b in label {
+            match b {
+                b'.' | b'\\' | b'"' | b'(' | b')' | b';' | b'@' | b'$' => {
+                    out.push('\\');
+                    out.push(b as char);
+                }
+                0x21..=0x7e => out.push(b as char),
+                _ => {
+                    out.push('\\');
+                    out.push((b'0' + b / 100) as char);
+                    out.push((b'0' + b / 10 % 10) as char);
+                    out.push((b'0' + b % 10) as char);
+                }
+            }
+        }
+        out.push('.');
+    }
+    if labels == 0 {
+        out.push('.');
+    }
+}
+
+/// Rdata in presentation format. Names in the rdata of the common types (NS, CNAME, PTR,
+/// ANAME, MX, SRV, SOA) as [`push_name`] writes them; other types as hickory prints them.
 pub fn rdata_text(rdata: &RData) -> String {
     match rdata {
+        RData::A(a) => {
+            // Dotted decimal by hand: std's `Display` goes through the formatter per octet,
+            // 6% of the sensor's stages.
+            let mut s = String::with_capacity(15);
+            for (i, o) in a.0.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if o >= 100 {
+                    s.push((b'0' + o / 100) as char);
+                }
+                if o >= 10 {
+                    s.push((b'0' + o / 10 % 10) as char);
+                }
+                s.push((b'0' + o % 10) as char);
+            }
+            s
+        }
+        RData::AAAA(a) => a.0.to_string(),
+        RData::NS(n) => name_text(&n.0),
+        RData::CNAME(n) => name_text(&n.0),
+        RData::PTR(n) => name_text(&n.0),
+        RData::ANAME(n) => name_text(&n.0),
+        RData::MX(mx) => {
+            let mut s = format!("{} ", mx.preference);
+            push_name(&mx.exchange, &mut s);
+            s
+        }
+        RData::SRV(srv) => {
+            let mut s = format!("{} {} {} ", srv.priority, srv.weight, srv.port);
+            push_name(&srv.target, &mut s);
+            s
+        }
+        RData::SOA(soa) => {
+            let mut s = String::with_capacity(soa.mname.len() + soa.rname.len() + 48);
+            push_name(&soa.mname, &mut s);
+            s.push(' ');
+            push_name(&soa.rname, &mut s);
+            let _ = write!(s, " {} {} {} {} {}", soa.serial, soa.refresh, soa.retry, soa.expire, soa.minimum);
+            s
+        }
         RData::TXT(txt) => {
             let mut s = String::new();
             for (i, part) in txt.txt_data.iter().enumerate() {
@@ -108,6 +190,41 @@ mod tests {
     fn txt_is_quoted_and_escaped() {
         let txt = RData::TXT(TXT::from_bytes(vec![b"v=spf1 -all", b"say \"hi\"\\", b"\x00\xff"]));
         assert_eq!(rdata_text(&txt), r#""v=spf1 -all" "say \"hi\"\\" "\000\255""#);
+    }
+
+    #[test]
+    fn names_are_ascii_with_decimal_escapes_and_common_rdata_as_hickory_prints_it() {
+        use hickory_proto::rr::rdata::{A, CNAME, MX, NS, SOA, SRV};
+        use std::str::FromStr;
+        let n = |s: &str| Name::from_str(s).unwrap();
+        // Ordinary names: what hickory prints, so stores written before stay keyed alike.
+        for s in ["www.Example.com.", "_sip._tcp.example.", "*.wild.example.", "a-b.c_d.", "."] {
+            assert_eq!(name_text(&n(s)), n(s).to_string(), "{s}");
+        }
+        // IDN labels stay as sent (hickory's Display gives Unicode).
+        let idn = n("xn--bcher-kva.example.");
+        assert_eq!(name_text(&idn), "xn--bcher-kva.example.");
+        assert_ne!(idn.to_string(), name_text(&idn));
+        // Special and non-printable bytes: backslash, and \DDD in decimal.
+        let odd = Name::from_labels(vec![&b"a b"[..], b"x.y", b"q\"", b"\x00\xff", b"com"]).unwrap();
+        assert_eq!(name_text(&odd), r#"a\032b.x\.y.q\".\000\255.com."#);
+        // Rdata of the common types, byte-identical to hickory's for ordinary names.
+        let ns = n("ns1.example.com.");
+        let cases = [
+            RData::A(A::new(192, 0, 2, 1)),
+            RData::A(A::new(0, 10, 100, 255)),
+            RData::A(A::new(9, 99, 109, 250)),
+            RData::AAAA("2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().into()),
+            RData::NS(NS(ns.clone())),
+            RData::CNAME(CNAME(ns.clone())),
+            RData::MX(MX::new(10, ns.clone())),
+            RData::SRV(SRV::new(0, 5, 5060, ns.clone())),
+            RData::SOA(SOA::new(ns.clone(), n("hostmaster.example.com."), 2026112901, 7200, 3600, 1209600, 300)),
+        ];
+        for rd in cases {
+            assert_eq!(rdata_text(&rd), rd.to_string());
+        }
+        assert_eq!(rdata_text(&RData::MX(MX::new(5, idn))), "5 xn--bcher-kva.example.");
     }
 
     #[test]

@@ -373,3 +373,24 @@ fn referral_keeps_only_glue_for_its_own_name_servers() {
     assert_eq!(rows, [("bank.com.".to_string(), 2), ("ns1.bank.com.".to_string(), 1)]);
     assert_eq!(stats.rrsets_dropped.get("referral_additional"), 2, "{:?}", stats.rrsets_dropped.snapshot());
 }
+
+/// Names are stored as they were on the wire: an IDN label stays in its `xn--` form (as
+/// DNSDB and dnsdbq have it; hickory's `Display` would give Unicode) and bytes outside
+/// printable ASCII are written `\DDD` in decimal (RFC 1035 5.1; hickory writes octal), in
+/// owners and in rdata names alike, so a user finds them by the names they would type.
+#[test]
+fn names_are_stored_as_sent() {
+    let idn: &[&[u8]] = &[b"xn--bcher-kva", b"example", b"com"];
+    let odd: &[&[u8]] = &[b"a b", b"x.y", b"example", b"com"];
+    let frames =
+        [frame(answer(idn, 1, &[192, 0, 2, 7])), frame(answer(odd, 5, &name(&[b"xn--caf-dma", b"example", b"com"])))];
+    let (rows, _, _) = pipeline_rows(frames.into_iter(), "[privacy]\nprivate_networks = []");
+    let rows: Vec<(String, u16, String)> = rows.into_iter().map(|r| (r.0, r.1, r.3.join(" "))).collect();
+    assert_eq!(
+        rows,
+        [
+            ("a\\032b.x\\.y.example.com.".to_string(), 5, "xn--caf-dma.example.com.".to_string()),
+            ("xn--bcher-kva.example.com.".to_string(), 1, "192.0.2.7".to_string()),
+        ]
+    );
+}

@@ -12,7 +12,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use super::filter::PrivacyFilter;
 use super::zones::ZoneMap;
-use crate::dns::rdata_text;
+use crate::dns::{name_text, rdata_text};
 use crate::dnstap::{DnstapEvent, MessageType, parse_dns};
 use crate::metrics::Tally;
 
@@ -150,7 +150,7 @@ impl Extractor {
         if self.filter.excluded_name(&bailiwick) {
             return Err("excluded_zone");
         }
-        let bailiwick_text = bailiwick.to_string();
+        let bailiwick_text = name_text(&bailiwick);
 
         let before = out.len();
         if referral {
@@ -240,7 +240,7 @@ impl Extractor {
         out: &mut Vec<Observation>,
         drops: &mut Tally,
     ) {
-        let rrname = owner.to_string();
+        let rrname = name_text(owner);
         if self.filter.excluded_name(owner) {
             drops.add("excluded_zone");
             return;
@@ -296,10 +296,10 @@ fn group<'a>(records: impl Iterator<Item = &'a Record>) -> Vec<((Name, RecordTyp
         if matches!(rtype, RecordType::OPT | RecordType::TSIG | RecordType::SIG) {
             continue;
         }
-        let key = (r.name.to_lowercase(), rtype);
-        match sets.iter_mut().find(|(k, _)| *k == key) {
+        // `Name`'s equality ignores case: the lower-cased copy is made once per RRset.
+        match sets.iter_mut().find(|((name, t), _)| *t == rtype && *name == r.name) {
             Some((_, set)) => set.push(r),
-            None => sets.push((key, vec![r])),
+            None => sets.push(((r.name.to_lowercase(), rtype), vec![r])),
         }
     }
     sets
