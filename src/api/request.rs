@@ -168,7 +168,7 @@ pub fn parse_lookup(seg: &[String]) -> Result<Lookup, ApiError> {
                 return Err(ApiError::bad(format!("`{hex}`: bytes after the wire-format name")));
             }
             Ok(Lookup::Rrset {
-                owner: NamePattern::Exact(name.to_lowercase().to_string()),
+                owner: NamePattern::Exact(crate::dns::name_text(&name.to_lowercase())),
                 rrtype: rest.first().map(|t| rrtype(t)).transpose()?.flatten(),
                 bailiwick: rest.get(1).map(|b| exact_name(b)).transpose()?,
             })
@@ -445,6 +445,14 @@ mod tests {
         // `\x03sio\x02io\x00` and an A record's 4 bytes.
         assert!(matches!(lookup("/dnsdb/v2/lookup/rrset/raw/0373696f02696f00/A").unwrap(),
             Lookup::Rrset { owner: NamePattern::Exact(n), rrtype: Some(1), .. } if n == "sio.io."));
+        // Raw names are written as the sensor stores them: `xn--` kept, other bytes escaped.
+        assert!(matches!(lookup("/dnsdb/v2/lookup/rrset/raw/0d786e2d2d62636865722d6b766102696f00").unwrap(),
+            Lookup::Rrset { owner: NamePattern::Exact(n), .. } if n == "xn--bcher-kva.io."));
+        assert!(matches!(lookup("/dnsdb/v2/lookup/rrset/raw/03612062026f7300").unwrap(),
+            Lookup::Rrset { owner: NamePattern::Exact(n), .. } if n == "a\\032b.os."));
+        // Unicode names are looked up in their IDNA form.
+        assert!(matches!(lookup("/dnsdb/v2/lookup/rrset/name/b%C3%BCcher.io").unwrap(),
+            Lookup::Rrset { owner: NamePattern::Exact(n), .. } if n == "xn--bcher-kva.io."));
         assert!(matches!(lookup("/dnsdb/v2/lookup/rdata/raw/c0000201").unwrap(), Lookup::RdataIp { .. }));
         // Other types: the rdata in the store's presentation format (`v=spf1 -all` as TXT).
         assert_eq!(

@@ -277,7 +277,8 @@ impl Extractor {
             if !bailiwick.zone_of(&target) {
                 continue;
             }
-            for glue in msg.additionals.iter().filter(|r| r.name.to_lowercase() == target) {
+            // `Name`'s equality ignores case: no lower-cased copy per additional record.
+            for glue in msg.additionals.iter().filter(|r| r.name == target) {
                 if let Some(addr) = address_of(&glue.data) {
                     self.zones.add(addr, zone.clone());
                 }

@@ -120,12 +120,14 @@ pub enum NamePattern {
 
 impl NamePattern {
     /// Parses `www.example.com`, `*.example.com` or `www.example.*` (case-insensitive; the
-    /// trailing dot is optional).
+    /// trailing dot is optional). A name typed in Unicode (`bücher.example`) is looked up in
+    /// its IDNA form (`xn--bcher-kva.example.`), the form names are stored in.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim().to_ascii_lowercase();
+        let s = s.trim();
         if s.is_empty() {
             return Err("empty name".into());
         }
+        let s = if s.is_ascii() { s.to_ascii_lowercase() } else { idna(s)? };
         let fqdn = |n: &str| if n.ends_with('.') { n.to_string() } else { format!("{n}.") };
         if let Some(zone) = s.strip_prefix("*.") {
             if zone.contains('*') {
@@ -144,6 +146,20 @@ impl NamePattern {
         }
         Ok(Self::Exact(fqdn(&s)))
     }
+}
+
+/// A name or pattern in Unicode to its ASCII (IDNA) form, lower case, wildcards and the
+/// trailing dot kept.
+fn idna(s: &str) -> Result<String, String> {
+    let (head, rest) = s.strip_prefix("*.").map_or(("", s), |r| ("*.", r));
+    let (rest, tail) = rest.strip_suffix(".*").map_or((rest, ""), |r| (r, ".*"));
+    let (name, dot) = rest.strip_suffix('.').map_or((rest, ""), |r| (r, "."));
+    let ascii = hickory_proto::rr::Name::from_utf8(name)
+        .map_err(|e| format!("`{s}` is not a domain name: {e}"))?
+        .to_ascii()
+        .to_ascii_lowercase();
+    let ascii = ascii.strip_suffix('.').unwrap_or(&ascii);
+    Ok(format!("{head}{ascii}{dot}{tail}"))
 }
 
 /// Counts of one merge.
@@ -1041,6 +1057,23 @@ mod tests {
 
     fn delta(r: Rrset, first: u64, last: u64, count: u64) -> Delta {
         Delta { kind: Kind::Positive, rrset: r, first, last, count, sensors: Vec::new() }
+    }
+
+    #[test]
+    fn unicode_names_are_looked_up_in_their_idna_form() {
+        let p = |s: &str| NamePattern::parse(s).unwrap();
+        assert_eq!(p("Bücher.Example"), NamePattern::Exact("xn--bcher-kva.example.".into()));
+        assert_eq!(p("bücher.example."), NamePattern::Exact("xn--bcher-kva.example.".into()));
+        assert_eq!(p("*.bücher.example"), NamePattern::Below("xn--bcher-kva.example.".into()));
+        assert_eq!(p("www.bücher.*"), NamePattern::RightWildcard("www.xn--bcher-kva.".into()));
+        assert_eq!(p("WWW.Example.com"), NamePattern::Exact("www.example.com.".into()));
+        assert!(NamePattern::parse("a..ü").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let idn = rr("xn--bcher-kva.example.", 1, "example.", &["192.0.2.7"]);
+        s.merge(&[delta(idn, 1, 2, 1)], false).unwrap();
+        let got = s.lookup(&rrset("bücher.example", None, None), &Fences::default(), 10).unwrap();
+        assert_eq!(got.len(), 1);
     }
 
     #[test]
