@@ -98,6 +98,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    dnsledger::alloc::configure();
     let mut args = std::env::args().skip(1);
     let n: u64 = args.next().map(|a| a.parse().expect("N")).unwrap_or(10_000_000);
     let lookups: usize = args.next().map(|a| a.parse().expect("LOOKUPS")).unwrap_or(20_000);

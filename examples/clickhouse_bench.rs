@@ -106,6 +106,7 @@ fn queries(name: &str, db: &Db, n: u64, lookups: u64) {
 }
 
 fn main() {
+    dnsledger::alloc::configure();
     let (n, batch, writers, lookups) = (arg(1, 1_000_000), arg(2, 10_000), arg(3, 2), arg(4, 2_000));
     let config = ClickHouseConfig::load(std::path::Path::new(
         &std::env::var("BENCH_CLICKHOUSE").expect("BENCH_CLICKHOUSE=clickhouse.toml"),

@@ -121,6 +121,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
+    dnsledger::alloc::configure();
     let bin = std::env::var_os("DNSLEDGER_BIN").map(PathBuf::from).unwrap_or_else(|| "target/release/dnsledger".into());
     assert!(bin.exists(), "{} not built: cargo build --release", bin.display());
     // Queries outstanding in the miss runs: 1 shows the latency of one resolution.

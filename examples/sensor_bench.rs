@@ -32,6 +32,7 @@ use dnsledger::sensor::{Pipeline, SensorConfig, SensorStats};
 use dnsledger::store::Store;
 
 fn main() {
+    dnsledger::alloc::configure();
     let mut args = std::env::args().skip(1);
     let frames: u64 = args.next().map(|a| a.parse().expect("FRAMES")).unwrap_or(2_000_000);
     let names: u64 = args.next().map(|a| a.parse().expect("NAMES")).unwrap_or(200_000);

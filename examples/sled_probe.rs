@@ -14,6 +14,7 @@
 use std::time::Instant;
 
 fn main() {
+    dnsledger::alloc::configure();
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().map(|a| a.parse().expect("N")).unwrap_or(500_000);
     let value_bytes: usize = args.next().map(|a| a.parse().expect("VALUE_BYTES")).unwrap_or(150);

@@ -24,6 +24,7 @@ use dnsledger::dnstap;
 use dnsledger::framestream::{DNSTAP_CONTENT_TYPE, FileReader, FileWriter};
 
 fn main() {
+    dnsledger::alloc::configure();
     let mut args = std::env::args().skip(1);
     let frames: u64 = args.next().map(|a| a.parse().expect("FRAMES")).unwrap_or(2_000_000);
     let rounds: usize = args.next().map(|a| a.parse().expect("ROUNDS")).unwrap_or(5);

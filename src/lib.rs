@@ -24,7 +24,9 @@
 //! - [`tap`]: the `dnsledger tap` debugging tool built on the two above.
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
 //! - [`tls`]: rustls configuration from PEM files.
+//! - [`alloc`]: the global allocator (mimalloc with `--features mimalloc`).
 
+pub mod alloc;
 pub mod api;
 pub mod clickhouse;
 pub mod collector;

@@ -805,6 +805,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    dnsledger::alloc::configure();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
