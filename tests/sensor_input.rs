@@ -81,6 +81,11 @@ fn captures_give_the_same_store_from_file_and_socket() {
         let by_ip = cof(&["rdata", "ip", &format!("{ip}/32")]);
         assert!(by_ip.iter().any(|o| o["rrname"] == "www.bank.com."), "{capture}: rdata ip {ip}: {by_ip:?}");
         assert!(cof(&["rdata", "ip", "6.6.6.0/24"]).is_empty(), "forged address findable");
+        // A bailiwick narrows an owner's RRsets to one zone's, given in any case.
+        let in_zone = cof(&["rrset", "www.bank.com", "A", "Bank.COM"]);
+        assert_eq!(in_zone.len(), 1, "{capture}: {in_zone:?}");
+        assert_eq!(in_zone[0]["bailiwick"], "bank.com.");
+        assert!(cof(&["rrset", "www.bank.com", "A", "com"]).is_empty(), "{capture}: bailiwick com");
     }
 }
 

@@ -241,7 +241,11 @@ impl QueryArgs {
             QueryWhat::Rrset { name, rrtype, bailiwick } => Lookup::Rrset {
                 owner: NamePattern::parse(name).map_err(anyhow::Error::msg)?,
                 rrtype: types(rrtype)?,
-                bailiwick: bailiwick.as_deref().map(absolute),
+                bailiwick: match bailiwick.as_deref().map(NamePattern::parse).transpose().map_err(anyhow::Error::msg)? {
+                    None => None,
+                    Some(NamePattern::Exact(zone)) => Some(zone),
+                    Some(_) => bail!("a bailiwick is one zone, without wildcards"),
+                },
             },
             QueryWhat::Rdata(RdataWhat::Ip { addr }) => {
                 let (lo, hi) = parse_ip_range(addr)?;
