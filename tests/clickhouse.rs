@@ -24,9 +24,10 @@ use tools::forward::{Contents, SERVER_NAME, contents, data, replay, sensor_toml,
 use tools::{Proc, dnsledger, free_port, metric, run, wait_for};
 
 /// One cluster at a time: each test starts ZooKeeper and two clickhouse-server shards, and
-/// five such clusters at once on a 2-core machine starve each other. The NATS writer test
-/// passes alone but failed in full runs, its writer taking over 40 s per batch three times
-/// in a row. A user runs one cluster.
+/// five such clusters at once on a 2-core machine compete for the cores and for the ports
+/// `free_port` hands out. The NATS writer test passes alone (also beside two busy loops)
+/// but failed in a full run, its writer taking over 40 s per batch three times in a row; the
+/// cause was not pinned down. A user runs one cluster.
 static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
