@@ -108,6 +108,42 @@ pub fn push_name(name: &Name, out: &mut String) {
     }
 }
 
+/// Reads back a name written by [`push_name`] (absolute; `\DDD` decimal, `\c` for any other
+/// character). hickory's parser reads `\DDD` as octal, so it cannot. `None` if it is not one.
+pub fn name_from_text(text: &str) -> Option<Name> {
+    let body = text.strip_suffix('.')?;
+    let mut labels: Vec<Vec<u8>> = Vec::new();
+    if !body.is_empty() {
+        let (mut label, mut bytes) = (Vec::new(), body.bytes());
+        while let Some(b) = bytes.next() {
+            match b {
+                b'.' => labels.push(std::mem::take(&mut label)),
+                b'\\' => {
+                    let c = bytes.next()?;
+                    if c.is_ascii_digit() {
+                        let digits = [c, bytes.next()?, bytes.next()?];
+                        if !digits.iter().all(u8::is_ascii_digit) {
+                            return None;
+                        }
+                        let n = digits.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+                        label.push(u8::try_from(n).ok()?);
+                    } else {
+                        label.push(c);
+                    }
+                }
+                _ => label.push(b),
+            }
+        }
+        labels.push(label);
+    }
+    if labels.iter().any(Vec::is_empty) {
+        return None;
+    }
+    let mut name = Name::from_labels(labels).ok()?;
+    name.set_fqdn(true);
+    Some(name)
+}
+
 /// Rdata in presentation format. Names in the rdata of the common types (NS, CNAME, PTR,
 /// ANAME, MX, SRV, SOA) as [`push_name`] writes them; other types as hickory prints them.
 pub fn rdata_text(rdata: &RData) -> String {
@@ -208,6 +244,14 @@ mod tests {
         // Special and non-printable bytes: backslash, and \DDD in decimal.
         let odd = Name::from_labels(vec![&b"a b"[..], b"x.y", b"q\"", b"\x00\xff", b"com"]).unwrap();
         assert_eq!(name_text(&odd), r#"a\032b.x\.y.q\".\000\255.com."#);
+        // And back, byte for byte (hickory's parser would read \032 as octal).
+        use hickory_proto::serialize::binary::BinEncodable;
+        for name in [&odd, &idn, &n("www.example.com."), &Name::root()] {
+            assert_eq!(name_from_text(&name_text(name)).unwrap().to_bytes().unwrap(), name.to_bytes().unwrap());
+        }
+        for bad in ["no.dot", "a\\03.", "a\\256.", "a..b.", "trailing\\"] {
+            assert!(name_from_text(bad).is_none(), "{bad}");
+        }
         // Rdata of the common types, byte-identical to hickory's for ordinary names.
         let ns = n("ns1.example.com.");
         let cases = [

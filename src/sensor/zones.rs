@@ -134,7 +134,7 @@ impl ZoneMap {
             if o.kind != Kind::Positive || !matches!(rtype, RecordType::A | RecordType::AAAA) {
                 continue;
             }
-            let Ok(owner) = Name::from_ascii(&o.rrset.rrname) else { continue };
+            let Some(owner) = crate::dns::name_from_text(&o.rrset.rrname) else { continue };
             let addrs: Vec<IpAddr> = o.rrset.rdata.iter().filter_map(|r| r.parse().ok()).collect();
             self.learn_address(owner, addrs);
         }
