@@ -189,8 +189,9 @@ impl SensorConfig {
             err("aggregate.window_seconds", format!("{window_seconds}: between 1 and 3600"));
         }
         let window_keys = raw.aggregate.window_keys.unwrap_or(50_000);
-        if window_keys == 0 {
-            err("aggregate.window_keys", "must be at least 1".into());
+        // The store thread orders a window by u32 positions.
+        if window_keys == 0 || window_keys > u32::MAX as usize {
+            err("aggregate.window_keys", format!("{window_keys}: between 1 and {}", u32::MAX));
         }
         let compression = raw.store.compression.unwrap_or(false);
         if compression && !cfg!(feature = "compression") {
@@ -287,6 +288,7 @@ mod tests {
             private_networks = ["10.0.0.0/33"]
             [aggregate]
             window_seconds = 0
+            window_keys = 4294967296
             "#,
         )
         .unwrap_err();
@@ -297,10 +299,11 @@ mod tests {
             "listen.max_frame",
             "privacy.private_networks[0]",
             "aggregate.window_seconds",
+            "aggregate.window_keys",
         ] {
             assert!(text.contains(key), "{key} missing from:\n{text}");
         }
-        assert_eq!(errs.len(), 5, "{text}");
+        assert_eq!(errs.len(), 6, "{text}");
     }
 
     #[test]
