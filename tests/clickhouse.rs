@@ -25,9 +25,9 @@ use tools::{Proc, dnsledger, free_port, metric, run, wait_for};
 
 /// One cluster at a time: each test starts ZooKeeper and two clickhouse-server shards, and
 /// five such clusters at once on a 2-core machine compete for the cores and for the ports
-/// `free_port` hands out. The NATS writer test passes alone (also beside two busy loops)
-/// but failed in a full run, its writer taking over 40 s per batch three times in a row; the
-/// cause was not pinned down. A user runs one cluster.
+/// `free_port` hands out. A user runs one cluster. (The NATS writer test's failures, a
+/// writer taking over 40 s per batch, and once per-entry counts that differ after a writer
+/// kill, also happened with the tests run one at a time; not diagnosed yet.)
 static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
@@ -65,8 +65,24 @@ fn cluster_contents(ch: &ClickHouse) -> Contents {
 }
 
 fn assert_same(at_sensor: &Contents, at_cluster: &Contents) {
-    let differ: Vec<_> = at_sensor.iter().filter(|(k, v)| at_cluster.get(*k) != Some(*v)).collect();
-    assert!(differ.is_empty(), "sensor entries the cluster lacks or counts differently: {differ:#?}");
+    // (key, at the sensor, in the cluster): whether a failure is a double count or a loss.
+    let differ: Vec<_> = at_sensor
+        .iter()
+        .filter(|(k, v)| at_cluster.get(*k) != Some(*v))
+        .map(|(k, v)| (k, v, at_cluster.get(k)))
+        .collect();
+    let (more, less) = differ.iter().fold((0u64, 0u64), |(m, l), (_, s, c)| match c {
+        Some(c) if c.2 > s.2 => (m + c.2 - s.2, l),
+        Some(c) => (m, l + s.2 - c.2),
+        None => (m, l + s.2),
+    });
+    assert!(
+        differ.is_empty(),
+        "{} sensor entries the cluster lacks or counts differently ({more} observations more in the cluster, \
+         {less} fewer); the first of them: {:#?}",
+        differ.len(),
+        &differ[..differ.len().min(20)]
+    );
     let extra: Vec<_> = at_cluster.keys().filter(|k| !at_sensor.contains_key(*k)).collect();
     assert!(extra.is_empty(), "entries the sensor never had: {extra:#?}");
 }
