@@ -46,45 +46,9 @@ fn main() {
 
     // BENCH_STAGES_ONLY=1: phase 2's stages only, without its flush (for a profile of them).
     let stages_only = std::env::var_os("BENCH_STAGES_ONLY").is_some();
-    // 1. Full pipeline, default configuration.
-    let db = dir.as_path().join("full");
-    // BENCH_WINDOW_KEYS: another window bound for this phase (the default is 50,000).
-    let window = std::env::var("BENCH_WINDOW_KEYS").map(|k| format!("[aggregate]\nwindow_keys = {k}\n"));
-    let cfg_full = config(&db, window.as_deref().unwrap_or(""));
-    println!("window_keys {}, sled cache {} MiB", cfg_full.window_keys, cfg_full.cache_mb);
-    let stats = Arc::new(SensorStats::default());
-    let start = Instant::now();
-    let mut store = Store::open_with(&db, cfg_full.compression, cfg_full.cache_mb).expect("store");
-    // BENCH_API=1: the store as a sensor serving the API keeps it (feed log, per-day rows).
-    if let Some(v) = std::env::var_os("BENCH_API") {
-        let mut api = dnsledger::api::ApiConfig::open("127.0.0.1:0".parse().expect("addr"));
-        api.day_rows = v == "days";
-        store = dnsledger::api::with_feed(store, &api).expect("feed");
-        println!("store with the feed log{} (BENCH_API)", if api.day_rows { " and per-day rows" } else { "" });
+    if !stages_only {
+        full_pipeline(dir.as_path(), &input, frames);
     }
-    let mut p = Pipeline::new(&cfg_full, store, stats.clone());
-    for f in
-        FileReader::open(&input, DNSTAP_CONTENT_TYPE).expect("input").take(if stages_only { 0 } else { usize::MAX })
-    {
-        p.frame(f.expect("frame")).expect("pipeline");
-    }
-    p.finish().expect("flush");
-    let elapsed = start.elapsed();
-    let stored = p.store().len();
-    let disk = p.store().size_on_disk().expect("size");
-    drop(p);
-    println!(
-        "full pipeline (stages and store writes on two threads): {:.0} frames/s ({:.1}s), {} observations, {} RRsets stored, \
-         {} flushes, peak RSS {} MiB, {:.0} bytes on disk per RRset ({:.1} MB)",
-        frames as f64 / elapsed.as_secs_f64(),
-        elapsed.as_secs_f64(),
-        stats.rrsets_observed.get(),
-        stored,
-        stats.flushes.get(),
-        peak_rss_mib(),
-        disk as f64 / stored.max(1) as f64,
-        disk as f64 / 1e6
-    );
 
     if std::env::var_os("BENCH_FULL_ONLY").is_some() {
         return;
@@ -153,6 +117,47 @@ fn main() {
 }
 
 /// With `BENCH_COMPRESSION=1` (and `--features compression`) the stores are compressed.
+/// Phase 1: the full pipeline from the file, default configuration (see the header).
+fn full_pipeline(dir: &Path, input: &Path, frames: u64) {
+    // 1. Full pipeline, default configuration.
+    let db = dir.join("full");
+    // BENCH_WINDOW_KEYS: another window bound for this phase (the default is 50,000).
+    let window = std::env::var("BENCH_WINDOW_KEYS").map(|k| format!("[aggregate]\nwindow_keys = {k}\n"));
+    let cfg_full = config(&db, window.as_deref().unwrap_or(""));
+    println!("window_keys {}, sled cache {} MiB", cfg_full.window_keys, cfg_full.cache_mb);
+    let stats = Arc::new(SensorStats::default());
+    let start = Instant::now();
+    let mut store = Store::open_with(&db, cfg_full.compression, cfg_full.cache_mb).expect("store");
+    // BENCH_API=1: the store as a sensor serving the API keeps it (feed log, per-day rows).
+    if let Some(v) = std::env::var_os("BENCH_API") {
+        let mut api = dnsledger::api::ApiConfig::open("127.0.0.1:0".parse().expect("addr"));
+        api.day_rows = v == "days";
+        store = dnsledger::api::with_feed(store, &api).expect("feed");
+        println!("store with the feed log{} (BENCH_API)", if api.day_rows { " and per-day rows" } else { "" });
+    }
+    let mut p = Pipeline::new(&cfg_full, store, stats.clone());
+    for f in FileReader::open(input, DNSTAP_CONTENT_TYPE).expect("input") {
+        p.frame(f.expect("frame")).expect("pipeline");
+    }
+    p.finish().expect("flush");
+    let elapsed = start.elapsed();
+    let stored = p.store().len();
+    let disk = p.store().size_on_disk().expect("size");
+    drop(p);
+    println!(
+        "full pipeline (stages and store writes on two threads): {:.0} frames/s ({:.1}s), {} observations, {} RRsets stored, \
+         {} flushes, peak RSS {} MiB, {:.0} bytes on disk per RRset ({:.1} MB)",
+        frames as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        stats.rrsets_observed.get(),
+        stored,
+        stats.flushes.get(),
+        peak_rss_mib(),
+        disk as f64 / stored.max(1) as f64,
+        disk as f64 / 1e6
+    );
+}
+
 fn config(db: &Path, extra: &str) -> SensorConfig {
     let compression = if std::env::var_os("BENCH_COMPRESSION").is_some() { "compression = true\n" } else { "" };
     // BENCH_CACHE_MB: sled's cache (the sensor's default is 32 MiB).
