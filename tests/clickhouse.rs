@@ -2,7 +2,8 @@
 //! shards with ZooKeeper, on loopback (tests/tools/clickhouse.rs).
 //! - The query API over the cluster answers the API fixture exactly as over a sled store.
 //! - Exactly once: the same batch applied at once by two collectors, and batches whose
-//!   collector died mid-way (cancelled at every stage) then retried, count once.
+//!   collector died mid-way (cancelled at every stage) then retried, count once; an INSERT
+//!   cut short commits nothing.
 //! - End to end: a sensor forwarding real dnstap to a collector on the cluster; the collector
 //!   killed (-9) mid-stream and another one taking over; a shard killed while the sensor keeps
 //!   ingesting (queries say they are partial, the outbox holds the data) and restarted: the
@@ -15,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use dnsledger::clickhouse::{BatchRange, ClickHouseConfig, Cluster, Outcome};
+use dnsledger::clickhouse::{BatchRange, BatchRow, ClickHouseConfig, Cluster, Outcome, wire};
 use dnsledger::sensor::{Kind, Rrset};
 use dnsledger::store::Delta;
 use tools::clickhouse::ClickHouse;
@@ -25,9 +26,7 @@ use tools::{Proc, dnsledger, free_port, metric, run, wait_for};
 
 /// One cluster at a time: each test starts ZooKeeper and two clickhouse-server shards, and
 /// five such clusters at once on a 2-core machine compete for the cores and for the ports
-/// `free_port` hands out. A user runs one cluster. (The NATS writer test's failures, a
-/// writer taking over 40 s per batch, and once per-entry counts that differ after a writer
-/// kill, also happened with the tests run one at a time; not diagnosed yet.)
+/// `free_port` hands out. A user runs one cluster.
 static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
@@ -352,6 +351,88 @@ fn batches_count_once_when_collectors_race_or_die_mid_way_and_retry() {
     }
 }
 
+/// `rows` rows of a batch from `sensor`, as a collector writes them to `landing`.
+fn landing_rows(sensor: &str, rows: u64) -> Vec<BatchRow> {
+    (0..rows)
+        .map(|i| BatchRow {
+            sensor: sensor.to_string(),
+            stream: 1,
+            first_seq: 1,
+            seq: 1,
+            key: format!("key{i:06}").into_bytes(),
+            rrname: format!("h{i}.cut.example."),
+            rrtype: 1,
+            bailiwick: "cut.example.".to_string(),
+            rdata: vec![format!("10.8.{}.{}", i / 250, i % 250)],
+            negative: 0,
+            time_first: 1_700_000_000,
+            time_last: 1_700_000_000 + i,
+            count: 1,
+            sensors: vec![sensor.to_string()],
+        })
+        .collect()
+}
+
+/// POSTs an INSERT into `landing` whose body is `body`, of which only the first `keep` bytes
+/// are sent before the connection is dropped (a client killed mid-way); the status line when
+/// all of it was sent.
+fn post_insert(port: u16, params: &str, body: &[u8], keep: usize) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let head = format!(
+        "POST /?{params}&query=INSERT%20INTO%20dnsledger.landing%20FORMAT%20RowBinary HTTP/1.1\r\n\
+         Host: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body[..keep]).unwrap();
+    s.flush().unwrap();
+    if keep < body.len() {
+        std::thread::sleep(Duration::from_millis(200));
+        return None;
+    }
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer.lines().next().map(str::to_string)
+}
+
+#[test]
+fn an_insert_cut_short_commits_nothing_and_its_retry_counts_once() {
+    let _one = one_cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let ch = ClickHouse::start(tmp.path(), 1);
+    let config = ClickHouseConfig::load(&ch.config).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async { Cluster::new(config).unwrap().init().await.unwrap() });
+    let port = ch.shards[0].http;
+    let landed = |sensor: &str| -> u64 {
+        ch.query(0, &format!("SELECT count() FROM dnsledger.landing WHERE sensor = '{sensor}'")).trim().parse().unwrap()
+    };
+    let n = 2_000u64;
+    // Our INSERT body: the rows as one compressed block. Cut inside the block's header, in the
+    // middle, and one byte short of the end.
+    let block = wire::block(&wire::rows(landing_rows("framed", n))).unwrap();
+    for keep in [20, block.len() / 2, block.len() - 1] {
+        assert_eq!(post_insert(port, "decompress=1", &block, keep), None);
+    }
+    // The control: the same rows as plain RowBinary, cut after the first half of the rows.
+    // ClickHouse 18.16 commits those; that is why our INSERTs are one block.
+    let control = landing_rows("plain", n);
+    let half = wire::rows(&control[..n as usize / 2]).len();
+    assert_eq!(post_insert(port, "insert_deduplicate=1", &wire::rows(&control), half), None);
+    wait_for("the plain INSERT's cut part to be committed", Duration::from_secs(20), || landed("plain") > 0);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(landed("framed"), 0, "a cut block committed rows");
+    // The retry (twice, as two collectors might): every row once.
+    for _ in 0..2 {
+        let status = post_insert(port, "decompress=1&insert_deduplicate=1", &block, block.len());
+        assert!(status.as_deref().unwrap_or_default().contains(" 200 "), "{status:?}");
+    }
+    assert_eq!(landed("framed"), n);
+    let sum = ch.query(0, "SELECT sum(time_last - 1700000000) FROM dnsledger.landing WHERE sensor = 'framed'");
+    assert_eq!(sum.trim().parse::<u64>().unwrap(), n * (n - 1) / 2, "the rows arrive intact");
+}
+
 #[test]
 fn a_sensor_forwarding_to_the_cluster_ends_exact_through_collector_kills_and_a_shard_outage() {
     let _one = one_cluster();
@@ -455,13 +536,10 @@ fn a_sensor_forwarding_to_the_cluster_ends_exact_through_collector_kills_and_a_s
     assert_ne!(control.trim(), "0", "the search sees stored rdata (the root's glue)");
 }
 
-/// Quarantined, not hidden: a writer killed while it streams an INSERT can leave part of a
-/// block committed on ClickHouse 18.16 (verified; docs/CLICKHOUSE.md "Exactly once", "Open"),
-/// and the retry counts those rows twice. This test failed in two of six full runs here,
-/// once by counts that differ after the kill. Run it with `cargo test --test clickhouse --
-/// --ignored`; lift the `ignore` with the fix.
+/// Also the regression test of two bugs it found: a writer killed mid-INSERT left part of a
+/// block committed (see `an_insert_cut_short_commits_nothing_and_its_retry_counts_once`), and
+/// a batch with over 5,000 new RRsets stalled the writer's feed publication for good.
 #[test]
-#[ignore = "known double count when a writer dies mid-INSERT (docs/CLICKHOUSE.md, Exactly once: Open)"]
 fn with_nats_jetstream_in_the_path_counts_stay_exact_when_the_writer_is_killed() {
     let _one = one_cluster();
     tools::require("openssl", "openssl");

@@ -26,6 +26,7 @@
 pub mod nats;
 mod read;
 pub mod schema;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -165,6 +166,8 @@ impl ClickHouseConfig {
 pub enum ClusterError {
     #[error("clickhouse shard {shard} ({url}): {source}")]
     Shard { shard: usize, url: String, source: clickhouse::error::Error },
+    #[error("clickhouse shard {shard} ({url}): INSERT into {table}: {message}")]
+    Insert { shard: usize, url: String, table: String, message: String },
     #[error("clickhouse: {0}")]
     Other(String),
 }
@@ -173,6 +176,8 @@ pub enum ClusterError {
 pub struct Cluster {
     config: ClickHouseConfig,
     shards: Vec<clickhouse::Client>,
+    /// INSERTs go their own way (see [`wire`]).
+    inserters: Vec<wire::Inserter>,
     psl: SuffixList,
     /// For blocking reads from the API's walker threads.
     handle: tokio::runtime::Handle,
@@ -200,15 +205,47 @@ pub struct BatchRow {
     pub sensors: Vec<String>,
 }
 
-#[derive(Clone, Debug, clickhouse::Row, Serialize)]
+#[derive(Clone, Debug)]
 struct IndexRow {
     idx: Vec<serde_bytes::ByteBuf>,
 }
 
-#[derive(Clone, Debug, clickhouse::Row, Serialize)]
+#[derive(Clone, Debug)]
 struct DomainRow {
     domain: String,
     first: u64,
+}
+
+impl wire::RowBinary for BatchRow {
+    fn put(&self, out: &mut Vec<u8>) {
+        wire::put_bytes(out, self.sensor.as_bytes());
+        for n in [self.stream, self.first_seq, self.seq] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        wire::put_bytes(out, &self.key);
+        wire::put_bytes(out, self.rrname.as_bytes());
+        out.extend_from_slice(&self.rrtype.to_le_bytes());
+        wire::put_bytes(out, self.bailiwick.as_bytes());
+        wire::put_strings(out, &self.rdata);
+        out.push(self.negative);
+        for n in [self.time_first, self.time_last, self.count] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        wire::put_strings(out, &self.sensors);
+    }
+}
+
+impl wire::RowBinary for IndexRow {
+    fn put(&self, out: &mut Vec<u8>) {
+        wire::put_strings(out, &self.idx);
+    }
+}
+
+impl wire::RowBinary for DomainRow {
+    fn put(&self, out: &mut Vec<u8>) {
+        wire::put_bytes(out, self.domain.as_bytes());
+        out.extend_from_slice(&self.first.to_le_bytes());
+    }
 }
 
 /// A batch's identity: who sent it and which sequence numbers of which stream it covers.
@@ -302,14 +339,24 @@ impl Cluster {
                     .with_user(&config.user)
                     .with_password(&config.password)
                     .with_option("max_execution_time", config.timeout_secs.to_string())
-                    .with_option("insert_deduplicate", "1")
                     .with_option("max_query_size", (16 << 20).to_string())
                     .with_option("output_format_json_quote_64bit_integers", "0")
                     .with_option("send_timeout", timeout.as_secs().to_string())
                     .with_option("receive_timeout", timeout.as_secs().to_string())
             })
             .collect();
-        Ok(Self { config, shards, psl, handle: tokio::runtime::Handle::current(), feed: Default::default() })
+        let settings = [
+            ("max_execution_time", config.timeout_secs.to_string()),
+            ("insert_deduplicate", "1".to_string()),
+            ("send_timeout", timeout.as_secs().to_string()),
+            ("receive_timeout", timeout.as_secs().to_string()),
+        ];
+        let inserters = config
+            .shards
+            .iter()
+            .map(|url| wire::Inserter::new(url, &config.user, &config.password, &settings, tls.as_deref(), timeout))
+            .collect();
+        Ok(Self { config, shards, inserters, psl, handle: tokio::runtime::Handle::current(), feed: Default::default() })
     }
 
     pub fn config(&self) -> &ClickHouseConfig {
@@ -392,7 +439,7 @@ impl Cluster {
                     })
                     .collect();
                 if !idx.is_empty() {
-                    self.insert::<IndexRow>(shard, "index_in", &idx).await?;
+                    self.insert(shard, "index_in", &idx).await?;
                     written += idx.iter().map(|r| r.idx.len() as u64).sum::<u64>();
                 }
                 if rows.len() < PAGE {
@@ -517,45 +564,41 @@ impl Cluster {
             .await
             .map_err(|_| ClusterError::Other(format!("clickhouse shard {}: no answer in {limit:?}", shard + 1)))?
             .map_err(|e| self.err(shard, e))?;
+        tracing::debug!(shard = shard + 1, stream = b.stream, last = b.last, landing, rrsets, index, "markers present");
         let mut wrote = false;
         // Domains (first seen is a min: writing it twice changes nothing) go first, so that a
         // batch whose markers are all present has its domains too.
         if (landing == 0 || rrsets == 0 || index == 0) && !domains.is_empty() {
-            self.insert::<DomainRow>(shard, "domains_in", &domains).await?;
+            self.insert(shard, "domains_in", &domains).await?;
         }
         // The views' targets first, the landing table (the audit trail) last.
         if rrsets == 0 {
             let positive: Vec<&BatchRow> = rows.iter().filter(|r| r.negative == 0).collect();
-            self.insert::<BatchRow>(shard, "rrsets_in", &positive).await?;
+            self.insert(shard, "rrsets_in", &positive).await?;
             wrote = true;
         }
         if index == 0 {
-            self.insert::<IndexRow>(shard, "index_in", &idx).await?;
+            self.insert(shard, "index_in", &idx).await?;
             wrote = true;
         }
         if landing == 0 {
-            self.insert::<BatchRow>(shard, "landing", &rows).await?;
+            self.insert(shard, "landing", &rows).await?;
             wrote = true;
         }
         Ok(wrote)
     }
 
-    /// One INSERT of `rows` into `table` on `shard` (one block: what deduplication compares).
-    async fn insert<T: clickhouse::Row + Serialize>(
-        &self,
-        shard: usize,
-        table: &str,
-        rows: &[impl std::borrow::Borrow<T>],
-    ) -> Result<(), ClusterError> {
-        let timeout = Some(Duration::from_secs(self.config.timeout_secs));
-        let mut insert = self.shards[shard]
-            .insert::<T>(&format!("{}.{table}", self.config.database))
-            .map_err(|e| self.err(shard, e))?
-            .with_timeouts(timeout, timeout);
-        for r in rows {
-            insert.write(r.borrow()).await.map_err(|e| self.err(shard, e))?;
-        }
-        insert.end().await.map_err(|e| self.err(shard, e))
+    /// One INSERT of `rows` into `table` on `shard`: one block (what deduplication compares),
+    /// all of it committed or none (see [`wire`]).
+    async fn insert<T: wire::RowBinary>(&self, shard: usize, table: &str, rows: &[T]) -> Result<(), ClusterError> {
+        let fail = |message: String| ClusterError::Insert {
+            shard: shard + 1,
+            url: self.config.shards[shard].clone(),
+            table: table.to_string(),
+            message,
+        };
+        let body = wire::block(&wire::rows(rows)).map_err(fail)?;
+        self.inserters[shard].insert(&format!("{}.{table}", self.config.database), body).await.map_err(fail)
     }
 
     /// The live feed (written by `clickhouse writer`), when NATS is configured.

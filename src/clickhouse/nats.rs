@@ -46,6 +46,10 @@ const ACK_WAIT: Duration = Duration::from_secs(20);
 /// again), is published once within this window.
 const FEED_DEDUP: Duration = Duration::from_secs(3600);
 const VERSION: u8 = 1;
+/// Feed publications awaiting their acknowledgement. async-nats lets 5,000 be pending and
+/// makes the next publish wait for one to end, and an acknowledgement only ends when it is
+/// awaited: sending a batch's 6,000 new RRsets before awaiting any waited forever.
+const FEED_ACKS_IN_FLIGHT: usize = 1_000;
 
 /// Where the broker is.
 #[derive(Clone, Debug)]
@@ -383,6 +387,7 @@ async fn handle(message: jetstream::Message, js: &jetstream::Context, cluster: &
         let _ = message.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(2)))).await;
         return;
     }
+    tracing::debug!(sender, first = range.first, last = range.last, "feed published");
     match cluster.apply(range, &deltas).await {
         Ok(outcome) => {
             tracing::debug!(sender, first = range.first, last = range.last, ?outcome, "batch applied");
@@ -408,14 +413,20 @@ async fn handle(message: jetstream::Message, js: &jetstream::Context, cluster: &
 /// Publishes a batch's new RRsets and domains to the feed stream and waits until stored.
 async fn feed(js: &jetstream::Context, cluster: &Cluster, deltas: &[Delta]) -> anyhow::Result<()> {
     let items = novelties(cluster, deltas).await?;
-    let mut acks = Vec::with_capacity(items.len());
+    tracing::debug!(new = items.len(), "novelties found");
+    let mut acks = std::collections::VecDeque::with_capacity(FEED_ACKS_IN_FLIGHT);
     for item in &items {
+        if acks.len() == FEED_ACKS_IN_FLIGHT
+            && let Some(oldest) = acks.pop_front()
+        {
+            oldest.await?;
+        }
         let id = match item {
             FeedItem::Rrset(e) => format!("rrset/{}", crate::api::request::hex(&rrset_key(&e.rrset))),
             FeedItem::Domain { name, .. } => format!("domain/{name}"),
         };
         let publish = jetstream::message::PublishMessage::build().message_id(id).payload(encode_item(item).into());
-        acks.push(js.send_publish(FEED_SUBJECT, publish).await?);
+        acks.push_back(js.send_publish(FEED_SUBJECT, publish).await?);
     }
     for ack in acks {
         ack.await?;

@@ -82,6 +82,7 @@ impl Cluster {
                 Ok(Err(e)) => last = Some(self.err(i, e).to_string()),
                 Err(_) => last = Some(format!("clickhouse shard {}: no answer in {limit:?}", i + 1)),
             }
+            tracing::debug!(shard = i + 1, error = last.as_deref(), "read failed; trying the next shard");
         }
         Err(backend(last.unwrap_or_else(|| "no shards".into())))
     }
