@@ -87,6 +87,8 @@ impl Browser {
         let input = self.element("#q");
         self.call("POST", &format!("/element/{input}/clear"), Some(serde_json::json!({})));
         self.call("POST", &format!("/element/{input}/value"), Some(serde_json::json!({"text": q})));
+        // The previous answer's status must not pass for this one's.
+        self.script("document.getElementById('status').textContent = ''");
         let button = self.element("#search");
         self.call("POST", &format!("/element/{button}/click"), Some(serde_json::json!({})));
         self.settled()
