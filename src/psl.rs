@@ -59,7 +59,31 @@ impl SuffixList {
     /// The registrable domain of an absolute, lower-case name (`None` if the name is a public
     /// suffix itself, or the root).
     pub fn registrable(&self, name: &str) -> Option<String> {
-        let labels: Vec<&str> = name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()).collect();
+        let name = name.trim_end_matches('.');
+        if name.is_empty() || name.starts_with('.') || name.contains("..") {
+            return self.registrable_of_labels(name);
+        }
+        // The suffixes of the name, longest first, as slices of it: no joins.
+        let starts: Vec<usize> = std::iter::once(0).chain(name.match_indices('.').map(|(i, _)| i + 1)).collect();
+        let n = starts.len();
+        let from = |i: usize| &name[starts[i]..];
+        let mut suffix = 1;
+        for i in 0..n {
+            if self.exceptions.contains(from(i)) {
+                suffix = n - i - 1;
+                break;
+            }
+            if self.rules.contains(from(i)) || (i + 1 < n && self.wildcards.contains(from(i + 1))) {
+                suffix = n - i;
+                break;
+            }
+        }
+        (n > suffix).then(|| format!("{}.", from(n - suffix - 1)))
+    }
+
+    /// [`SuffixList::registrable`] for names with empty labels, which are skipped.
+    fn registrable_of_labels(&self, name: &str) -> Option<String> {
+        let labels: Vec<&str> = name.split('.').filter(|l| !l.is_empty()).collect();
         let n = labels.len();
         // The default rule `*`: the last label.
         let mut suffix = 1;
@@ -97,6 +121,9 @@ mod tests {
         assert_eq!(l.registrable("test."), None);
         assert_eq!(l.registrable("."), None);
         assert_eq!(SuffixList::default().registrable("a.b.c.").as_deref(), Some("b.c."));
+        // Empty labels are skipped.
+        assert_eq!(l.registrable("www..example.com.").as_deref(), Some("example.com."));
+        assert_eq!(l.registrable(".example.com").as_deref(), Some("example.com."));
     }
 
     #[test]
@@ -107,5 +134,13 @@ mod tests {
         assert!(l.len() > 5_000);
         assert_eq!(l.registrable("www.example.co.uk.").as_deref(), Some("example.co.uk."));
         assert_eq!(l.registrable("a.b.github.io.").as_deref(), Some("b.github.io."));
+        // The slice walk answers as the label-by-label one, under every kind of rule.
+        let tails = ["com", "co.uk", "github.io", "ck", "www.ck", "kawasaki.jp", "city.kawasaki.jp", "in-addr.arpa"];
+        for tail in tails {
+            for head in ["", "a.", "x.y.", "p.q.r.", "www.city."] {
+                let name = format!("{head}{tail}.");
+                assert_eq!(l.registrable(&name), l.registrable_of_labels(&name[..name.len() - 1]), "{name}");
+            }
+        }
     }
 }

@@ -454,7 +454,13 @@ impl Cluster {
     /// The shard that holds an owner name: by its registrable domain (the name itself when
     /// it has none), so a zone's subtree stays on one shard.
     pub fn shard_of(&self, rrname: &str) -> usize {
-        (fnv1a(self.domain_of(rrname).as_bytes()) % self.shards.len() as u64) as usize
+        self.shard_of_domain(&self.domain_of(rrname))
+    }
+
+    /// The shard of a registrable domain (or of a name that has none), as [`Cluster::domain_of`]
+    /// gives it.
+    fn shard_of_domain(&self, domain: &str) -> usize {
+        (fnv1a(domain.as_bytes()) % self.shards.len() as u64) as usize
     }
 
     /// The registrable domain of an owner name (the name itself when it has none).
@@ -464,7 +470,7 @@ impl Cluster {
 
     /// The registrable domain of an owner name, if it has one (not a public suffix itself).
     pub fn registrable(&self, rrname: &str) -> Option<String> {
-        self.psl.registrable(&format!("{}.", rrname.trim_end_matches('.')))
+        self.psl.registrable(rrname)
     }
 
     /// Applies one batch exactly once (see the module docs). `deltas` are attributed already
@@ -476,12 +482,16 @@ impl Cluster {
         let mut domains: Vec<std::collections::BTreeMap<String, u64>> = vec![Default::default(); n];
         for d in deltas {
             let key = rrset_key(&d.rrset);
-            let shard = self.shard_of(&d.rrset.rrname);
+            let registrable = self.registrable(&d.rrset.rrname);
+            let shard = match &registrable {
+                Some(domain) => self.shard_of_domain(domain),
+                None => self.shard_of(&d.rrset.rrname),
+            };
             let negative = d.kind != crate::sensor::Kind::Positive;
             if !negative {
                 let idx = index_keys(&d.rrset, &key).into_iter().map(serde_bytes::ByteBuf::from).collect();
                 index[shard].push(IndexRow { idx });
-                if let Some(domain) = self.registrable(&d.rrset.rrname) {
+                if let Some(domain) = registrable {
                     let first = domains[shard].entry(domain).or_insert(d.first);
                     *first = (*first).min(d.first);
                 }
