@@ -216,23 +216,72 @@ struct DomainRow {
     first: u64,
 }
 
-impl wire::RowBinary for BatchRow {
+/// A [`BatchRow`] borrowed from a delta, as `apply` encodes it (no copies of the RRset).
+struct RowRef<'a> {
+    b: BatchRange<'a>,
+    key: &'a [u8],
+    rrset: Option<&'a crate::sensor::Rrset>,
+    negative: u8,
+    time_first: u64,
+    time_last: u64,
+    count: u64,
+    sensors: &'a [&'a str],
+}
+
+impl wire::RowBinary for RowRef<'_> {
     fn put(&self, out: &mut Vec<u8>) {
-        wire::put_bytes(out, self.sensor.as_bytes());
-        for n in [self.stream, self.first_seq, self.seq] {
+        wire::put_bytes(out, self.b.sender.as_bytes());
+        for n in [self.b.stream, self.b.first, self.b.last] {
             out.extend_from_slice(&n.to_le_bytes());
         }
-        wire::put_bytes(out, &self.key);
-        wire::put_bytes(out, self.rrname.as_bytes());
-        out.extend_from_slice(&self.rrtype.to_le_bytes());
-        wire::put_bytes(out, self.bailiwick.as_bytes());
-        wire::put_strings(out, &self.rdata);
+        wire::put_bytes(out, self.key);
+        let (rrname, rrtype, bailiwick, rdata) = match self.rrset {
+            Some(r) => (r.rrname.as_str(), r.rrtype, r.bailiwick.as_str(), r.rdata.as_slice()),
+            None => ("", 0, "", &[][..]),
+        };
+        wire::put_bytes(out, rrname.as_bytes());
+        out.extend_from_slice(&rrtype.to_le_bytes());
+        wire::put_bytes(out, bailiwick.as_bytes());
+        wire::put_strings(out, rdata);
         out.push(self.negative);
         for n in [self.time_first, self.time_last, self.count] {
             out.extend_from_slice(&n.to_le_bytes());
         }
-        wire::put_strings(out, &self.sensors);
+        wire::put_strings(out, self.sensors);
     }
+}
+
+impl wire::RowBinary for BatchRow {
+    fn put(&self, out: &mut Vec<u8>) {
+        let sensors: Vec<&str> = self.sensors.iter().map(String::as_str).collect();
+        let rrset = crate::sensor::Rrset {
+            rrname: self.rrname.clone(),
+            rrtype: self.rrtype,
+            bailiwick: self.bailiwick.clone(),
+            rdata: self.rdata.clone(),
+        };
+        let b = BatchRange { sender: &self.sensor, stream: self.stream, first: self.first_seq, last: self.seq };
+        RowRef {
+            b,
+            key: &self.key,
+            rrset: Some(&rrset),
+            negative: self.negative,
+            time_first: self.time_first,
+            time_last: self.time_last,
+            count: self.count,
+            sensors: &sensors,
+        }
+        .put(out)
+    }
+}
+
+/// One shard's part of a batch, each table's rows in RowBinary.
+#[derive(Default)]
+struct ShardPart {
+    landing: Vec<u8>,
+    rrsets: Vec<u8>,
+    index: Vec<u8>,
+    domains: Vec<u8>,
 }
 
 impl wire::RowBinary for IndexRow {
@@ -439,7 +488,7 @@ impl Cluster {
                     })
                     .collect();
                 if !idx.is_empty() {
-                    self.insert(shard, "index_in", &idx).await?;
+                    self.insert(shard, "index_in", &wire::rows(&idx)).await?;
                     written += idx.iter().map(|r| r.idx.len() as u64).sum::<u64>();
                 }
                 if rows.len() < PAGE {
@@ -476,8 +525,14 @@ impl Cluster {
     /// Applies one batch exactly once (see the module docs). `deltas` are attributed already
     /// (their `sensors` are who is behind them).
     pub async fn apply(&self, b: BatchRange<'_>, deltas: &[Delta]) -> Result<Outcome, ClusterError> {
+        struct Item<'d> {
+            shard: usize,
+            negative: bool,
+            key: Vec<u8>,
+            delta: &'d Delta,
+        }
         let n = self.shards.len();
-        let mut rows: Vec<Vec<BatchRow>> = vec![Vec::new(); n];
+        let mut items = Vec::with_capacity(deltas.len());
         let mut index: Vec<Vec<IndexRow>> = vec![Vec::new(); n];
         let mut domains: Vec<std::collections::BTreeMap<String, u64>> = vec![Default::default(); n];
         for d in deltas {
@@ -496,52 +551,55 @@ impl Cluster {
                     *first = (*first).min(d.first);
                 }
             }
-            let mut sensors = d.sensors.clone();
-            sensors.sort();
-            sensors.dedup();
-            rows[shard].push(BatchRow {
-                sensor: b.sender.to_string(),
-                stream: b.stream,
-                first_seq: b.first,
-                seq: b.last,
-                key,
-                rrname: d.rrset.rrname.clone(),
-                rrtype: d.rrset.rrtype,
-                bailiwick: d.rrset.bailiwick.clone(),
-                rdata: d.rrset.rdata.clone(),
-                negative: u8::from(negative),
-                time_first: d.first,
-                time_last: d.last,
-                count: d.count,
-                sensors,
-            });
+            items.push(Item { shard, negative, key, delta: d });
         }
+        // Deterministic blocks: each shard's rows sorted (stable: equal keys keep the batch's
+        // order), positive ones first, the marker last.
+        items.sort_by(|x, y| (x.shard, x.negative, &x.key).cmp(&(y.shard, y.negative, &y.key)));
         let mark = marker(&b);
-        let tasks =
-            rows.into_iter().zip(index).zip(domains).enumerate().map(|(shard, ((mut rows, mut index), domains))| {
-                // Deterministic blocks: sorted, marker last.
-                rows.sort_by(|x, y| (x.negative, &x.key).cmp(&(y.negative, &y.key)));
-                index.sort_by(|x, y| x.idx.cmp(&y.idx));
-                rows.push(BatchRow {
-                    sensor: b.sender.to_string(),
-                    stream: b.stream,
-                    first_seq: b.first,
-                    seq: b.last,
-                    key: mark.clone(),
-                    rrname: String::new(),
-                    rrtype: 0,
-                    bailiwick: String::new(),
-                    rdata: Vec::new(),
-                    negative: 0,
-                    time_first: 0,
-                    time_last: 0,
-                    count: 0,
-                    sensors: Vec::new(),
-                });
-                index.push(IndexRow { idx: vec![serde_bytes::ByteBuf::from(mark.clone())] });
-                let domains = domains.into_iter().map(|(domain, first)| DomainRow { domain, first }).collect();
-                self.apply_shard(shard, b, mark.clone(), rows, index, domains)
-            });
+        let mut marker_row = Vec::new();
+        let empty =
+            RowRef { b, key: &mark, rrset: None, negative: 0, time_first: 0, time_last: 0, count: 0, sensors: &[] };
+        wire::RowBinary::put(&empty, &mut marker_row);
+        let mut parts: Vec<ShardPart> = (0..n).map(|_| ShardPart::default()).collect();
+        let mut at = 0;
+        for (shard, part) in parts.iter_mut().enumerate() {
+            let end = at + items[at..].iter().take_while(|i| i.shard == shard).count();
+            part.landing.reserve((end - at) * 192 + marker_row.len());
+            let mut positive_end = 0;
+            for it in &items[at..end] {
+                let d = it.delta;
+                let mut sensors: Vec<&str> = d.sensors.iter().map(String::as_str).collect();
+                sensors.sort_unstable();
+                sensors.dedup();
+                let row = RowRef {
+                    b,
+                    key: &it.key,
+                    rrset: Some(&d.rrset),
+                    negative: u8::from(it.negative),
+                    time_first: d.first,
+                    time_last: d.last,
+                    count: d.count,
+                    sensors: &sensors,
+                };
+                wire::RowBinary::put(&row, &mut part.landing);
+                if !it.negative {
+                    positive_end = part.landing.len();
+                }
+            }
+            at = end;
+            part.rrsets.reserve(positive_end + marker_row.len());
+            part.rrsets.extend_from_slice(&part.landing[..positive_end]);
+            part.rrsets.extend_from_slice(&marker_row);
+            part.landing.extend_from_slice(&marker_row);
+        }
+        for ((part, mut index), domains) in parts.iter_mut().zip(index).zip(domains) {
+            index.sort_by(|x, y| x.idx.cmp(&y.idx));
+            index.push(IndexRow { idx: vec![serde_bytes::ByteBuf::from(mark.clone())] });
+            part.index = wire::rows(&index);
+            part.domains = wire::rows(domains.into_iter().map(|(domain, first)| DomainRow { domain, first }));
+        }
+        let tasks = parts.into_iter().enumerate().map(|(shard, part)| self.apply_shard(shard, b, mark.clone(), part));
         let results = futures_util::future::join_all(tasks).await;
         let mut applied = false;
         for r in results {
@@ -556,9 +614,7 @@ impl Cluster {
         shard: usize,
         b: BatchRange<'_>,
         mark: Vec<u8>,
-        rows: Vec<BatchRow>,
-        idx: Vec<IndexRow>,
-        domains: Vec<DomainRow>,
+        part: ShardPart,
     ) -> Result<bool, ClusterError> {
         let client = &self.shards[shard];
         let db = &self.config.database;
@@ -578,36 +634,35 @@ impl Cluster {
         let mut wrote = false;
         // Domains (first seen is a min: writing it twice changes nothing) go first, so that a
         // batch whose markers are all present has its domains too.
-        if (landing == 0 || rrsets == 0 || index == 0) && !domains.is_empty() {
-            self.insert(shard, "domains_in", &domains).await?;
+        if (landing == 0 || rrsets == 0 || index == 0) && !part.domains.is_empty() {
+            self.insert(shard, "domains_in", &part.domains).await?;
         }
         // The views' targets first, the landing table (the audit trail) last.
         if rrsets == 0 {
-            let positive: Vec<&BatchRow> = rows.iter().filter(|r| r.negative == 0).collect();
-            self.insert(shard, "rrsets_in", &positive).await?;
+            self.insert(shard, "rrsets_in", &part.rrsets).await?;
             wrote = true;
         }
         if index == 0 {
-            self.insert(shard, "index_in", &idx).await?;
+            self.insert(shard, "index_in", &part.index).await?;
             wrote = true;
         }
         if landing == 0 {
-            self.insert(shard, "landing", &rows).await?;
+            self.insert(shard, "landing", &part.landing).await?;
             wrote = true;
         }
         Ok(wrote)
     }
 
-    /// One INSERT of `rows` into `table` on `shard`: one block (what deduplication compares),
-    /// all of it committed or none (see [`wire`]).
-    async fn insert<T: wire::RowBinary>(&self, shard: usize, table: &str, rows: &[T]) -> Result<(), ClusterError> {
+    /// One INSERT of `rows` (RowBinary) into `table` on `shard`: one block (what deduplication
+    /// compares), all of it committed or none (see [`wire`]).
+    async fn insert(&self, shard: usize, table: &str, rows: &[u8]) -> Result<(), ClusterError> {
         let fail = |message: String| ClusterError::Insert {
             shard: shard + 1,
             url: self.config.shards[shard].clone(),
             table: table.to_string(),
             message,
         };
-        let body = wire::block(&wire::rows(rows)).map_err(fail)?;
+        let body = wire::block(rows).map_err(fail)?;
         self.inserters[shard].insert(&format!("{}.{table}", self.config.database), body).await.map_err(fail)
     }
 
