@@ -26,6 +26,8 @@ const HEADER: usize = 9;
 const MAX_BLOCK: usize = 1 << 30;
 /// The start of an error answer that is kept for the error message.
 const MAX_ERROR_TEXT: usize = 2048;
+/// The most of an answer that is read (an INSERT's success answer is empty).
+const MAX_ANSWER: usize = 1 << 20;
 
 /// A row as ClickHouse's RowBinary format lays it out.
 pub trait RowBinary {
@@ -158,7 +160,10 @@ impl Inserter {
                 format!("{e} ({})", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())
             })?;
             let status = response.status();
-            let text = response.into_body().collect().await.map_err(|e| format!("reading the answer: {e}"))?;
+            let text = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?;
             if status.is_success() {
                 return Ok(());
             }
