@@ -275,12 +275,16 @@ impl wire::RowBinary for BatchRow {
     }
 }
 
+/// The size at which a batch's index rows for one shard go into another INSERT.
+const INDEX_CHUNK: usize = 16 << 20;
+
 /// One shard's part of a batch, each table's rows in RowBinary.
 #[derive(Default)]
 struct ShardPart {
     landing: Vec<u8>,
     rrsets: Vec<u8>,
-    index: Vec<u8>,
+    /// In INSERTs of about [`INDEX_CHUNK`] bytes; the marker row ends the last one.
+    index: Vec<Vec<u8>>,
     domains: Vec<u8>,
 }
 
@@ -540,7 +544,7 @@ impl Cluster {
             let registrable = self.registrable(&d.rrset.rrname);
             let shard = match &registrable {
                 Some(domain) => self.shard_of_domain(domain),
-                None => self.shard_of(&d.rrset.rrname),
+                None => self.shard_of_domain(&format!("{}.", d.rrset.rrname.trim_end_matches('.'))),
             };
             let negative = d.kind != crate::sensor::Kind::Positive;
             if !negative {
@@ -596,7 +600,20 @@ impl Cluster {
         for ((part, mut index), domains) in parts.iter_mut().zip(index).zip(domains) {
             index.sort_by(|x, y| x.idx.cmp(&y.idx));
             index.push(IndexRow { idx: vec![serde_bytes::ByteBuf::from(mark.clone())] });
-            part.index = wire::rows(&index);
+            // The index in INSERTs of about INDEX_CHUNK bytes, the marker in the last: an RRset's
+            // index rows carry its key once per rdata item, so a batch's index can be many times
+            // the batch. Unlike counts, positions may be written twice (rdata_index is a set),
+            // so a collector dying between these INSERTs costs nothing.
+            let mut chunk = Vec::new();
+            for row in &index {
+                wire::RowBinary::put(row, &mut chunk);
+                if chunk.len() >= INDEX_CHUNK {
+                    part.index.push(std::mem::take(&mut chunk));
+                }
+            }
+            if !chunk.is_empty() {
+                part.index.push(chunk);
+            }
             part.domains = wire::rows(domains.into_iter().map(|(domain, first)| DomainRow { domain, first }));
         }
         let tasks = parts.into_iter().enumerate().map(|(shard, part)| self.apply_shard(shard, b, mark.clone(), part));
@@ -643,7 +660,9 @@ impl Cluster {
             wrote = true;
         }
         if index == 0 {
-            self.insert(shard, "index_in", &part.index).await?;
+            for chunk in &part.index {
+                self.insert(shard, "index_in", chunk).await?;
+            }
             wrote = true;
         }
         if landing == 0 {

@@ -22,7 +22,8 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 const ZSTD: u8 = 0x90;
 /// Method byte, compressed size, uncompressed size.
 const HEADER: usize = 9;
-/// ClickHouse refuses compressed blocks past 1 GiB.
+/// ClickHouse refuses compressed blocks past 1 GiB (a batch's `landing` rows, the largest
+/// single block, stay below 200 MiB: 64 MiB of batch plus at most 100,000 keys and counters).
 const MAX_BLOCK: usize = 1 << 30;
 /// The start of an error answer that is kept for the error message.
 const MAX_ERROR_TEXT: usize = 2048;
@@ -76,8 +77,11 @@ pub fn rows<R: RowBinary>(rows: impl IntoIterator<Item = R>) -> Vec<u8> {
 pub fn block(data: &[u8]) -> Result<Vec<u8>, String> {
     let packed = zstd::block::compress(data, 1).map_err(|e| format!("zstd: {e}"))?;
     let size = HEADER + packed.len();
-    if size > MAX_BLOCK || data.len() > MAX_BLOCK {
-        return Err(format!("an INSERT of {} bytes is past ClickHouse's 1 GiB block limit", data.len()));
+    if size > MAX_BLOCK || u32::try_from(data.len()).is_err() {
+        return Err(format!(
+            "an INSERT of {} bytes ({size} compressed) is past the format's limits (1 GiB compressed, 4 GiB not)",
+            data.len()
+        ));
     }
     let mut out = Vec::with_capacity(16 + size);
     out.extend_from_slice(&[0; 16]);
