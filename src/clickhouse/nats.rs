@@ -48,7 +48,8 @@ const FEED_DEDUP: Duration = Duration::from_secs(3600);
 const VERSION: u8 = 1;
 /// Feed publications awaiting their acknowledgement. async-nats lets 5,000 be pending and
 /// makes the next publish wait for one to end, and an acknowledgement only ends when it is
-/// awaited: sending a batch's 6,000 new RRsets before awaiting any waited forever.
+/// awaited: sending all of a batch's 6,000 new RRsets before awaiting any hung until the
+/// batch's time limit, on every delivery.
 const FEED_ACKS_IN_FLIGHT: usize = 1_000;
 
 /// Where the broker is.
