@@ -103,7 +103,7 @@ enum Http {
 /// Sends INSERTs to one shard over HTTP(S).
 pub(crate) struct Inserter {
     http: Http,
-    /// `scheme://host:port/path?` with the settings every INSERT carries.
+    /// The shard's URL with the settings every INSERT carries as its query.
     base: String,
     user: String,
     password: String,
@@ -139,7 +139,11 @@ impl Inserter {
             }
             None => Http::Plain(builder().build(connector)),
         };
-        let mut base = format!("{}/?decompress=1", url.trim_end_matches('/'));
+        // The URL's path is kept (a shard behind a proxy path), its query is replaced, as the
+        // clickhouse crate's queries do.
+        let url = url.split(['?', '#']).next().unwrap_or_default();
+        let has_path = url.split_once("://").is_some_and(|(_, rest)| rest.contains('/'));
+        let mut base = format!("{url}{}?decompress=1", if has_path { "" } else { "/" });
         for (name, value) in settings {
             base.push_str(&format!("&{name}={}", utf8_percent_encode(value, NON_ALPHANUMERIC)));
         }
@@ -182,6 +186,14 @@ impl Inserter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shard_url_keeps_its_path_and_loses_its_query() {
+        let base = |url: &str| Inserter::new(url, "u", "p", &[("a", "b c".into())], None, Duration::from_secs(1)).base;
+        assert_eq!(base("http://h:8123"), "http://h:8123/?decompress=1&a=b%20c");
+        assert_eq!(base("http://h:8123/"), "http://h:8123/?decompress=1&a=b%20c");
+        assert_eq!(base("https://h/ch?x=1"), "https://h/ch?decompress=1&a=b%20c");
+    }
 
     #[test]
     fn lengths_are_leb128() {
