@@ -334,7 +334,23 @@ pub async fn write(
                 Ok(m) => {
                     got += 1;
                     let limit = Duration::from_secs(2 * cluster.config().timeout_secs);
-                    if tokio::time::timeout(limit, handle(m, &js, &cluster, &stats)).await.is_err() {
+                    // While a batch is worked on, JetStream is told so every ACK_WAIT / 2: a batch
+                    // that takes longer than ACK_WAIT is not delivered to another writer meanwhile
+                    // (harmless, it is recognised, but it doubles the load on a cluster that is
+                    // slow already).
+                    let work = tokio::time::timeout(limit, handle(&m, &js, &cluster, &stats));
+                    tokio::pin!(work);
+                    let mut progress =
+                        tokio::time::interval_at(tokio::time::Instant::now() + ACK_WAIT / 2, ACK_WAIT / 2);
+                    let done = loop {
+                        tokio::select! {
+                            done = &mut work => break done,
+                            _ = progress.tick() => {
+                                let _ = m.ack_with(jetstream::AckKind::Progress).await;
+                            }
+                        }
+                    };
+                    if done.is_err() {
                         stats.failures.inc("timeout");
                         tracing::warn!(?limit, "a batch took too long; it will be delivered again");
                     }
@@ -362,7 +378,7 @@ pub async fn write(
 }
 
 /// Applies one message's batch and acknowledges it, or leaves it to be delivered again.
-async fn handle(message: jetstream::Message, js: &jetstream::Context, cluster: &Cluster, stats: &WriterStats) {
+async fn handle(message: &jetstream::Message, js: &jetstream::Context, cluster: &Cluster, stats: &WriterStats) {
     let Some((sender, trusted, body)) = decode(&message.payload) else {
         stats.failures.inc("decode");
         tracing::error!("nats: a message that is not a dnsledger batch; dropped");
