@@ -143,10 +143,11 @@ fn full_pipeline(dir: &Path, input: &Path, frames: u64) {
     let elapsed = start.elapsed();
     let stored = p.store().len();
     let disk = p.store().size_on_disk().expect("size");
+    let (runs, run_bytes) = p.store().runs();
     drop(p);
     println!(
         "full pipeline (stages and store writes on two threads): {:.0} frames/s ({:.1}s), {} observations, {} RRsets stored, \
-         {} flushes, peak RSS {} MiB, {:.0} bytes on disk per RRset ({:.1} MB)",
+         {} flushes, peak RSS {} MiB, {:.0} bytes on disk per RRset ({:.1} MB; {runs} runs of {:.1} MB)",
         frames as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
         stats.rrsets_observed.get(),
@@ -154,7 +155,8 @@ fn full_pipeline(dir: &Path, input: &Path, frames: u64) {
         stats.flushes.get(),
         peak_rss_mib(),
         disk as f64 / stored.max(1) as f64,
-        disk as f64 / 1e6
+        disk as f64 / 1e6,
+        run_bytes as f64 / 1e6
     );
 }
 

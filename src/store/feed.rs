@@ -122,7 +122,7 @@ impl Store {
             let seq = u64_of(&k[1..]);
             let corrupt = || StoreError::Corrupt(k.to_vec());
             let entry = match v.first() {
-                Some(0) => match self.t.get(tagged(TAG_RRSET, &v[1..]))? {
+                Some(0) => match self.get_merged(&tagged(TAG_RRSET, &v[1..]))? {
                     Some(r) => FeedItem::Rrset(decode_value(&r).ok_or_else(corrupt)?),
                     None => return Err(corrupt()),
                 },

@@ -164,17 +164,16 @@ pub type Scanned = Result<(sled::IVec, sled::IVec), StoreError>;
 
 impl Ordered for Store {
     fn scan(&self, start: Bound<Vec<u8>>, end: Option<Vec<u8>>) -> Box<dyn Iterator<Item = Scanned> + '_> {
-        let end = end.map_or(Bound::Unbounded, Bound::Excluded);
-        Box::new(self.t.range::<Vec<u8>, _>((start, end)).map(|r| r.map_err(StoreError::from)))
+        Box::new(self.scan_range(start, end))
     }
 
     fn get_sorted(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<sled::IVec>>, StoreError> {
-        keys.iter().map(|k| self.t.get(k).map_err(StoreError::from)).collect()
+        self.runs.get_sorted(&self.t, keys)
     }
 }
 
 /// The smallest key above every key that starts with `prefix` (`None`: no such key).
-fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut p = prefix.to_vec();
     while let Some(last) = p.pop() {
         if last < 0xff {
@@ -497,6 +496,7 @@ mod tests {
         let before: Vec<Vec<Entry>> =
             lookups.iter().map(|l| s.lookup(l, &Fences::default(), usize::MAX).unwrap()).collect();
         // A store written before index entries carried values: every other entry is bare.
+        s.move_runs_to_tree();
         let mut bare = 0;
         for (i, item) in s.t.iter().enumerate() {
             let (k, _) = item.unwrap();
@@ -547,24 +547,37 @@ mod tests {
             count,
             sensors: Vec::new(),
         };
-        let copy = |s: &Store| s.t.scan_prefix([TAG_BY_IP]).next().unwrap().unwrap().1;
+        let copy = |s: &Store| s.scan_prefix(&[TAG_BY_IP]).next().unwrap().unwrap().1;
+        let ip = |s: &Store| {
+            let (lo, hi) = "10.0.0.0/8".parse::<crate::sensor::Cidr>().unwrap().range();
+            s.lookup(&Lookup::RdataIp { lo, hi }, &Fences::default(), 10).unwrap()[0].count
+        };
         {
             // A sensor that only forwards: bare entries, nothing to keep current.
             let s = Store::open(dir.path()).unwrap();
             s.merge(&[one(1)], false).unwrap();
             assert!(copy(&s).is_empty());
-            // Serving the API from now on: the next merge writes the copy.
+            // Serving the API from now on: an RRset indexed bare stays bare (walks fetch it),
+            // with the right counters.
             let s = s.with_copies().unwrap();
             s.merge(&[one(1)], false).unwrap();
+            assert!(copy(&s).is_empty());
+            assert_eq!(ip(&s), 2);
+            s.sync().unwrap();
+        }
+        // A new RRset gets copies, and they are kept current after the store is opened again
+        // without asking.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap().with_copies().unwrap();
+            s.merge(&[one(2)], false).unwrap();
             assert_eq!(super::super::keys::value_counters(&copy(&s)), Some((1, 2, 2)));
             s.sync().unwrap();
         }
-        // Opened again without asking: the copies are still kept current.
         let s = Store::open(dir.path()).unwrap();
         s.merge(&[one(5)], false).unwrap();
         assert_eq!(super::super::keys::value_counters(&copy(&s)), Some((1, 2, 7)));
-        let (lo, hi) = "10.0.0.0/8".parse::<crate::sensor::Cidr>().unwrap().range();
-        assert_eq!(s.lookup(&Lookup::RdataIp { lo, hi }, &Fences::default(), 10).unwrap()[0].count, 7);
+        assert_eq!(ip(&s), 7);
     }
 
     #[test]
@@ -586,7 +599,7 @@ mod tests {
         s.merge(std::slice::from_ref(&big), false).unwrap();
         s.merge(std::slice::from_ref(&big), false).unwrap();
         // 20 copies of a 20-address value on every merge would be 20x its size: bare instead.
-        let entries: Vec<_> = s.t.scan_prefix([TAG_BY_IP]).map(|r| r.unwrap()).collect();
+        let entries: Vec<_> = s.scan_prefix(&[TAG_BY_IP]).map(|r| r.unwrap()).collect();
         assert_eq!(entries.len(), 20);
         assert!(entries.iter().all(|(_, v)| v.is_empty()));
         let (lo, hi) = "10.9.0.0/24".parse::<crate::sensor::Cidr>().unwrap().range();
@@ -619,6 +632,7 @@ mod tests {
             assert_eq!(s.lookup(&l, &Fences::default(), 100).unwrap().len(), 1);
             assert_eq!(s.lookup(&all, &Fences::default(), 100).unwrap().len(), 1);
             // A store from before `G` entries: none, and not marked.
+            s.move_runs_to_tree();
             for item in s.t.scan_prefix([TAG_BY_TARGET_FWD]) {
                 s.t.remove(item.unwrap().0).unwrap();
             }

@@ -25,6 +25,7 @@ mod days;
 mod feed;
 pub mod keys;
 mod lookup;
+mod runs;
 
 pub use days::DayRow;
 pub use feed::{FeedEntry, FeedItem, FeedRead};
@@ -37,7 +38,7 @@ use thiserror::Error;
 
 use crate::dns::rrtype_name;
 use crate::sensor::{Kind, Rrset};
-use keys::{decode_value, encode_value, owner_prefix, rrset_key, set_counters, value_counters};
+use keys::{decode_value, encode_value, owner_prefix, rrset_key};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -221,6 +222,12 @@ pub struct Store {
     /// the query API. Once on, on for good (recorded in the store): a merge that skipped the
     /// copies would leave them stale.
     copies: bool,
+    /// The sorted runs RRsets and index entries are written in (`runs.rs`).
+    runs: std::sync::Arc<runs::Runs>,
+    /// A 128-bit fingerprint of every stored RRset key (`R` and `N`): which RRsets of a merge
+    /// are new, without reading the store (a new RRset gets its bare index entries and its
+    /// feed entry). Built at open.
+    known: std::sync::Arc<std::sync::Mutex<fxhash::FxHashSet<u128>>>,
 }
 
 /// sled's page cache in MiB unless configured: small, for sensors (a memory goal); servers of
@@ -363,6 +370,7 @@ impl Store {
             }
         };
         let t = db.open_tree("pdns").map_err(StoreError::Sled)?;
+        let runs = std::sync::Arc::new(runs::Runs::open(&t)?);
         // A range pinned before a restart is still in flight: never folded into.
         let pinned = t.get(META_PINNED).map_err(StoreError::Sled)?.filter(|v| v.len() == 16).map(|v| u64_of(&v[8..]));
         let mut store = Self {
@@ -376,8 +384,11 @@ impl Store {
             suffixes: Default::default(),
             days: false,
             copies: false,
+            runs,
+            known: Default::default(),
         };
         store.upgrade_indexes()?;
+        store.load_known()?;
         store.copies = store.t.get(META_COPIES)?.is_some();
         // What a previous process wrote is on disk now.
         let written = store.feed_written()?;
@@ -436,7 +447,7 @@ impl Store {
     /// index entries for RRsets seen for the first time; with `outbox`, the deltas are also
     /// queued for the next hop. One atomic batch; [`Store::sync`] makes it durable.
     pub fn merge(&self, deltas: &[Delta], outbox: bool) -> Result<MergeStats, StoreError> {
-        self.merge_with(deltas, outbox, sled::Batch::default())
+        self.merge_with(deltas, outbox, sled::Batch::default(), Vec::new())
     }
 
     /// Applies a sender's batch exactly once. A batch covers the sender's outbox entries
@@ -479,15 +490,16 @@ impl Store {
         mark.extend_from_slice(&last.to_be_bytes());
         batch.insert(mark_key, mark);
         let attributed = attribute(deltas, sender, trust_sensors);
+        let mut contributed = Vec::new();
         for d in &attributed {
             for s in &d.sensors {
                 let mut k = tagged(TAG_CONTRIBUTOR, &rrset_key(&d.rrset));
                 k.push(0);
                 k.extend_from_slice(s.as_bytes());
-                batch.insert(k, &[]);
+                contributed.push((k, Vec::new()));
             }
         }
-        Ok(Applied::Merged(self.merge_with(&attributed, outbox, batch)?))
+        Ok(Applied::Merged(self.merge_with(&attributed, outbox, batch, contributed)?))
     }
 
     /// The (stream, last sequence) applied from each sender.
@@ -508,7 +520,7 @@ impl Store {
         let mut prefix = tagged(TAG_CONTRIBUTOR, &rrset_key(rrset));
         prefix.push(0);
         let mut out = Vec::new();
-        for item in self.t.scan_prefix(&prefix) {
+        for item in self.scan_prefix(&prefix) {
             let (k, _) = item?;
             out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
         }
@@ -600,45 +612,59 @@ impl Store {
         Ok(seq)
     }
 
-    fn merge_with(&self, deltas: &[Delta], outbox: bool, mut batch: sled::Batch) -> Result<MergeStats, StoreError> {
+    fn merge_with(
+        &self,
+        deltas: &[Delta],
+        outbox: bool,
+        mut batch: sled::Batch,
+        mut entries: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<MergeStats, StoreError> {
         let _merging = self.merge_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut stats = MergeStats::default();
         let mut new_positive = 0u64;
         let mut fresh = Vec::new();
-        for d in deltas {
-            let positive = d.kind == Kind::Positive;
-            let rkey = rrset_key(&d.rrset);
-            let key = tagged(if positive { TAG_RRSET } else { TAG_NEGATIVE }, &rkey);
-            if positive && self.days {
-                self.day_add(&mut batch, &rkey, d)?;
-            }
-            match self.t.get(&key)? {
-                Some(old) => {
-                    let (f, l, c) = value_counters(&old).ok_or_else(|| StoreError::Corrupt(key.clone()))?;
-                    let mut v = old.to_vec();
-                    set_counters(&mut v, f.min(d.first), l.max(d.last), c.saturating_add(d.count));
-                    if positive {
-                        index(&mut batch, &d.rrset, &rkey, &v, false, self.copies);
-                    }
-                    batch.insert(key, v);
-                    stats.updated_keys += 1;
+        let mut new_prints = fxhash::FxHashSet::default();
+        entries.reserve(deltas.len() * 3);
+        {
+            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            for d in deltas {
+                let positive = d.kind == Kind::Positive;
+                let rkey = rrset_key(&d.rrset);
+                let key = tagged(if positive { TAG_RRSET } else { TAG_NEGATIVE }, &rkey);
+                if positive && self.days {
+                    self.day_add(&mut batch, &rkey, d)?;
                 }
-                None => {
-                    let v = encode_value(d.first, d.last, d.count, &d.rrset);
-                    if positive {
-                        index(&mut batch, &d.rrset, &rkey, &v, true, self.copies);
-                    }
-                    batch.insert(key, v);
-                    stats.new_keys += 1;
-                    if positive {
-                        new_positive += 1;
-                        if self.feed_retain > 0 {
-                            fresh.push((&d.rrset, rkey.clone(), d.first));
-                        }
+                let print = fingerprint(&key);
+                let new = !known.contains(&print) && !new_prints.contains(&print);
+                let v = encode_value(d.first, d.last, d.count, &d.rrset);
+                if positive {
+                    index(&mut entries, &d.rrset, &rkey, &v, new, self.copies);
+                }
+                entries.push((key, v));
+                if !new {
+                    stats.updated_keys += 1;
+                    continue;
+                }
+                stats.new_keys += 1;
+                new_prints.insert(print);
+                if positive {
+                    new_positive += 1;
+                    if self.feed_retain > 0 {
+                        fresh.push((&d.rrset, rkey, d.first));
                     }
                 }
             }
         }
+        // One entry per key: the same key twice in a batch is combined.
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut unique: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(entries.len());
+        for (k, v) in entries {
+            match unique.last_mut() {
+                Some((lk, lv)) if *lk == k => *lv = runs::combine(&k, std::mem::take(lv).into(), &v)?.to_vec(),
+                _ => unique.push((k, v)),
+            }
+        }
+        let run = self.runs.stage(&unique, &mut batch);
         self.feed_add(&mut batch, &fresh)?;
         if new_positive > 0 {
             let n = self.t.get(META_RRSETS)?.map(|v| u64_of(&v)).unwrap_or(0) + new_positive;
@@ -671,7 +697,54 @@ impl Store {
         // All or nothing: if this fails nothing was applied and the merge may be retried.
         self.t.apply_batch(batch)?;
         drop(in_flight);
+        if let Some(run) = run {
+            self.runs.publish(run);
+        }
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).extend(new_prints);
+        self.runs.compact(&self.t)?;
         Ok(stats)
+    }
+
+    /// Moves everything in runs into the tree itself: a store as written before runs existed.
+    #[cfg(test)]
+    pub(crate) fn move_runs_to_tree(&self) {
+        let all: Vec<_> =
+            self.scan_range(std::ops::Bound::Included(vec![b'C']), Some(vec![b'W'])).map(|r| r.unwrap()).collect();
+        for (k, v) in all {
+            self.t.insert(k, v).unwrap();
+        }
+        self.runs.clear(&self.t);
+    }
+
+    /// Fingerprints every stored RRset key (at open).
+    fn load_known(&self) -> Result<(), StoreError> {
+        let mut known = fxhash::FxHashSet::default();
+        for tag in [TAG_NEGATIVE, TAG_RRSET] {
+            for item in self.runs.scan(&self.t, std::ops::Bound::Included(vec![tag]), Some(vec![tag + 1])) {
+                known.insert(fingerprint(&item?.0));
+            }
+        }
+        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = known;
+        Ok(())
+    }
+
+    /// Keys in `[start, end)` over the tree and the runs, in key order, values combined.
+    pub(crate) fn scan_range(
+        &self,
+        start: std::ops::Bound<Vec<u8>>,
+        end: Option<Vec<u8>>,
+    ) -> impl Iterator<Item = lookup::Scanned> + '_ {
+        self.runs.scan(&self.t, start, end)
+    }
+
+    /// Keys starting with `prefix`, in key order, values combined.
+    fn scan_prefix<'a>(&'a self, prefix: &[u8]) -> impl Iterator<Item = lookup::Scanned> + use<'a> {
+        self.scan_range(std::ops::Bound::Included(prefix.to_vec()), lookup::successor(prefix))
+    }
+
+    /// The value of one key, combined over the tree and the runs.
+    fn get_merged(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.runs.get_sorted(&self.t, &[key.to_vec()])?.pop().flatten())
     }
 
     /// Makes everything merged so far durable. Retry this, never the merge, when it fails:
@@ -707,6 +780,11 @@ impl Store {
         Ok(out)
     }
 
+    /// Runs the RRsets and index entries are in now, and the bytes of their blocks.
+    pub fn runs(&self) -> (usize, u64) {
+        self.runs.stats()
+    }
+
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
@@ -714,7 +792,7 @@ impl Store {
 
     /// Every stored RRset (positive or negative tree), in key order.
     pub fn all(&self, negative: bool) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
-        self.t.scan_prefix([if negative { TAG_NEGATIVE } else { TAG_RRSET }]).map(|r| {
+        self.scan_prefix(&[if negative { TAG_NEGATIVE } else { TAG_RRSET }]).map(|r| {
             let (k, v) = r?;
             decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))
         })
@@ -762,15 +840,29 @@ const MAX_COPY_BYTES: usize = 1024;
 /// them (its rdata and its value's size are fixed). The copies cost the writer 10-30% and
 /// 13-23% more disk on the synthetic workloads (docs/BENCHMARKS.md), hence only where queries
 /// are served.
-fn index(batch: &mut sled::Batch, r: &Rrset, rkey: &[u8], v: &[u8], new: bool, copies: bool) {
+fn index(out: &mut Vec<(Vec<u8>, Vec<u8>)>, r: &Rrset, rkey: &[u8], v: &[u8], new: bool, copies: bool) {
     let copies = copies && r.rdata.len() <= MAX_COPIES && v.len() <= MAX_COPY_BYTES;
     for k in index_keys(r, rkey) {
         if copies && ![TAG_BY_NAME, TAG_BY_TARGET_FWD, TAG_BY_VALUE].contains(&k[0]) {
-            batch.insert(k, v);
+            out.push((k, v.to_vec()));
         } else if new {
-            batch.insert(k, &[]);
+            out.push((k, Vec::new()));
         }
     }
+}
+
+/// A 128-bit fingerprint of a stored key: two SipHash passes with fixed keys (the same in
+/// every process of one build; the set is rebuilt at open, never stored). Two keys share one
+/// with a chance of about n^2 / 2^129: none in practice, where 64 bits would give a few in a
+/// billion at a million RRsets.
+fn fingerprint(key: &[u8]) -> u128 {
+    use std::hash::{Hash, Hasher};
+    let mut a = std::hash::DefaultHasher::new();
+    key.hash(&mut a);
+    let mut b = std::hash::DefaultHasher::new();
+    0xa5u8.hash(&mut b);
+    key.hash(&mut b);
+    (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
 /// The index keys of a positive RRset (`rkey`: its RRset key): `F` forward owner, `I` rdata

@@ -1,0 +1,703 @@
+//! Sorted runs: how merges reach sled without one sled key per RRset and index entry.
+//!
+//! sled takes 50-60k inserts per second here, and every new RRset costs it four or five
+//! (the RRset and its index entries, each a copy-on-write of a tree node); it takes ~300 MB/s
+//! of values a few KiB long (docs/BENCHMARKS.md). So a merge writes its RRsets and index
+//! entries, sorted, as one *run*: blocks of about [`BLOCK_BYTES`] under `B` + run id + block
+//! number, and a directory entry `Mrun` + run id holding the first key of each block. Runs are
+//! immutable. A key may be in several runs (and in the tree itself, where stores written before
+//! runs keep their entries); a read combines them ([`combine`]): counters summed, first and last
+//! widened, which is commutative, so runs can be merged in any grouping.
+//!
+//! Runs of a similar size are merged (compacted) once [`FAN_IN`] of them exist, so a store of
+//! n entries has O(log n) runs and each entry is rewritten O(log n) times. A compaction writes
+//! its output under a new id marked `Mcompacting` (removed at open if it never finished), then
+//! swaps the directory in one atomic batch that also marks the inputs `Mgarbage`; their blocks
+//! are deleted once no reader holds them, or at the next open.
+
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use sled::IVec;
+
+use super::keys::{set_counters, value_counters};
+use super::{Scanned, StoreError};
+
+/// A block is sealed once its entries pass this many bytes.
+pub const BLOCK_BYTES: usize = 4096;
+/// Runs of one size class merged at once.
+pub const FAN_IN: usize = 4;
+/// A compaction's output goes to sled in batches of about this many bytes.
+const COMPACT_BATCH_BYTES: usize = 4 << 20;
+
+const TAG_BLOCK: u8 = b'B';
+const META_RUN: &[u8] = b"Mrun";
+const META_GARBAGE: &[u8] = b"Mgarbage";
+const META_COMPACTING: &[u8] = b"Mcompacting";
+
+fn id_key(prefix: &[u8], id: u64) -> Vec<u8> {
+    [prefix, &id.to_be_bytes()[..]].concat()
+}
+
+fn block_key(id: u64, n: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
+    k.push(TAG_BLOCK);
+    k.extend_from_slice(&id.to_be_bytes());
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// One stored value of a key from two sources: index entries without a value (bare) stay bare
+/// (the reader fetches the RRset); otherwise counters are combined (first = min, last = max,
+/// count = sum) and the rest, equal for equal keys, kept.
+pub fn combine(key: &[u8], a: IVec, b: &[u8]) -> Result<IVec, StoreError> {
+    if a.is_empty() || b.is_empty() {
+        return Ok(IVec::default());
+    }
+    let corrupt = || StoreError::Corrupt(key.to_vec());
+    let (f1, l1, c1) = value_counters(&a).ok_or_else(corrupt)?;
+    let (f2, l2, c2) = value_counters(b).ok_or_else(corrupt)?;
+    let mut v = a.to_vec();
+    set_counters(&mut v, f1.min(f2), l1.max(l2), c1.saturating_add(c2));
+    Ok(v.into())
+}
+
+/// A block: `count(4)`, `count` offsets (4 each, from the end of the offsets), then the
+/// entries in key order, each `key length(2) key value length(4) value`.
+struct Block(IVec);
+
+impl Block {
+    fn len(&self) -> usize {
+        self.0.get(..4).map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap_or_default()) as usize)
+    }
+
+    fn entry(&self, i: usize) -> Option<(&[u8], &[u8])> {
+        if i >= self.len() {
+            return None;
+        }
+        let b = &self.0[..];
+        let data = 4 + 4 * self.len();
+        let at = data + u32::from_be_bytes(b.get(4 + 4 * i..8 + 4 * i)?.try_into().ok()?) as usize;
+        let klen = u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?) as usize;
+        let key = b.get(at + 2..at + 2 + klen)?;
+        let at = at + 2 + klen;
+        let vlen = u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize;
+        Some((key, b.get(at + 4..(at + 4).checked_add(vlen)?)?))
+    }
+
+    /// The first entry at or past `key` (strictly past it if not `inclusive`); `None` if the
+    /// block is corrupt.
+    fn seek(&self, key: &[u8], inclusive: bool) -> Option<usize> {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let k = self.entry(mid)?.0;
+            if k < key || (!inclusive && k == key) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(lo)
+    }
+}
+
+/// One immutable run.
+pub struct Run {
+    id: u64,
+    entries: u64,
+    bytes: u64,
+    /// The first key of each block.
+    firsts: Vec<Vec<u8>>,
+    last: Vec<u8>,
+}
+
+impl Run {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(24 + self.firsts.iter().map(|f| f.len() + 2).sum::<usize>());
+        v.extend_from_slice(&self.entries.to_be_bytes());
+        v.extend_from_slice(&self.bytes.to_be_bytes());
+        for k in std::iter::once(&self.last).chain(&self.firsts) {
+            v.extend_from_slice(&(k.len() as u16).to_be_bytes());
+            v.extend_from_slice(k);
+        }
+        v
+    }
+
+    fn decode(id: u64, v: &[u8]) -> Option<Run> {
+        let entries = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+        let bytes = u64::from_be_bytes(v.get(8..16)?.try_into().ok()?);
+        let mut at = 16;
+        let mut keys = Vec::new();
+        while at < v.len() {
+            let n = u16::from_be_bytes(v.get(at..at + 2)?.try_into().ok()?) as usize;
+            keys.push(v.get(at + 2..at + 2 + n)?.to_vec());
+            at += 2 + n;
+        }
+        if keys.len() < 2 {
+            return None;
+        }
+        let last = keys.remove(0);
+        Some(Run { id, entries, bytes, firsts: keys, last })
+    }
+
+    /// log4 of the entry count: runs of one class are merged together.
+    fn class(&self) -> u32 {
+        self.entries.max(1).ilog2() / 2
+    }
+
+    /// Whether any key in `[start, end)` can be in this run.
+    fn overlaps(&self, start: &Bound<Vec<u8>>, end: Option<&[u8]>) -> bool {
+        let after_start = match start {
+            Bound::Included(s) => self.last >= *s,
+            Bound::Excluded(s) => self.last > *s,
+            Bound::Unbounded => true,
+        };
+        after_start && end.is_none_or(|e| self.firsts[0].as_slice() < e)
+    }
+
+    /// The block that holds `key` if any does.
+    fn block_of(&self, key: &[u8]) -> usize {
+        self.firsts.partition_point(|f| f.as_slice() <= key).saturating_sub(1)
+    }
+
+    fn block(&self, t: &sled::Tree, n: usize) -> Result<Block, StoreError> {
+        let k = block_key(self.id, n as u32);
+        t.get(&k)?.map(Block).ok_or(StoreError::Corrupt(k))
+    }
+
+    /// The value of `key` in this run; `cache` keeps the last block read, for sorted lookups.
+    fn get(&self, t: &sled::Tree, key: &[u8], cache: &mut Option<(usize, Block)>) -> Result<Option<IVec>, StoreError> {
+        if key > self.last.as_slice() || key < self.firsts[0].as_slice() {
+            return Ok(None);
+        }
+        let n = self.block_of(key);
+        if cache.as_ref().is_none_or(|(at, _)| *at != n) {
+            *cache = Some((n, self.block(t, n)?));
+        }
+        let Some((_, b)) = cache.as_ref() else { return Ok(None) };
+        let corrupt = || StoreError::Corrupt(block_key(self.id, n as u32));
+        let i = b.seek(key, true).ok_or_else(corrupt)?;
+        match b.entry(i) {
+            Some((k, v)) if k == key => Ok(Some(v.into())),
+            Some(_) => Ok(None),
+            None if i == b.len() => Ok(None),
+            None => Err(corrupt()),
+        }
+    }
+}
+
+/// Blocks to write: (key, block).
+type Blocks = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Builds a run's blocks from entries pushed in key order.
+pub struct RunWriter {
+    id: u64,
+    data: Vec<u8>,
+    offsets: Vec<u32>,
+    firsts: Vec<Vec<u8>>,
+    last: Vec<u8>,
+    sealed: Blocks,
+    sealed_bytes: usize,
+    entries: u64,
+    bytes: u64,
+}
+
+impl RunWriter {
+    fn new(id: u64) -> Self {
+        Self {
+            id,
+            data: Vec::with_capacity(BLOCK_BYTES + 1024),
+            offsets: Vec::new(),
+            firsts: Vec::new(),
+            last: Vec::new(),
+            sealed: Vec::new(),
+            sealed_bytes: 0,
+            entries: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Adds one entry; keys must come in increasing order.
+    pub fn push(&mut self, key: &[u8], value: &[u8]) {
+        debug_assert!(self.entries == 0 || key > self.last.as_slice());
+        if self.offsets.is_empty() {
+            self.firsts.push(key.to_vec());
+        }
+        self.offsets.push(self.data.len() as u32);
+        self.data.extend_from_slice(&(key.len() as u16).to_be_bytes());
+        self.data.extend_from_slice(key);
+        self.data.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        self.data.extend_from_slice(value);
+        self.last.clear();
+        self.last.extend_from_slice(key);
+        self.entries += 1;
+        if self.data.len() >= BLOCK_BYTES {
+            self.seal();
+        }
+    }
+
+    fn seal(&mut self) {
+        if self.offsets.is_empty() {
+            return;
+        }
+        let mut b = Vec::with_capacity(4 + 4 * self.offsets.len() + self.data.len());
+        b.extend_from_slice(&(self.offsets.len() as u32).to_be_bytes());
+        for o in &self.offsets {
+            b.extend_from_slice(&o.to_be_bytes());
+        }
+        b.extend_from_slice(&self.data);
+        self.bytes += b.len() as u64;
+        self.sealed_bytes += b.len();
+        self.sealed.push((block_key(self.id, self.firsts.len() as u32 - 1), b));
+        self.offsets.clear();
+        self.data.clear();
+    }
+
+    /// The blocks sealed since the last call, to be written.
+    fn take_sealed(&mut self) -> Blocks {
+        self.sealed_bytes = 0;
+        std::mem::take(&mut self.sealed)
+    }
+
+    /// Seals the last block: the run (`None` if it is empty) and its unwritten blocks.
+    fn finish(mut self) -> (Option<Run>, Blocks) {
+        self.seal();
+        let run = (self.entries > 0).then(|| Run {
+            id: self.id,
+            entries: self.entries,
+            bytes: self.bytes,
+            firsts: std::mem::take(&mut self.firsts),
+            last: std::mem::take(&mut self.last),
+        });
+        (run, self.sealed)
+    }
+}
+
+/// The runs of a store.
+pub struct Runs {
+    live: RwLock<Arc<Vec<Arc<Run>>>>,
+    /// Runs compacted away whose blocks may still be read.
+    graveyard: Mutex<Vec<Arc<Run>>>,
+    next_id: AtomicU64,
+}
+
+impl Runs {
+    /// Loads the directory; finishes what a crash interrupted (blocks of an unfinished
+    /// compaction, blocks of runs compacted away).
+    pub fn open(t: &sled::Tree) -> Result<Self, StoreError> {
+        let mut live = Vec::new();
+        let mut max_id = 0;
+        for item in t.scan_prefix(META_RUN) {
+            let (k, v) = item?;
+            let id = id_of(&k).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
+            live.push(Arc::new(Run::decode(id, &v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?));
+            max_id = max_id.max(id);
+        }
+        for prefix in [META_GARBAGE, META_COMPACTING] {
+            for item in t.scan_prefix(prefix) {
+                let (k, _) = item?;
+                let id = id_of(&k).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
+                max_id = max_id.max(id);
+                let mut batch = sled::Batch::default();
+                for block in t.scan_prefix(id_key(&[TAG_BLOCK], id)).keys() {
+                    batch.remove(block?);
+                }
+                batch.remove(k);
+                t.apply_batch(batch)?;
+            }
+        }
+        Ok(Self { live: RwLock::new(Arc::new(live)), graveyard: Mutex::default(), next_id: AtomicU64::new(max_id + 1) })
+    }
+
+    /// The runs now, oldest first.
+    pub fn snapshot(&self) -> Arc<Vec<Arc<Run>>> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Adds a run of `entries` (sorted, each key once) to `batch`; [`Runs::publish`] it once
+    /// the batch is applied.
+    pub fn stage(&self, entries: &[(Vec<u8>, Vec<u8>)], batch: &mut sled::Batch) -> Option<Arc<Run>> {
+        let mut w = RunWriter::new(self.next_id.fetch_add(1, Ordering::Relaxed));
+        for (k, v) in entries {
+            w.push(k, v);
+        }
+        let (run, blocks) = w.finish();
+        let run = run?;
+        for (k, v) in blocks {
+            batch.insert(k, v);
+        }
+        batch.insert(id_key(META_RUN, run.id), run.encode());
+        Some(Arc::new(run))
+    }
+
+    pub fn publish(&self, run: Arc<Run>) {
+        let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
+        let mut runs = live.as_ref().clone();
+        runs.push(run);
+        *live = Arc::new(runs);
+    }
+
+    /// Merges runs while some size class has [`FAN_IN`] of them; then deletes the blocks of
+    /// runs no reader holds any more. One caller at a time (the store's merge lock).
+    pub fn compact(&self, t: &sled::Tree) -> Result<(), StoreError> {
+        loop {
+            let runs = self.snapshot();
+            let mut classes: Vec<u32> = runs.iter().map(|r| r.class()).collect();
+            classes.sort_unstable();
+            let full = classes.windows(FAN_IN).find(|w| w[0] == w[FAN_IN - 1]).map(|w| w[0]);
+            let Some(class) = full else { break };
+            let inputs: Vec<Arc<Run>> = runs.iter().filter(|r| r.class() == class).cloned().collect();
+            self.merge_runs(t, inputs)?;
+        }
+        self.reap(t)
+    }
+
+    fn merge_runs(&self, t: &sled::Tree, inputs: Vec<Arc<Run>>) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        t.insert(id_key(META_COMPACTING, id), &[])?;
+        let mut w = RunWriter::new(id);
+        let sources =
+            inputs.iter().map(|r| Box::new(RunIter::new(t, r.clone(), Bound::Unbounded, None)) as Box<_>).collect();
+        for item in Merged::new(sources) {
+            let (k, v) = item?;
+            w.push(&k, &v);
+            if w.sealed_bytes >= COMPACT_BATCH_BYTES {
+                let mut batch = sled::Batch::default();
+                for (k, v) in w.take_sealed() {
+                    batch.insert(k, v);
+                }
+                t.apply_batch(batch)?;
+            }
+        }
+        let (run, blocks) = w.finish();
+        let run = run.map(Arc::new);
+        let mut batch = sled::Batch::default();
+        for (k, v) in blocks {
+            batch.insert(k, v);
+        }
+        if let Some(run) = &run {
+            batch.insert(id_key(META_RUN, id), run.encode());
+        }
+        for r in &inputs {
+            batch.remove(id_key(META_RUN, r.id));
+            batch.insert(id_key(META_GARBAGE, r.id), &[]);
+        }
+        batch.remove(id_key(META_COMPACTING, id));
+        t.apply_batch(batch)?;
+        let entries_in: u64 = inputs.iter().map(|r| r.entries).sum();
+        {
+            let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
+            let mut runs: Vec<Arc<Run>> =
+                live.iter().filter(|r| !inputs.iter().any(|i| i.id == r.id)).cloned().collect();
+            if let Some(run) = &run {
+                tracing::debug!(
+                    runs = inputs.len(),
+                    entries_in,
+                    entries_out = run.entries,
+                    bytes = run.bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "store: runs merged"
+                );
+                runs.push(run.clone());
+            }
+            *live = Arc::new(runs);
+        }
+        self.graveyard.lock().unwrap_or_else(|e| e.into_inner()).extend(inputs);
+        Ok(())
+    }
+
+    /// Deletes the blocks of compacted-away runs that no reader holds.
+    fn reap(&self, t: &sled::Tree) -> Result<(), StoreError> {
+        let mut graveyard = self.graveyard.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = Vec::new();
+        for run in graveyard.drain(..) {
+            if Arc::strong_count(&run) > 1 {
+                kept.push(run);
+                continue;
+            }
+            let mut batch = sled::Batch::default();
+            for n in 0..run.firsts.len() {
+                batch.remove(block_key(run.id, n as u32));
+            }
+            batch.remove(id_key(META_GARBAGE, run.id));
+            t.apply_batch(batch)?;
+        }
+        *graveyard = kept;
+        Ok(())
+    }
+
+    /// Keys in `[start, end)` of the tree itself and of every run, merged in key order.
+    pub fn scan<'a>(&self, t: &'a sled::Tree, start: Bound<Vec<u8>>, end: Option<Vec<u8>>) -> Merged<'a> {
+        let end_bound = end.clone().map_or(Bound::Unbounded, Bound::Excluded);
+        let mut sources: Vec<Box<dyn Iterator<Item = Scanned> + 'a>> =
+            vec![Box::new(t.range::<Vec<u8>, _>((start.clone(), end_bound)).map(|r| r.map_err(StoreError::from)))];
+        for run in self.snapshot().iter().filter(|r| r.overlaps(&start, end.as_deref())) {
+            sources.push(Box::new(RunIter::new(t, run.clone(), start.clone(), end.clone())));
+        }
+        Merged::new(sources)
+    }
+
+    /// The values of `keys` (sorted) combined over the tree and every run.
+    pub fn get_sorted(&self, t: &sled::Tree, keys: &[Vec<u8>]) -> Result<Vec<Option<IVec>>, StoreError> {
+        let runs = self.snapshot();
+        let mut caches: Vec<Option<(usize, Block)>> = runs.iter().map(|_| None).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let mut got = t.get(key)?;
+            for (run, cache) in runs.iter().zip(&mut caches) {
+                if let Some(v) = run.get(t, key, cache)? {
+                    got = Some(match got {
+                        Some(a) => combine(key, a, &v)?,
+                        None => v,
+                    });
+                }
+            }
+            out.push(got);
+        }
+        Ok(out)
+    }
+
+    /// Drops every run and its blocks (tests: [`super::Store::into_tree`]).
+    #[cfg(test)]
+    pub fn clear(&self, t: &sled::Tree) {
+        for k in t.scan_prefix([TAG_BLOCK]).keys().chain(t.scan_prefix(META_RUN).keys()) {
+            t.remove(k.unwrap()).unwrap();
+        }
+        *self.live.write().unwrap() = Arc::default();
+    }
+
+    /// Runs now and the bytes of their blocks.
+    pub fn stats(&self) -> (usize, u64) {
+        let runs = self.snapshot();
+        (runs.len(), runs.iter().map(|r| r.bytes).sum())
+    }
+}
+
+fn id_of(k: &[u8]) -> Option<u64> {
+    k.len().checked_sub(8).and_then(|at| k[at..].try_into().ok()).map(u64::from_be_bytes)
+}
+
+/// The entries of one run in `[start, end)`, read a block at a time.
+struct RunIter<'a> {
+    t: &'a sled::Tree,
+    run: Arc<Run>,
+    start: Option<Bound<Vec<u8>>>,
+    end: Option<Vec<u8>>,
+    block: usize,
+    cur: Option<Block>,
+    pos: usize,
+    done: bool,
+}
+
+impl<'a> RunIter<'a> {
+    fn new(t: &'a sled::Tree, run: Arc<Run>, start: Bound<Vec<u8>>, end: Option<Vec<u8>>) -> Self {
+        let block = match &start {
+            Bound::Included(k) | Bound::Excluded(k) => run.block_of(k),
+            Bound::Unbounded => 0,
+        };
+        Self { t, run, start: Some(start), end, block, cur: None, pos: 0, done: false }
+    }
+
+    fn step(&mut self) -> Result<Option<(IVec, IVec)>, StoreError> {
+        loop {
+            if self.cur.is_none() {
+                if self.block >= self.run.firsts.len() {
+                    return Ok(None);
+                }
+                let b = self.run.block(self.t, self.block)?;
+                let corrupt = || StoreError::Corrupt(block_key(self.run.id, self.block as u32));
+                self.pos = match self.start.take() {
+                    Some(Bound::Included(k)) => b.seek(&k, true).ok_or_else(corrupt)?,
+                    Some(Bound::Excluded(k)) => b.seek(&k, false).ok_or_else(corrupt)?,
+                    _ => 0,
+                };
+                self.cur = Some(b);
+            }
+            let Some(b) = &self.cur else { continue };
+            if self.pos < b.len() {
+                let (k, v) =
+                    b.entry(self.pos).ok_or_else(|| StoreError::Corrupt(block_key(self.run.id, self.block as u32)))?;
+                if self.end.as_deref().is_some_and(|e| k >= e) {
+                    return Ok(None);
+                }
+                self.pos += 1;
+                return Ok(Some((k.into(), v.into())));
+            }
+            self.cur = None;
+            self.block += 1;
+        }
+    }
+}
+
+impl Iterator for RunIter<'_> {
+    type Item = Scanned;
+
+    fn next(&mut self) -> Option<Scanned> {
+        if self.done {
+            return None;
+        }
+        let r = self.step().transpose();
+        if !matches!(r, Some(Ok(_))) {
+            self.done = true;
+        }
+        r
+    }
+}
+
+/// Several key-ordered sources as one, equal keys combined ([`combine`]).
+pub struct Merged<'a> {
+    sources: Vec<Box<dyn Iterator<Item = Scanned> + 'a>>,
+    heads: Vec<Option<(IVec, IVec)>>,
+    started: bool,
+    failed: bool,
+}
+
+impl<'a> Merged<'a> {
+    fn new(sources: Vec<Box<dyn Iterator<Item = Scanned> + 'a>>) -> Self {
+        Self { heads: Vec::with_capacity(sources.len()), sources, started: false, failed: false }
+    }
+
+    fn step(&mut self) -> Result<Option<(IVec, IVec)>, StoreError> {
+        if !self.started {
+            self.started = true;
+            for s in &mut self.sources {
+                self.heads.push(s.next().transpose()?);
+            }
+        }
+        let Some(first) =
+            (0..self.heads.len()).filter(|&i| self.heads[i].is_some()).min_by(|&a, &b| self.key(a).cmp(self.key(b)))
+        else {
+            return Ok(None);
+        };
+        let (k, mut v) = self.heads[first].take().unwrap_or_default();
+        self.heads[first] = self.sources[first].next().transpose()?;
+        for i in 0..self.heads.len() {
+            if self.heads[i].as_ref().is_some_and(|(hk, _)| *hk == k) {
+                let (_, hv) = self.heads[i].take().unwrap_or_default();
+                v = combine(&k, v, &hv)?;
+                self.heads[i] = self.sources[i].next().transpose()?;
+            }
+        }
+        Ok(Some((k, v)))
+    }
+
+    fn key(&self, i: usize) -> &[u8] {
+        self.heads[i].as_ref().map_or(&[][..], |(k, _)| &k[..])
+    }
+}
+
+impl Iterator for Merged<'_> {
+    type Item = Scanned;
+
+    fn next(&mut self) -> Option<Scanned> {
+        if self.failed {
+            return None;
+        }
+        let r = self.step().transpose();
+        if matches!(r, Some(Err(_))) {
+            self.failed = true;
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(first: u64, last: u64, count: u64) -> Vec<u8> {
+        let r = crate::sensor::Rrset {
+            rrname: "a.".into(),
+            rrtype: 1,
+            bailiwick: ".".into(),
+            rdata: vec!["10.0.0.1".into()],
+        };
+        super::super::keys::encode_value(first, last, count, &r)
+    }
+
+    fn counters(v: &[u8]) -> (u64, u64, u64) {
+        value_counters(v).unwrap()
+    }
+
+    #[test]
+    fn runs_and_the_tree_read_as_one_sorted_key_space_and_compaction_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let t = db.open_tree("t").unwrap();
+        let runs = Runs::open(&t).unwrap();
+        let key = |i: u32| format!("R{i:06}").into_bytes();
+        // An entry in the tree itself (a store from before runs) and in runs.
+        t.insert(key(5), value(50, 60, 1)).unwrap();
+        // 12 runs over overlapping key ranges; key i is in the runs r with i % (r + 1) == 0.
+        let mut want = std::collections::BTreeMap::new();
+        want.insert(key(5), (50, 60, 1));
+        for r in 0..12u64 {
+            let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..3_000u32)
+                .filter(|i| (*i as u64).is_multiple_of(r + 1))
+                .map(|i| (key(i), value(100 + r, 200 + r, r + 1)))
+                .collect();
+            for (k, _) in &entries {
+                let e = want.entry(k.clone()).or_insert((u64::MAX, 0, 0));
+                *e = (e.0.min(100 + r), e.1.max(200 + r), e.2 + r + 1);
+            }
+            let mut batch = sled::Batch::default();
+            let run = runs.stage(&entries, &mut batch).unwrap();
+            t.apply_batch(batch).unwrap();
+            runs.publish(run);
+        }
+        let check = |runs: &Runs| {
+            let got: Vec<(Vec<u8>, (u64, u64, u64))> = runs
+                .scan(&t, Bound::Included(b"R".to_vec()), Some(b"S".to_vec()))
+                .map(|r| r.unwrap())
+                .map(|(k, v)| (k.to_vec(), counters(&v)))
+                .collect();
+            assert_eq!(got, want.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>());
+            // A range, from an exclusive start, and sorted point lookups (one absent).
+            let got: Vec<Vec<u8>> =
+                runs.scan(&t, Bound::Excluded(key(100)), Some(key(110))).map(|r| r.unwrap().0.to_vec()).collect();
+            assert_eq!(got, (101..110).map(key).collect::<Vec<_>>());
+            let keys = vec![key(0), key(5), key(7), key(2_999), key(3_000)];
+            let got = runs.get_sorted(&t, &keys).unwrap();
+            for (k, v) in keys.iter().zip(got) {
+                assert_eq!(v.map(|v| counters(&v)), want.get(k).copied(), "{}", String::from_utf8_lossy(k));
+            }
+        };
+        check(&runs);
+        let before = runs.stats().0;
+        runs.compact(&t).unwrap();
+        let (after, _) = runs.stats();
+        assert!(after < before, "{before} runs -> {after}");
+        check(&runs);
+        // Reopened: the same, and no block of a merged-away run is left.
+        drop(runs);
+        let runs = Runs::open(&t).unwrap();
+        check(&runs);
+        let live: Vec<u64> = runs.snapshot().iter().map(|r| r.id).collect();
+        for k in t.scan_prefix([TAG_BLOCK]).keys() {
+            let id = u64::from_be_bytes(k.unwrap()[1..9].try_into().unwrap());
+            assert!(live.contains(&id), "block of run {id} left behind");
+        }
+        assert_eq!(t.scan_prefix(META_GARBAGE).count(), 0);
+    }
+
+    #[test]
+    fn bare_index_entries_stay_bare_and_an_interrupted_compaction_is_undone_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let t = db.open_tree("t").unwrap();
+        assert!(combine(b"I", IVec::from(&value(1, 2, 3)[..]), &[]).unwrap().is_empty());
+        assert!(combine(b"I", IVec::default(), &value(1, 2, 3)).unwrap().is_empty());
+        assert_eq!(counters(&combine(b"R", IVec::from(&value(5, 6, 1)[..]), &value(1, 9, 2)).unwrap()), (1, 9, 3));
+        assert!(matches!(combine(b"R", IVec::from(&b"short"[..]), &value(1, 2, 3)), Err(StoreError::Corrupt(_))));
+        // Blocks of a compaction that never swapped the directory in.
+        t.insert(id_key(META_COMPACTING, 7), &[]).unwrap();
+        t.insert(block_key(7, 0), &b"partial"[..]).unwrap();
+        let runs = Runs::open(&t).unwrap();
+        assert_eq!(t.scan_prefix([TAG_BLOCK]).count(), 0);
+        assert_eq!(t.scan_prefix(META_COMPACTING).count(), 0);
+        assert!(runs.next_id.load(Ordering::Relaxed) > 7);
+    }
+}
