@@ -89,7 +89,9 @@ fn the_collector_ends_with_the_sensors_counts_through_crashes_and_outages() {
 
     // Nothing about clients or resolvers crossed: the captures' client (127.53.9.1) and
     // resolvers (127.53.1.1, 127.53.1.2) appear nowhere in the collector's files.
-    let mut bytes = Vec::new();
+    // The files as they are, and the runs' blocks, which are compressed in them, unpacked.
+    let mut bytes = store.unpacked_runs().unwrap();
+    drop(store);
     for entry in std::fs::read_dir(&collector_db).unwrap() {
         let path = entry.unwrap().path();
         if path.is_file() {

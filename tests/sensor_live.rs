@@ -149,6 +149,8 @@ struct Run {
     ports: Vec<u16>,
     ids: Vec<u16>,
     block: u8,
+    /// The store's runs, unpacked (compressed in its files).
+    unpacked: Vec<u8>,
 }
 
 fn run(block: u8, resolver: Resolver) -> Run {
@@ -210,8 +212,9 @@ fn run(block: u8, resolver: Resolver) -> Run {
     let entries: Vec<Entry> = store.all(false).map(|e| e.unwrap()).collect();
     // The outbox holds what would go upstream: the same observations, once.
     let outbox: u64 = store.outbox_batches().unwrap().iter().flat_map(|(_, d)| d.iter().map(|d| d.count)).sum();
+    let unpacked = store.unpacked_runs().unwrap();
     drop(store);
-    Run { _tmp: tmp, db, entries, observations, outbox, client, ports, ids, block }
+    Run { _tmp: tmp, db, entries, observations, outbox, client, ports, ids, block, unpacked }
 }
 
 fn check(r: &Run) {
@@ -256,15 +259,19 @@ fn check(r: &Run) {
     privacy(r);
 }
 
-/// Every byte under the store directory (RRsets, indexes and the outbox payloads), searched
+/// Every byte under the store directory, and the RRsets and index entries of its runs unpacked
+/// (they are compressed in the files), with the outbox payloads, searched
 /// for the client's address (text, reverse, binary, IPv4-mapped), the client's ports next to
 /// its address or as text, and the DNS ids. A decimal string that legitimately occurs in the
 /// stored data (say an id that is also part of an SOA serial) cannot prove anything and is
 /// skipped.
 fn privacy(r: &Run) {
-    let mut bytes = Vec::new();
+    let mut bytes = r.unpacked.clone();
     read_all(&r.db, &mut bytes);
     assert!(bytes.len() > 1000, "store files found");
+    // The control: stored rdata is found where a client address would be.
+    let rdata = r.entries.iter().find(|e| e.rrset.rrtype == 1).map(|e| e.rrset.rdata[0].clone()).unwrap_or_default();
+    assert!(!rdata.is_empty() && bytes.windows(rdata.len()).any(|w| w == rdata.as_bytes()), "the search sees {rdata}");
     let o = r.client.octets();
     let stored_text: String = r
         .entries

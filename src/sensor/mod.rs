@@ -203,8 +203,10 @@ pub struct Pipeline {
 /// At most this many frames wait for a delegation, for at most `DEFER_AGE`.
 const DEFER_MAX: usize = 10_000;
 const DEFER_AGE: Duration = Duration::from_secs(5);
-/// RRsets per store batch.
-const FLUSH_CHUNK: usize = 2_000;
+/// RRsets per store merge: each is one sorted run (`store/runs.rs`) and one sync, so the
+/// default window (50,000) is one merge; a larger window is split to bound the memory of a
+/// merge (its RRsets decoded, their run entries).
+const FLUSH_CHUNK: usize = 50_000;
 /// Bytes of each RRset's store key by which a window is ordered before it is written.
 const SORT_PREFIX: usize = 24;
 

@@ -24,6 +24,7 @@
 mod days;
 mod feed;
 pub mod keys;
+mod known;
 mod lookup;
 mod runs;
 
@@ -227,7 +228,7 @@ pub struct Store {
     /// A 128-bit fingerprint of every stored RRset key (`R` and `N`): which RRsets of a merge
     /// are new, without reading the store (a new RRset gets its bare index entries and its
     /// feed entry). Built at open.
-    known: std::sync::Arc<std::sync::Mutex<fxhash::FxHashSet<u128>>>,
+    known: std::sync::Arc<std::sync::Mutex<known::Known>>,
 }
 
 /// sled's page cache in MiB unless configured: small, for sensors (a memory goal); servers of
@@ -241,6 +242,10 @@ pub const SERVER_CACHE_MB: u64 = 512;
 /// The smallest outbox bound: twice what the forwarder takes at once, so that the entry that
 /// folding rewrites is never one being sent.
 pub const MIN_OUTBOX_LIMIT: usize = 128;
+
+/// Summaries an outbox entry holds at most when a merge adds it: a large merge (a sensor's
+/// whole window) becomes several entries, each well inside a forwarding batch.
+pub const OUTBOX_ENTRY: usize = 5_000;
 
 /// Summaries a folded outbox entry may hold: well inside what one forwarding batch carries
 /// (the forwarder's 50,000, the receiver's size limits), so a folded entry stays sendable.
@@ -605,9 +610,14 @@ impl Store {
         Ok(())
     }
 
+    /// Adds `deltas` to the outbox as entries of at most [`OUTBOX_ENTRY`] summaries; the last
+    /// entry's sequence.
     fn append_outbox(&self, batch: &mut sled::Batch, deltas: &[Delta]) -> Result<u64, StoreError> {
-        let seq = self.t.get(META_OUTBOX_SEQ)?.map(|v| u64_of(&v)).unwrap_or(0) + 1;
-        batch.insert(tagged(TAG_OUTBOX, &seq.to_be_bytes()), encode_deltas(deltas));
+        let mut seq = self.t.get(META_OUTBOX_SEQ)?.map(|v| u64_of(&v)).unwrap_or(0);
+        for chunk in deltas.chunks(OUTBOX_ENTRY) {
+            seq += 1;
+            batch.insert(tagged(TAG_OUTBOX, &seq.to_be_bytes()), encode_deltas(chunk));
+        }
         batch.insert(META_OUTBOX_SEQ, &seq.to_be_bytes());
         Ok(seq)
     }
@@ -626,16 +636,21 @@ impl Store {
         let mut new_prints = fxhash::FxHashSet::default();
         entries.reserve(deltas.len() * 3);
         {
-            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            for d in deltas {
+            let keyed: Vec<(Vec<u8>, Vec<u8>)> = deltas
+                .iter()
+                .map(|d| {
+                    let rkey = rrset_key(&d.rrset);
+                    (tagged(if d.kind == Kind::Positive { TAG_RRSET } else { TAG_NEGATIVE }, &rkey), rkey)
+                })
+                .collect();
+            let prints: Vec<u128> = keyed.iter().map(|(key, _)| fingerprint(key)).collect();
+            let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).contains_all(&prints);
+            for (((d, (key, rkey)), print), known) in deltas.iter().zip(keyed).zip(prints).zip(known) {
                 let positive = d.kind == Kind::Positive;
-                let rkey = rrset_key(&d.rrset);
-                let key = tagged(if positive { TAG_RRSET } else { TAG_NEGATIVE }, &rkey);
                 if positive && self.days {
                     self.day_add(&mut batch, &rkey, d)?;
                 }
-                let print = fingerprint(&key);
-                let new = !known.contains(&print) && !new_prints.contains(&print);
+                let new = !known && !new_prints.contains(&print);
                 let v = encode_value(d.first, d.last, d.count, &d.rrset);
                 if positive {
                     index(&mut entries, &d.rrset, &rkey, &v, new, self.copies);
@@ -657,14 +672,20 @@ impl Store {
         }
         // One entry per key: the same key twice in a batch is combined.
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut unique: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(entries.len());
-        for (k, v) in entries {
-            match unique.last_mut() {
-                Some((lk, lv)) if *lk == k => *lv = runs::combine(&k, std::mem::take(lv).into(), &v)?.to_vec(),
-                _ => unique.push((k, v)),
+        let mut kept = 0;
+        for i in 0..entries.len() {
+            if kept > 0 && entries[kept - 1].0 == entries[i].0 {
+                let v = std::mem::take(&mut entries[i].1);
+                let into = &mut entries[kept - 1];
+                into.1 = runs::combine(&into.0, std::mem::take(&mut into.1).into(), &v)?.to_vec();
+            } else {
+                entries.swap(kept, i);
+                kept += 1;
             }
         }
-        let run = self.runs.stage(&unique, &mut batch);
+        entries.truncate(kept);
+        let run = self.runs.stage(&entries, &mut batch);
+        drop(entries);
         self.feed_add(&mut batch, &fresh)?;
         if new_positive > 0 {
             let n = self.t.get(META_RRSETS)?.map(|v| u64_of(&v)).unwrap_or(0) + new_positive;
@@ -718,12 +739,14 @@ impl Store {
 
     /// Fingerprints every stored RRset key (at open).
     fn load_known(&self) -> Result<(), StoreError> {
-        let mut known = fxhash::FxHashSet::default();
+        let mut prints = Vec::with_capacity(self.len());
         for tag in [TAG_NEGATIVE, TAG_RRSET] {
             for item in self.runs.scan(&self.t, std::ops::Bound::Included(vec![tag]), Some(vec![tag + 1])) {
-                known.insert(fingerprint(&item?.0));
+                prints.push(fingerprint(&item?.0));
             }
         }
+        let known = known::Known::from_prints(prints);
+        tracing::debug!(keys = known.len(), "store: RRset keys fingerprinted");
         *self.known.lock().unwrap_or_else(|e| e.into_inner()) = known;
         Ok(())
     }
@@ -783,6 +806,13 @@ impl Store {
     /// Runs the RRsets and index entries are in now, and the bytes of their blocks.
     pub fn runs(&self) -> (usize, u64) {
         self.runs.stats()
+    }
+
+    /// The runs' blocks decompressed, one after the other: what a search of the store's files
+    /// for a string (an audit that no client address was stored) must read besides the files,
+    /// where the blocks are compressed.
+    pub fn unpacked_runs(&self) -> Result<Vec<u8>, StoreError> {
+        self.runs.unpacked(&self.t)
     }
 
     /// Bytes the database occupies on disk.

@@ -24,8 +24,12 @@ use sled::IVec;
 use super::keys::{set_counters, value_counters};
 use super::{Scanned, StoreError};
 
-/// A block is sealed once its entries pass this many bytes.
-pub const BLOCK_BYTES: usize = 4096;
+/// A block is sealed once its entries pass this many bytes (stored compressed).
+pub const BLOCK_BYTES: usize = 16 << 10;
+/// zstd's level for blocks: its fastest.
+const BLOCK_LEVEL: i32 = 1;
+/// The first byte of a stored block: its entries compressed with zstd.
+const BLOCK_ZSTD: u8 = 1;
 /// Runs of one size class merged at once.
 pub const FAN_IN: usize = 4;
 /// A compaction's output goes to sled in batches of about this many bytes.
@@ -64,8 +68,26 @@ pub fn combine(key: &[u8], a: IVec, b: &[u8]) -> Result<IVec, StoreError> {
 }
 
 /// A block: `count(4)`, `count` offsets (4 each, from the end of the offsets), then the
-/// entries in key order, each `key length(2) key value length(4) value`.
-struct Block(IVec);
+/// entries in key order, each `key length(2) key value length(4) value`. Stored as
+/// `BLOCK_ZSTD(1) length(4)` and the block compressed with zstd.
+struct Block(Vec<u8>);
+
+fn pack(raw: &[u8]) -> Vec<u8> {
+    let mut out = vec![BLOCK_ZSTD];
+    out.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+    // Compressing a buffer in memory fails only when zstd cannot allocate.
+    out.extend_from_slice(&zstd::block::compress(raw, BLOCK_LEVEL).unwrap_or_else(|e| panic!("zstd: {e}")));
+    out
+}
+
+fn unpack(stored: &[u8]) -> Option<Block> {
+    let (&format, rest) = stored.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    if format != BLOCK_ZSTD || len > 64 * BLOCK_BYTES {
+        return None;
+    }
+    zstd::block::decompress(&rest[4..], len).ok().filter(|b| b.len() == len).map(Block)
+}
 
 impl Block {
     fn len(&self) -> usize {
@@ -164,7 +186,7 @@ impl Run {
 
     fn block(&self, t: &sled::Tree, n: usize) -> Result<Block, StoreError> {
         let k = block_key(self.id, n as u32);
-        t.get(&k)?.map(Block).ok_or(StoreError::Corrupt(k))
+        t.get(&k)?.and_then(|v| unpack(&v)).ok_or(StoreError::Corrupt(k))
     }
 
     /// The value of `key` in this run; `cache` keeps the last block read, for sorted lookups.
@@ -248,6 +270,7 @@ impl RunWriter {
             b.extend_from_slice(&o.to_be_bytes());
         }
         b.extend_from_slice(&self.data);
+        let b = pack(&b);
         self.bytes += b.len() as u64;
         self.sealed_bytes += b.len();
         self.sealed.push((block_key(self.id, self.firsts.len() as u32 - 1), b));
@@ -467,6 +490,17 @@ impl Runs {
             t.remove(k.unwrap()).unwrap();
         }
         *self.live.write().unwrap() = Arc::default();
+    }
+
+    /// Every block of every run, decompressed, one after the other.
+    pub fn unpacked(&self, t: &sled::Tree) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        for run in self.snapshot().iter() {
+            for n in 0..run.firsts.len() {
+                out.extend_from_slice(&run.block(t, n)?.0);
+            }
+        }
+        Ok(out)
     }
 
     /// Runs now and the bytes of their blocks.
