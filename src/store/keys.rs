@@ -100,17 +100,23 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 pub fn encode_value(first: u64, last: u64, count: u64, r: &Rrset) -> Vec<u8> {
     let mut v = Vec::with_capacity(40 + r.rrname.len() + r.rdata.iter().map(|d| d.len() + 4).sum::<usize>());
+    encode_value_into(&mut v, first, last, count, r);
+    v
+}
+
+/// [`encode_value`] into `v` (cleared first).
+pub fn encode_value_into(v: &mut Vec<u8>, first: u64, last: u64, count: u64, r: &Rrset) {
+    v.clear();
     v.extend_from_slice(&first.to_be_bytes());
     v.extend_from_slice(&last.to_be_bytes());
     v.extend_from_slice(&count.to_be_bytes());
     v.extend_from_slice(&r.rrtype.to_be_bytes());
-    put_str(&mut v, &r.rrname);
-    put_str(&mut v, &r.bailiwick);
+    put_str(v, &r.rrname);
+    put_str(v, &r.bailiwick);
     v.extend_from_slice(&(r.rdata.len() as u32).to_be_bytes());
     for d in &r.rdata {
-        put_str(&mut v, d);
+        put_str(v, d);
     }
-    v
 }
 
 /// Reads a value back; `None` if it is not one of ours (never written by this code).

@@ -39,7 +39,7 @@ use thiserror::Error;
 
 use crate::dns::rrtype_name;
 use crate::sensor::{Kind, Rrset};
-use keys::{decode_value, encode_value, owner_prefix, rrset_key};
+use keys::{decode_value, encode_value, encode_value_into, owner_prefix, rrset_key};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -229,6 +229,9 @@ pub struct Store {
     /// are new, without reading the store (a new RRset gets its bare index entries and its
     /// feed entry). Built at open.
     known: std::sync::Arc<std::sync::Mutex<known::Known>>,
+    /// The fingerprints' keys: random, drawn at open (the set is rebuilt at open, never
+    /// stored), so that no one can craft two RRsets with one fingerprint.
+    print_keys: (std::hash::RandomState, std::hash::RandomState),
 }
 
 /// sled's page cache in MiB unless configured: small, for sensors (a memory goal); servers of
@@ -391,6 +394,7 @@ impl Store {
             copies: false,
             runs,
             known: Default::default(),
+            print_keys: (std::hash::RandomState::new(), std::hash::RandomState::new()),
         };
         store.upgrade_indexes()?;
         store.load_known()?;
@@ -452,7 +456,7 @@ impl Store {
     /// index entries for RRsets seen for the first time; with `outbox`, the deltas are also
     /// queued for the next hop. One atomic batch; [`Store::sync`] makes it durable.
     pub fn merge(&self, deltas: &[Delta], outbox: bool) -> Result<MergeStats, StoreError> {
-        self.merge_with(deltas, outbox, sled::Batch::default(), Vec::new())
+        self.merge_with(deltas, outbox, sled::Batch::default(), runs::Entries::default())
     }
 
     /// Applies a sender's batch exactly once. A batch covers the sender's outbox entries
@@ -495,13 +499,13 @@ impl Store {
         mark.extend_from_slice(&last.to_be_bytes());
         batch.insert(mark_key, mark);
         let attributed = attribute(deltas, sender, trust_sensors);
-        let mut contributed = Vec::new();
+        let mut contributed = runs::Entries::default();
+        let bare = contributed.value(&[]);
         for d in &attributed {
+            let rkey = rrset_key(&d.rrset);
             for s in &d.sensors {
-                let mut k = tagged(TAG_CONTRIBUTOR, &rrset_key(&d.rrset));
-                k.push(0);
-                k.extend_from_slice(s.as_bytes());
-                contributed.push((k, Vec::new()));
+                contributed
+                    .push(|k| k.extend_from_slice(&[&[TAG_CONTRIBUTOR], &rkey[..], &[0], s.as_bytes()].concat()), bare);
             }
         }
         Ok(Applied::Merged(self.merge_with(&attributed, outbox, batch, contributed)?))
@@ -627,14 +631,13 @@ impl Store {
         deltas: &[Delta],
         outbox: bool,
         mut batch: sled::Batch,
-        mut entries: Vec<(Vec<u8>, Vec<u8>)>,
+        mut entries: runs::Entries,
     ) -> Result<MergeStats, StoreError> {
         let _merging = self.merge_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut stats = MergeStats::default();
         let mut new_positive = 0u64;
         let mut fresh = Vec::new();
         let mut new_prints = fxhash::FxHashSet::default();
-        entries.reserve(deltas.len() * 3);
         {
             let keyed: Vec<(Vec<u8>, Vec<u8>)> = deltas
                 .iter()
@@ -643,19 +646,21 @@ impl Store {
                     (tagged(if d.kind == Kind::Positive { TAG_RRSET } else { TAG_NEGATIVE }, &rkey), rkey)
                 })
                 .collect();
-            let prints: Vec<u128> = keyed.iter().map(|(key, _)| fingerprint(key)).collect();
+            let prints: Vec<u128> = keyed.iter().map(|(key, _)| self.fingerprint(key)).collect();
             let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).contains_all(&prints);
-            for (((d, (key, rkey)), print), known) in deltas.iter().zip(keyed).zip(prints).zip(known) {
+            let mut v = Vec::new();
+            for (((d, (key, rkey)), print), known) in deltas.iter().zip(&keyed).zip(prints).zip(known) {
                 let positive = d.kind == Kind::Positive;
                 if positive && self.days {
-                    self.day_add(&mut batch, &rkey, d)?;
+                    self.day_add(&mut batch, rkey, d)?;
                 }
                 let new = !known && !new_prints.contains(&print);
-                let v = encode_value(d.first, d.last, d.count, &d.rrset);
+                encode_value_into(&mut v, d.first, d.last, d.count, &d.rrset);
+                let value = entries.value(&v);
                 if positive {
-                    index(&mut entries, &d.rrset, &rkey, &v, new, self.copies);
+                    index(&mut entries, &d.rrset, rkey, value, v.len(), new, self.copies);
                 }
-                entries.push((key, v));
+                entries.push(|b| b.extend_from_slice(key), value);
                 if !new {
                     stats.updated_keys += 1;
                     continue;
@@ -665,25 +670,13 @@ impl Store {
                 if positive {
                     new_positive += 1;
                     if self.feed_retain > 0 {
-                        fresh.push((&d.rrset, rkey, d.first));
+                        fresh.push((&d.rrset, rkey.clone(), d.first));
                     }
                 }
             }
         }
         // One entry per key: the same key twice in a batch is combined.
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut kept = 0;
-        for i in 0..entries.len() {
-            if kept > 0 && entries[kept - 1].0 == entries[i].0 {
-                let v = std::mem::take(&mut entries[i].1);
-                let into = &mut entries[kept - 1];
-                into.1 = runs::combine(&into.0, std::mem::take(&mut into.1).into(), &v)?.to_vec();
-            } else {
-                entries.swap(kept, i);
-                kept += 1;
-            }
-        }
-        entries.truncate(kept);
+        entries.sort()?;
         let run = self.runs.stage(&entries, &mut batch);
         drop(entries);
         self.feed_add(&mut batch, &fresh)?;
@@ -737,12 +730,20 @@ impl Store {
         self.runs.clear(&self.t);
     }
 
+    /// A 128-bit fingerprint of a stored key: two SipHash-1-3 passes with random keys. Two
+    /// keys share one with a chance of about n^2 / 2^129: none in practice, where 64 bits
+    /// would give a few in a billion at a million RRsets.
+    fn fingerprint(&self, key: &[u8]) -> u128 {
+        use std::hash::BuildHasher;
+        (u128::from(self.print_keys.0.hash_one(key)) << 64) | u128::from(self.print_keys.1.hash_one(key))
+    }
+
     /// Fingerprints every stored RRset key (at open).
     fn load_known(&self) -> Result<(), StoreError> {
         let mut prints = Vec::with_capacity(self.len());
         for tag in [TAG_NEGATIVE, TAG_RRSET] {
             for item in self.runs.scan(&self.t, std::ops::Bound::Included(vec![tag]), Some(vec![tag + 1])) {
-                prints.push(fingerprint(&item?.0));
+                prints.push(self.fingerprint(&item?.0));
             }
         }
         let known = known::Known::from_prints(prints);
@@ -870,29 +871,16 @@ const MAX_COPY_BYTES: usize = 1024;
 /// them (its rdata and its value's size are fixed). The copies cost the writer 10-30% and
 /// 13-23% more disk on the synthetic workloads (docs/BENCHMARKS.md), hence only where queries
 /// are served.
-fn index(out: &mut Vec<(Vec<u8>, Vec<u8>)>, r: &Rrset, rkey: &[u8], v: &[u8], new: bool, copies: bool) {
-    let copies = copies && r.rdata.len() <= MAX_COPIES && v.len() <= MAX_COPY_BYTES;
-    for k in index_keys(r, rkey) {
+fn index(out: &mut runs::Entries, r: &Rrset, rkey: &[u8], v: runs::ValueRef, len: usize, new: bool, copies: bool) {
+    let copies = copies && r.rdata.len() <= MAX_COPIES && len <= MAX_COPY_BYTES;
+    let bare = out.value(&[]);
+    index_keys_each(r, rkey, |k| {
         if copies && ![TAG_BY_NAME, TAG_BY_TARGET_FWD, TAG_BY_VALUE].contains(&k[0]) {
-            out.push((k, v.to_vec()));
+            out.push(|b| b.extend_from_slice(k), v);
         } else if new {
-            out.push((k, Vec::new()));
+            out.push(|b| b.extend_from_slice(k), bare);
         }
-    }
-}
-
-/// A 128-bit fingerprint of a stored key: two SipHash passes with fixed keys (the same in
-/// every process of one build; the set is rebuilt at open, never stored). Two keys share one
-/// with a chance of about n^2 / 2^129: none in practice, where 64 bits would give a few in a
-/// billion at a million RRsets.
-fn fingerprint(key: &[u8]) -> u128 {
-    use std::hash::{Hash, Hasher};
-    let mut a = std::hash::DefaultHasher::new();
-    key.hash(&mut a);
-    let mut b = std::hash::DefaultHasher::new();
-    0xa5u8.hash(&mut b);
-    key.hash(&mut b);
-    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+    });
 }
 
 /// The index keys of a positive RRset (`rkey`: its RRset key): `F` forward owner, `I` rdata
@@ -900,31 +888,34 @@ fn fingerprint(key: &[u8]) -> u128 {
 /// the RRset key.
 pub fn index_keys(r: &Rrset, rkey: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(1 + r.rdata.len());
-    let mut k = tagged(TAG_BY_NAME, r.rrname.as_bytes());
-    k.push(0);
-    k.extend_from_slice(rkey);
-    out.push(k);
+    index_keys_each(r, rkey, |k| out.push(k.to_vec()));
+    out
+}
+
+/// [`index_keys`], each built in one buffer and handed to `f`.
+fn index_keys_each(r: &Rrset, rkey: &[u8], mut f: impl FnMut(&[u8])) {
+    let mut k = Vec::with_capacity(128);
+    let mut emit = |k: &mut Vec<u8>, parts: &[&[u8]]| {
+        k.clear();
+        for p in parts {
+            k.extend_from_slice(p);
+        }
+        k.extend_from_slice(rkey);
+        f(k);
+    };
+    emit(&mut k, &[&[TAG_BY_NAME], r.rrname.as_bytes(), &[0]]);
     for rdata in &r.rdata {
-        if let Some(ip) = rdata_ip(r.rrtype, rdata) {
-            let mut k = tagged(TAG_BY_IP, &ip_key(ip));
-            k.extend_from_slice(rkey);
-            out.push(k);
+        let ip = rdata_ip(r.rrtype, rdata);
+        if let Some(ip) = ip {
+            emit(&mut k, &[&[TAG_BY_IP], &ip_key(ip)]);
         }
         if let Some(target) = rdata_target(r.rrtype, rdata) {
-            let mut k = tagged(TAG_BY_TARGET, &owner_prefix(&target));
-            k.extend_from_slice(rkey);
-            out.push(k);
-            let mut k = tagged(TAG_BY_TARGET_FWD, target.as_bytes());
-            k.push(0);
-            k.extend_from_slice(rkey);
-            out.push(k);
-        } else if rdata_ip(r.rrtype, rdata).is_none() {
-            let mut k = value_prefix(r.rrtype, rdata);
-            k.extend_from_slice(rkey);
-            out.push(k);
+            emit(&mut k, &[&[TAG_BY_TARGET], &owner_prefix(&target)]);
+            emit(&mut k, &[&[TAG_BY_TARGET_FWD], target.as_bytes(), &[0]]);
+        } else if ip.is_none() {
+            emit(&mut k, &[&value_prefix(r.rrtype, rdata)]);
         }
     }
-    out
 }
 
 /// The `V` index prefix of one rdata (presentation format, as stored) of type `rrtype`.

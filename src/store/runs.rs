@@ -56,15 +56,85 @@ fn block_key(id: u64, n: u32) -> Vec<u8> {
 /// (the reader fetches the RRset); otherwise counters are combined (first = min, last = max,
 /// count = sum) and the rest, equal for equal keys, kept.
 pub fn combine(key: &[u8], a: IVec, b: &[u8]) -> Result<IVec, StoreError> {
-    if a.is_empty() || b.is_empty() {
-        return Ok(IVec::default());
+    let mut v = a.to_vec();
+    combine_into(key, &mut v, b)?;
+    Ok(v.into())
+}
+
+/// [`combine`] into `acc`.
+pub fn combine_into(key: &[u8], acc: &mut Vec<u8>, b: &[u8]) -> Result<(), StoreError> {
+    if acc.is_empty() || b.is_empty() {
+        acc.clear();
+        return Ok(());
     }
     let corrupt = || StoreError::Corrupt(key.to_vec());
-    let (f1, l1, c1) = value_counters(&a).ok_or_else(corrupt)?;
+    let (f1, l1, c1) = value_counters(acc).ok_or_else(corrupt)?;
     let (f2, l2, c2) = value_counters(b).ok_or_else(corrupt)?;
-    let mut v = a.to_vec();
-    set_counters(&mut v, f1.min(f2), l1.max(l2), c1.saturating_add(c2));
-    Ok(v.into())
+    set_counters(acc, f1.min(f2), l1.max(l2), c1.saturating_add(c2));
+    Ok(())
+}
+
+/// A merge's run entries, keys and values in one buffer (no allocation per entry); several
+/// entries may share one value (an RRset's index entries carry copies of its value).
+#[derive(Default)]
+pub struct Entries {
+    buf: Vec<u8>,
+    spans: Vec<Span>,
+}
+
+#[derive(Clone, Copy)]
+struct Span {
+    key: (usize, usize),
+    value: (usize, usize),
+}
+
+/// A value already in an [`Entries`] buffer.
+#[derive(Clone, Copy)]
+pub struct ValueRef(usize, usize);
+
+impl Entries {
+    /// Adds a value for [`Entries::push`].
+    pub fn value(&mut self, v: &[u8]) -> ValueRef {
+        self.buf.extend_from_slice(v);
+        ValueRef(self.buf.len() - v.len(), v.len())
+    }
+
+    /// Adds an entry: a key (written by `key` into the buffer) and a value added before.
+    pub fn push(&mut self, key: impl FnOnce(&mut Vec<u8>), value: ValueRef) {
+        let start = self.buf.len();
+        key(&mut self.buf);
+        self.spans.push(Span { key: (start, self.buf.len() - start), value: (value.0, value.1) });
+    }
+
+    fn key(&self, s: &Span) -> &[u8] {
+        &self.buf[s.key.0..s.key.0 + s.key.1]
+    }
+
+    fn val(&self, s: &Span) -> &[u8] {
+        &self.buf[s.value.0..s.value.0 + s.value.1]
+    }
+
+    /// Sorts by key and combines the values of equal keys ([`combine`]).
+    pub fn sort(&mut self) -> Result<(), StoreError> {
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.sort_unstable_by(|a, b| self.key(a).cmp(self.key(b)));
+        let mut kept: Vec<Span> = Vec::with_capacity(spans.len());
+        let mut acc = Vec::new();
+        for s in spans {
+            match kept.last_mut() {
+                Some(last) if self.key(last) == self.key(&s) => {
+                    acc.clear();
+                    acc.extend_from_slice(self.val(last));
+                    combine_into(self.key(&s), &mut acc, self.val(&s))?;
+                    last.value = (self.buf.len(), acc.len());
+                    self.buf.extend_from_slice(&acc);
+                }
+                _ => kept.push(s),
+            }
+        }
+        self.spans = kept;
+        Ok(())
+    }
 }
 
 /// A block: `count(4)`, `count` offsets (4 each, from the end of the offsets), then the
@@ -72,12 +142,24 @@ pub fn combine(key: &[u8], a: IVec, b: &[u8]) -> Result<IVec, StoreError> {
 /// `BLOCK_ZSTD(1) length(4)` and the block compressed with zstd.
 struct Block(Vec<u8>);
 
+thread_local! {
+    /// zstd's contexts, made once per thread: making one costs as much as compressing a block.
+    static ZSTD: std::cell::RefCell<(zstd::block::Compressor, zstd::block::Decompressor, Vec<u8>)> =
+        std::cell::RefCell::new((zstd::block::Compressor::new(), zstd::block::Decompressor::new(), Vec::new()));
+}
+
 fn pack(raw: &[u8]) -> Vec<u8> {
-    let mut out = vec![BLOCK_ZSTD];
-    out.extend_from_slice(&(raw.len() as u32).to_be_bytes());
-    // Compressing a buffer in memory fails only when zstd cannot allocate.
-    out.extend_from_slice(&zstd::block::compress(raw, BLOCK_LEVEL).unwrap_or_else(|e| panic!("zstd: {e}")));
-    out
+    ZSTD.with_borrow_mut(|(c, _, scratch)| {
+        scratch.clear();
+        scratch.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        // Compressing into a buffer of the bound's size fails only when zstd cannot allocate.
+        let n = c.compress_to_buffer(raw, scratch, BLOCK_LEVEL).unwrap_or_else(|e| panic!("zstd: {e}"));
+        let mut out = Vec::with_capacity(5 + n);
+        out.push(BLOCK_ZSTD);
+        out.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+        out.extend_from_slice(&scratch[..n]);
+        out
+    })
 }
 
 fn unpack(stored: &[u8]) -> Option<Block> {
@@ -86,7 +168,7 @@ fn unpack(stored: &[u8]) -> Option<Block> {
     if format != BLOCK_ZSTD || len > 64 * BLOCK_BYTES {
         return None;
     }
-    zstd::block::decompress(&rest[4..], len).ok().filter(|b| b.len() == len).map(Block)
+    ZSTD.with_borrow_mut(|(_, d, _)| d.decompress(&rest[4..], len).ok()).filter(|b| b.len() == len).map(Block)
 }
 
 impl Block {
@@ -339,12 +421,12 @@ impl Runs {
         self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Adds a run of `entries` (sorted, each key once) to `batch`; [`Runs::publish`] it once
-    /// the batch is applied.
-    pub fn stage(&self, entries: &[(Vec<u8>, Vec<u8>)], batch: &mut sled::Batch) -> Option<Arc<Run>> {
+    /// Adds a run of `entries` (sorted: [`Entries::sort`]) to `batch`; [`Runs::publish`] it
+    /// once the batch is applied.
+    pub fn stage(&self, entries: &Entries, batch: &mut sled::Batch) -> Option<Arc<Run>> {
         let mut w = RunWriter::new(self.next_id.fetch_add(1, Ordering::Relaxed));
-        for (k, v) in entries {
-            w.push(k, v);
+        for s in &entries.spans {
+            w.push(entries.key(s), entries.val(s));
         }
         let (run, blocks) = w.finish();
         let run = run?;
@@ -382,10 +464,30 @@ impl Runs {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         t.insert(id_key(META_COMPACTING, id), &[])?;
         let mut w = RunWriter::new(id);
-        let sources =
-            inputs.iter().map(|r| Box::new(RunIter::new(t, r.clone(), Bound::Unbounded, None)) as Box<_>).collect();
-        for item in Merged::new(sources) {
-            let (k, v) = item?;
+        let mut cursors = inputs.iter().map(|r| Cursor::new(t, r.clone())).collect::<Result<Vec<_>, _>>()?;
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        loop {
+            // The smallest key among the inputs, and its value combined over all of them.
+            let mut first: Option<usize> = None;
+            for (i, c) in cursors.iter().enumerate() {
+                if let Some(ck) = c.key()
+                    && first.is_none_or(|f| ck < cursors[f].key().unwrap_or_default())
+                {
+                    first = Some(i);
+                }
+            }
+            let Some(first) = first else { break };
+            k.clear();
+            k.extend_from_slice(cursors[first].key().unwrap_or_default());
+            v.clear();
+            v.extend_from_slice(cursors[first].value());
+            cursors[first].advance(t)?;
+            for c in &mut cursors {
+                if c.key() == Some(&k[..]) {
+                    combine_into(&k, &mut v, c.value())?;
+                    c.advance(t)?;
+                }
+            }
             w.push(&k, &v);
             if w.sealed_bytes >= COMPACT_BATCH_BYTES {
                 let mut batch = sled::Batch::default();
@@ -512,6 +614,58 @@ impl Runs {
 
 fn id_of(k: &[u8]) -> Option<u64> {
     k.len().checked_sub(8).and_then(|at| k[at..].try_into().ok()).map(u64::from_be_bytes)
+}
+
+/// A run read from its start, one entry at a time, borrowing from the block it is in.
+struct Cursor {
+    run: Arc<Run>,
+    block: usize,
+    cur: Option<Block>,
+    pos: usize,
+}
+
+impl Cursor {
+    fn new(t: &sled::Tree, run: Arc<Run>) -> Result<Self, StoreError> {
+        let mut c = Self { run, block: 0, cur: None, pos: 0 };
+        c.load(t)?;
+        Ok(c)
+    }
+
+    /// Reads the block at `self.block` (if any), skipping empty ones; a block whose last
+    /// entry does not decode is corrupt (and so would be any before it).
+    fn load(&mut self, t: &sled::Tree) -> Result<(), StoreError> {
+        self.cur = None;
+        self.pos = 0;
+        while self.block < self.run.firsts.len() {
+            let b = self.run.block(t, self.block)?;
+            if b.len() > 0 {
+                if (0..b.len()).any(|i| b.entry(i).is_none()) {
+                    return Err(StoreError::Corrupt(block_key(self.run.id, self.block as u32)));
+                }
+                self.cur = Some(b);
+                return Ok(());
+            }
+            self.block += 1;
+        }
+        Ok(())
+    }
+
+    fn key(&self) -> Option<&[u8]> {
+        self.cur.as_ref().and_then(|b| b.entry(self.pos)).map(|(k, _)| k)
+    }
+
+    fn value(&self) -> &[u8] {
+        self.cur.as_ref().and_then(|b| b.entry(self.pos)).map_or(&[][..], |(_, v)| v)
+    }
+
+    fn advance(&mut self, t: &sled::Tree) -> Result<(), StoreError> {
+        self.pos += 1;
+        if self.cur.as_ref().is_some_and(|b| self.pos >= b.len()) {
+            self.block += 1;
+            self.load(t)?;
+        }
+        Ok(())
+    }
 }
 
 /// The entries of one run in `[start, end)`, read a block at a time.
@@ -677,8 +831,14 @@ mod tests {
                 let e = want.entry(k.clone()).or_insert((u64::MAX, 0, 0));
                 *e = (e.0.min(100 + r), e.1.max(200 + r), e.2 + r + 1);
             }
+            let mut staged = Entries::default();
+            for (k, v) in &entries {
+                let v = staged.value(v);
+                staged.push(|b| b.extend_from_slice(k), v);
+            }
+            staged.sort().unwrap();
             let mut batch = sled::Batch::default();
-            let run = runs.stage(&entries, &mut batch).unwrap();
+            let run = runs.stage(&staged, &mut batch).unwrap();
             t.apply_batch(batch).unwrap();
             runs.publish(run);
         }
