@@ -75,15 +75,24 @@ pub fn rdata_digest(rdata: &[String]) -> [u8; 16] {
 }
 
 pub fn rrset_key(r: &Rrset) -> Vec<u8> {
-    let rev = reverse_name(&r.rrname);
-    let mut k = Vec::with_capacity(rev.len() + r.bailiwick.len() + 22);
-    k.extend_from_slice(rev.as_bytes());
+    let mut k = Vec::with_capacity(r.rrname.len() + r.bailiwick.len() + 23);
+    write_rrset_key(&mut k, r);
+    k
+}
+
+/// `tag` and the RRset key, appended to `out`.
+pub fn rrset_key_into(out: &mut Vec<u8>, tag: u8, r: &Rrset) {
+    out.push(tag);
+    write_rrset_key(out, r);
+}
+
+fn write_rrset_key(k: &mut Vec<u8>, r: &Rrset) {
+    k.extend_from_slice(reverse_name(&r.rrname).as_bytes());
     k.push(0);
     k.extend_from_slice(&r.rrtype.to_be_bytes());
     k.extend_from_slice(r.bailiwick.as_bytes());
     k.push(0);
     k.extend_from_slice(&rdata_digest(&r.rdata));
-    k
 }
 
 /// The key prefix of every RRset owned by exactly `name`.

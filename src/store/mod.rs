@@ -1,6 +1,9 @@
 //! The passive DNS store on sled, shared by the sensor (its local database) and the collector.
 //!
-//! One sled tree, keys tagged by their first byte:
+//! One sled tree. RRsets and their index entries are written in sorted runs (`runs.rs`):
+//! compressed blocks under `B`, a directory entry per run under `Mrun`; reads merge the runs
+//! (and, in stores written before runs, the same keys in the tree itself), combining a key's
+//! counters. The key space they hold, tagged by the first byte:
 //! - `R` + RRset key: cumulative RRsets (key and value as in [`keys`]); `N`: NXDOMAIN/NODATA.
 //! - `F` + forward owner name, `0x00`, RRset key: for right wildcards (`www.example.*`).
 //! - `I` + 16-byte address (IPv4 mapped) + RRset key: A/AAAA rdata, for prefix/range scans.
@@ -9,17 +12,18 @@
 //!   (`ns1.example.*`).
 //! - `V` + rrtype (2) + digest of one rdata (16) + RRset key: the rdata of every other type
 //!   (TXT, SOA, CAA, ...), for raw rdata lookups.
-//! - `O` + sequence number: the deltas of one flush, for the next hop (opt-in).
-//! - `M...`: counters (stored RRsets, outbox sequence), the outbox stream id.
-//! - `S` + sender id: (stream, last applied sequence) of each sender (collector side), written
-//!   in the same batch as the merge it marks: exactly once.
 //! - `C` + RRset key + `0x00` + sender id: which senders contributed an RRset.
 //!
-//! A merge is one atomic sled batch (counters, index entries of new RRsets and the copies
-//! index entries carry, outbox batch):
-//! either all of it is applied or none. [`Store::sync`] then makes it durable; a failed sync
-//! is retried on its own, never by merging again, so nothing is counted twice. Keep batches small (the sensor uses 2,000
-//! RRsets): sled's memory grows with the batch.
+//! Plain sled keys:
+//! - `O` + sequence number: the deltas of one flush, for the next hop (opt-in).
+//! - `M...`: counters (stored RRsets, outbox sequence), the outbox stream id, the runs.
+//! - `S` + sender id: (stream, last applied sequence) of each sender (collector side), written
+//!   in the same batch as the merge it marks: exactly once.
+//! - `W`, `D`, `Y`: the feed log and its domains, per-day rows (`feed.rs`, `days.rs`).
+//!
+//! A merge is one atomic sled batch (its run, counters, outbox entries, sender mark): either
+//! all of it is applied or none. [`Store::sync`] then makes it durable; a failed sync is
+//! retried on its own, never by merging again, so nothing is counted twice.
 
 mod days;
 mod feed;
@@ -249,6 +253,9 @@ pub const MIN_OUTBOX_LIMIT: usize = 128;
 /// Summaries an outbox entry holds at most when a merge adds it: a large merge (a sensor's
 /// whole window) becomes several entries, each well inside a forwarding batch.
 pub const OUTBOX_ENTRY: usize = 5_000;
+
+/// Entries of runs a merge compacts per entry it writes (see `runs::Runs::compact`).
+const COMPACT_PER_ENTRY: u64 = 8;
 
 /// Summaries a folded outbox entry may hold: well inside what one forwarding batch carries
 /// (the forwarder's 50,000, the receiver's size limits), so a folded entry stays sendable.
@@ -639,28 +646,32 @@ impl Store {
         let mut fresh = Vec::new();
         let mut new_prints = fxhash::FxHashSet::default();
         {
-            let keyed: Vec<(Vec<u8>, Vec<u8>)> = deltas
-                .iter()
-                .map(|d| {
-                    let rkey = rrset_key(&d.rrset);
-                    (tagged(if d.kind == Kind::Positive { TAG_RRSET } else { TAG_NEGATIVE }, &rkey), rkey)
-                })
-                .collect();
-            let prints: Vec<u128> = keyed.iter().map(|(key, _)| self.fingerprint(key)).collect();
-            let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).contains_all(&prints);
+            // First each RRset's own entry (its key fingerprinted), then, once it is known
+            // which RRsets are new, their index entries.
             let mut v = Vec::new();
-            for (((d, (key, rkey)), print), known) in deltas.iter().zip(&keyed).zip(prints).zip(known) {
-                let positive = d.kind == Kind::Positive;
-                if positive && self.days {
-                    self.day_add(&mut batch, rkey, d)?;
-                }
-                let new = !known && !new_prints.contains(&print);
+            let mut own = Vec::with_capacity(deltas.len());
+            let mut prints = Vec::with_capacity(deltas.len());
+            for d in deltas {
                 encode_value_into(&mut v, d.first, d.last, d.count, &d.rrset);
                 let value = entries.value(&v);
-                if positive {
-                    index(&mut entries, &d.rrset, rkey, value, v.len(), new, self.copies);
+                let tag = if d.kind == Kind::Positive { TAG_RRSET } else { TAG_NEGATIVE };
+                let at = entries.push(|b| keys::rrset_key_into(b, tag, &d.rrset), value);
+                prints.push(self.fingerprint(entries.key_at(at)));
+                own.push((at, value, v.len()));
+            }
+            let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).contains_all(&prints);
+            let mut rkey = Vec::new();
+            for (((d, (at, value, len)), print), known) in deltas.iter().zip(own).zip(prints).zip(known) {
+                let positive = d.kind == Kind::Positive;
+                rkey.clear();
+                rkey.extend_from_slice(&entries.key_at(at)[1..]);
+                if positive && self.days {
+                    self.day_add(&mut batch, &rkey, d)?;
                 }
-                entries.push(|b| b.extend_from_slice(key), value);
+                let new = !known && !new_prints.contains(&print);
+                if positive {
+                    index(&mut entries, &d.rrset, &rkey, value, len, new, self.copies);
+                }
                 if !new {
                     stats.updated_keys += 1;
                     continue;
@@ -677,6 +688,7 @@ impl Store {
         }
         // One entry per key: the same key twice in a batch is combined.
         entries.sort()?;
+        let written = entries.len() as u64;
         let run = self.runs.stage(&entries, &mut batch);
         drop(entries);
         self.feed_add(&mut batch, &fresh)?;
@@ -715,7 +727,13 @@ impl Store {
             self.runs.publish(run);
         }
         self.known.lock().unwrap_or_else(|e| e.into_inner()).extend(new_prints);
-        self.runs.compact(&self.t)?;
+        // Compaction a step at a time, in proportion to what was written: enough to keep up
+        // (each entry is rewritten once per size class), never a long stall of this merge.
+        // The merge is applied: a failed compaction must not fail it (its caller would merge
+        // again and count twice). Its inputs stay as they are; the next merge tries again.
+        if let Err(e) = self.runs.compact(&self.t, Some(COMPACT_PER_ENTRY * written + 50_000)) {
+            tracing::error!(error = %e, "store: compaction failed; tried again at the next merge");
+        }
         Ok(stats)
     }
 

@@ -32,8 +32,12 @@ const BLOCK_LEVEL: i32 = 1;
 const BLOCK_ZSTD: u8 = 1;
 /// Runs of one size class merged at once.
 pub const FAN_IN: usize = 4;
-/// A compaction's output goes to sled in batches of about this many bytes.
-const COMPACT_BATCH_BYTES: usize = 4 << 20;
+/// Past this many runs a compaction finishes at once, whatever its budget.
+const MAX_RUNS: usize = 32;
+/// A compaction's output goes to sled in batches of about this many bytes ...
+const COMPACT_BATCH_BYTES: usize = 1 << 20;
+/// ... and is flushed every this many: sled holds what it has not written in memory.
+const COMPACT_FLUSH_BYTES: u64 = 16 << 20;
 
 const TAG_BLOCK: u8 = b'B';
 const META_RUN: &[u8] = b"Mrun";
@@ -99,11 +103,22 @@ impl Entries {
         ValueRef(self.buf.len() - v.len(), v.len())
     }
 
-    /// Adds an entry: a key (written by `key` into the buffer) and a value added before.
-    pub fn push(&mut self, key: impl FnOnce(&mut Vec<u8>), value: ValueRef) {
+    /// Adds an entry: a key (written by `key` into the buffer) and a value added before; its
+    /// number, for [`Entries::key_at`] (until [`Entries::sort`]).
+    pub fn push(&mut self, key: impl FnOnce(&mut Vec<u8>), value: ValueRef) -> usize {
         let start = self.buf.len();
         key(&mut self.buf);
         self.spans.push(Span { key: (start, self.buf.len() - start), value: (value.0, value.1) });
+        self.spans.len() - 1
+    }
+
+    /// The key of entry `at`.
+    pub fn key_at(&self, at: usize) -> &[u8] {
+        self.key(&self.spans[at])
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
     }
 
     fn key(&self, s: &Span) -> &[u8] {
@@ -385,6 +400,8 @@ pub struct Runs {
     live: RwLock<Arc<Vec<Arc<Run>>>>,
     /// Runs compacted away whose blocks may still be read.
     graveyard: Mutex<Vec<Arc<Run>>>,
+    /// The compaction under way, if any.
+    compaction: Mutex<Option<Compaction>>,
     next_id: AtomicU64,
 }
 
@@ -413,7 +430,12 @@ impl Runs {
                 t.apply_batch(batch)?;
             }
         }
-        Ok(Self { live: RwLock::new(Arc::new(live)), graveyard: Mutex::default(), next_id: AtomicU64::new(max_id + 1) })
+        Ok(Self {
+            live: RwLock::new(Arc::new(live)),
+            graveyard: Mutex::default(),
+            compaction: Mutex::default(),
+            next_id: AtomicU64::new(max_id + 1),
+        })
     }
 
     /// The runs now, oldest first.
@@ -444,60 +466,51 @@ impl Runs {
         *live = Arc::new(runs);
     }
 
-    /// Merges runs while some size class has [`FAN_IN`] of them; then deletes the blocks of
-    /// runs no reader holds any more. One caller at a time (the store's merge lock).
-    pub fn compact(&self, t: &sled::Tree) -> Result<(), StoreError> {
-        loop {
-            let runs = self.snapshot();
-            let mut classes: Vec<u32> = runs.iter().map(|r| r.class()).collect();
-            classes.sort_unstable();
-            let full = classes.windows(FAN_IN).find(|w| w[0] == w[FAN_IN - 1]).map(|w| w[0]);
-            let Some(class) = full else { break };
-            let inputs: Vec<Arc<Run>> = runs.iter().filter(|r| r.class() == class).cloned().collect();
-            self.merge_runs(t, inputs)?;
+    /// Merges runs while some size class has [`FAN_IN`] of them, reading at most `budget`
+    /// entries of them (`None`: until no class is full) so that the merge that calls it stays
+    /// quick; a compaction left unfinished goes on at the next call (its inputs stay readable
+    /// until it is done). Then deletes the blocks of runs no reader holds any more. One caller
+    /// at a time (the store's merge lock).
+    pub fn compact(&self, t: &sled::Tree, budget: Option<u64>) -> Result<(), StoreError> {
+        let mut state = self.compaction.lock().unwrap_or_else(|e| e.into_inner());
+        let mut budget = budget.unwrap_or(u64::MAX);
+        // Far behind (runs written faster than the budgets merge them): catch up now.
+        if self.snapshot().len() > MAX_RUNS {
+            budget = u64::MAX;
         }
+        loop {
+            if state.is_none() {
+                let runs = self.snapshot();
+                let mut classes: Vec<u32> = runs.iter().map(|r| r.class()).collect();
+                classes.sort_unstable();
+                let full = classes.windows(FAN_IN).find(|w| w[0] == w[FAN_IN - 1]).map(|w| w[0]);
+                let Some(class) = full else { break };
+                let inputs: Vec<Arc<Run>> = runs.iter().filter(|r| r.class() == class).cloned().collect();
+                *state = Some(Compaction::start(t, self.next_id.fetch_add(1, Ordering::Relaxed), inputs)?);
+            }
+            let Some(c) = state.as_mut() else { break };
+            match c.step(t, &mut budget) {
+                Err(e) => {
+                    // Its blocks are removed at the next open (`Mcompacting`).
+                    *state = None;
+                    return Err(e);
+                }
+                Ok(false) => break,
+                Ok(true) => {
+                    if let Some(c) = state.take() {
+                        self.finish(t, c)?;
+                    }
+                }
+            }
+        }
+        drop(state);
         self.reap(t)
     }
 
-    fn merge_runs(&self, t: &sled::Tree, inputs: Vec<Arc<Run>>) -> Result<(), StoreError> {
-        let started = std::time::Instant::now();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        t.insert(id_key(META_COMPACTING, id), &[])?;
-        let mut w = RunWriter::new(id);
-        let mut cursors = inputs.iter().map(|r| Cursor::new(t, r.clone())).collect::<Result<Vec<_>, _>>()?;
-        let (mut k, mut v) = (Vec::new(), Vec::new());
-        loop {
-            // The smallest key among the inputs, and its value combined over all of them.
-            let mut first: Option<usize> = None;
-            for (i, c) in cursors.iter().enumerate() {
-                if let Some(ck) = c.key()
-                    && first.is_none_or(|f| ck < cursors[f].key().unwrap_or_default())
-                {
-                    first = Some(i);
-                }
-            }
-            let Some(first) = first else { break };
-            k.clear();
-            k.extend_from_slice(cursors[first].key().unwrap_or_default());
-            v.clear();
-            v.extend_from_slice(cursors[first].value());
-            cursors[first].advance(t)?;
-            for c in &mut cursors {
-                if c.key() == Some(&k[..]) {
-                    combine_into(&k, &mut v, c.value())?;
-                    c.advance(t)?;
-                }
-            }
-            w.push(&k, &v);
-            if w.sealed_bytes >= COMPACT_BATCH_BYTES {
-                let mut batch = sled::Batch::default();
-                for (k, v) in w.take_sealed() {
-                    batch.insert(k, v);
-                }
-                t.apply_batch(batch)?;
-            }
-        }
-        let (run, blocks) = w.finish();
+    /// Swaps a finished compaction's output in for its inputs (one atomic batch).
+    fn finish(&self, t: &sled::Tree, c: Compaction) -> Result<(), StoreError> {
+        let Compaction { id, inputs, writer, started, .. } = c;
+        let (run, blocks) = writer.finish();
         let run = run.map(Arc::new);
         let mut batch = sled::Batch::default();
         for (k, v) in blocks {
@@ -614,6 +627,82 @@ impl Runs {
 
 fn id_of(k: &[u8]) -> Option<u64> {
     k.len().checked_sub(8).and_then(|at| k[at..].try_into().ok()).map(u64::from_be_bytes)
+}
+
+/// Runs being merged into one, a step at a time.
+struct Compaction {
+    id: u64,
+    inputs: Vec<Arc<Run>>,
+    cursors: Vec<Cursor>,
+    writer: RunWriter,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    started: std::time::Instant,
+    /// Output bytes flushed so far.
+    flushed: u64,
+}
+
+impl Compaction {
+    fn start(t: &sled::Tree, id: u64, inputs: Vec<Arc<Run>>) -> Result<Self, StoreError> {
+        t.insert(id_key(META_COMPACTING, id), &[])?;
+        let cursors = inputs.iter().map(|r| Cursor::new(t, r.clone())).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            id,
+            inputs,
+            cursors,
+            writer: RunWriter::new(id),
+            key: Vec::new(),
+            value: Vec::new(),
+            started: std::time::Instant::now(),
+            flushed: 0,
+        })
+    }
+
+    /// Merges entries until the inputs end (true) or `budget` entries were read (false).
+    fn step(&mut self, t: &sled::Tree, budget: &mut u64) -> Result<bool, StoreError> {
+        let cursors = &mut self.cursors;
+        let (k, v) = (&mut self.key, &mut self.value);
+        loop {
+            if *budget == 0 {
+                return Ok(false);
+            }
+            // The smallest key among the inputs, and its value combined over all of them.
+            let mut first: Option<usize> = None;
+            for (i, c) in cursors.iter().enumerate() {
+                if let Some(ck) = c.key()
+                    && first.is_none_or(|f| ck < cursors[f].key().unwrap_or_default())
+                {
+                    first = Some(i);
+                }
+            }
+            let Some(first) = first else { return Ok(true) };
+            k.clear();
+            k.extend_from_slice(cursors[first].key().unwrap_or_default());
+            v.clear();
+            v.extend_from_slice(cursors[first].value());
+            cursors[first].advance(t)?;
+            *budget = budget.saturating_sub(1);
+            for c in cursors.iter_mut() {
+                if c.key() == Some(&k[..]) {
+                    combine_into(k, v, c.value())?;
+                    c.advance(t)?;
+                    *budget = budget.saturating_sub(1);
+                }
+            }
+            self.writer.push(k, v);
+            if self.writer.sealed_bytes >= COMPACT_BATCH_BYTES {
+                let mut batch = sled::Batch::default();
+                for (k, v) in self.writer.take_sealed() {
+                    batch.insert(k, v);
+                }
+                t.apply_batch(batch)?;
+                if self.writer.bytes - self.flushed >= COMPACT_FLUSH_BYTES {
+                    t.flush()?;
+                    self.flushed = self.writer.bytes;
+                }
+            }
+        }
+    }
 }
 
 /// A run read from its start, one entry at a time, borrowing from the block it is in.
@@ -861,7 +950,12 @@ mod tests {
         };
         check(&runs);
         let before = runs.stats().0;
-        runs.compact(&t).unwrap();
+        // A step at a time: reads stay whole between steps.
+        for _ in 0..5 {
+            runs.compact(&t, Some(2_000)).unwrap();
+            check(&runs);
+        }
+        runs.compact(&t, None).unwrap();
         let (after, _) = runs.stats();
         assert!(after < before, "{before} runs -> {after}");
         check(&runs);
