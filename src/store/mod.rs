@@ -1208,6 +1208,74 @@ mod tests {
     }
 
     #[test]
+    fn many_merges_through_compactions_keep_every_count_and_index_entry() {
+        // 5,000 RRsets, 60 merges of 2,000 deltas (some RRsets twice in a merge's input
+        // order, never twice in one merge), so runs are merged at several sizes; checked
+        // against a model after the merges, after reopening, and after more merges.
+        let dir = tempfile::tempdir().unwrap();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let rrset_of = |i: u64| {
+            rr(
+                &format!("h{i}.z{}.example.", i % 37),
+                1,
+                "example.",
+                &[&format!("10.{}.{}.{}", i % 7, (i / 256) % 256, i % 256)],
+            )
+        };
+        type Model = std::collections::BTreeMap<u64, (u64, u64, u64)>;
+        let mut model = Model::new();
+        let mut merge_some = |s: &Store, model: &mut Model, merges: usize| {
+            for _ in 0..merges {
+                let mut picked: std::collections::BTreeMap<u64, Delta> = Default::default();
+                while picked.len() < 2_000 {
+                    let i = next() % 5_000;
+                    let t = 1_000 + next() % 1_000;
+                    let c = 1 + next() % 5;
+                    picked.insert(i, delta(rrset_of(i), t, t + next() % 100, c));
+                }
+                for (i, d) in &picked {
+                    let e = model.entry(*i).or_insert((u64::MAX, 0, 0));
+                    *e = (e.0.min(d.first), e.1.max(d.last), e.2 + d.count);
+                }
+                let deltas: Vec<Delta> = picked.into_values().collect();
+                s.merge(&deltas, false).unwrap();
+            }
+        };
+        let check = |s: &Store, model: &Model| {
+            assert_eq!(s.len(), model.len());
+            let mut all: Vec<(String, u64, u64, u64)> =
+                s.all(false).map(|e| e.unwrap()).map(|e| (e.rrset.rrname, e.first, e.last, e.count)).collect();
+            all.sort();
+            let mut want: Vec<(String, u64, u64, u64)> =
+                model.iter().map(|(i, (f, l, c))| (rrset_of(*i).rrname, *f, *l, *c)).collect();
+            want.sort();
+            assert_eq!(all, want);
+            // Every RRset once through its address index, with its counters.
+            let (lo, hi) = "10.0.0.0/8".parse::<crate::sensor::Cidr>().unwrap().range();
+            let by_ip = s.lookup(&Lookup::RdataIp { lo, hi }, &Fences::default(), usize::MAX).unwrap();
+            assert_eq!(by_ip.len(), model.len());
+            assert_eq!(by_ip.iter().map(|e| e.count).sum::<u64>(), model.values().map(|v| v.2).sum::<u64>());
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            merge_some(&s, &mut model, 60);
+            assert!(s.runs().0 < 20, "runs are merged: {:?}", s.runs());
+            check(&s, &model);
+            s.sync().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        check(&s, &model);
+        merge_some(&s, &mut model, 10);
+        check(&s, &model);
+    }
+
+    #[test]
     fn merges_sum_counts_and_widen_times_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let www = rr("www.example.com.", 1, "example.com.", &["192.0.2.80"]);
