@@ -86,8 +86,38 @@ pub fn rrset_key_into(out: &mut Vec<u8>, tag: u8, r: &Rrset) {
     write_rrset_key(out, r);
 }
 
+/// [`reverse_name`] appended to `out`, without allocating.
+fn reverse_name_into(out: &mut Vec<u8>, name: &str) {
+    let name = name.strip_suffix('.').unwrap_or(name).as_bytes();
+    if name.is_empty() {
+        return;
+    }
+    // Label ends, right to left, found left to right (an escaped dot is not a boundary).
+    let mut ends = [0usize; 128];
+    let (mut n, mut i) = (0, 0);
+    while i < name.len() {
+        match name[i] {
+            b'\\' => i += 2,
+            b'.' if n < ends.len() => {
+                ends[n] = i;
+                n += 1;
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    let mut end = name.len();
+    for &dot in ends[..n].iter().rev() {
+        out.extend_from_slice(&name[dot + 1..end]);
+        out.push(b'.');
+        end = dot;
+    }
+    out.extend_from_slice(&name[..end]);
+    out.push(b'.');
+}
+
 fn write_rrset_key(k: &mut Vec<u8>, r: &Rrset) {
-    k.extend_from_slice(reverse_name(&r.rrname).as_bytes());
+    reverse_name_into(k, &r.rrname);
     k.push(0);
     k.extend_from_slice(&r.rrtype.to_be_bytes());
     k.extend_from_slice(r.bailiwick.as_bytes());
@@ -215,6 +245,11 @@ mod tests {
         assert!(!reverse_name("www.badexample.com.").starts_with(&zone));
         assert!(at_or_below("a.example.com.", "example.com.") && at_or_below("example.com.", "example.com."));
         assert!(!at_or_below("a\\.example.com.", "example.com.") && at_or_below("x.", "."));
+        for name in ["www.example.com.", ".", "", "a\\.b.example.", "x.", "a..b.", "\\.", "end\\\\.x."] {
+            let mut out = Vec::new();
+            reverse_name_into(&mut out, name);
+            assert_eq!(String::from_utf8(out).unwrap(), reverse_name(name), "{name}");
+        }
     }
 
     #[test]

@@ -463,7 +463,7 @@ impl Store {
     /// index entries for RRsets seen for the first time; with `outbox`, the deltas are also
     /// queued for the next hop. One atomic batch; [`Store::sync`] makes it durable.
     pub fn merge(&self, deltas: &[Delta], outbox: bool) -> Result<MergeStats, StoreError> {
-        self.merge_with(deltas, outbox, sled::Batch::default(), runs::Entries::default())
+        self.merge_with(deltas, outbox, sled::Batch::default(), None)
     }
 
     /// Applies a sender's batch exactly once. A batch covers the sender's outbox entries
@@ -505,17 +505,16 @@ impl Store {
         let mut mark = stream.to_be_bytes().to_vec();
         mark.extend_from_slice(&last.to_be_bytes());
         batch.insert(mark_key, mark);
-        let attributed = attribute(deltas, sender, trust_sensors);
-        let mut contributed = runs::Entries::default();
-        let bare = contributed.value(&[]);
-        for d in &attributed {
-            let rkey = rrset_key(&d.rrset);
-            for s in &d.sensors {
-                contributed
-                    .push(|k| k.extend_from_slice(&[&[TAG_CONTRIBUTOR], &rkey[..], &[0], s.as_bytes()].concat()), bare);
-            }
-        }
-        Ok(Applied::Merged(self.merge_with(&attributed, outbox, batch, contributed)?))
+        // The outbox carries who is behind each delta (a relay's next hop records them);
+        // without one the contributors are taken as the entries are made, with no copy.
+        let attributed;
+        let deltas = if outbox {
+            attributed = attribute(deltas, sender, trust_sensors);
+            &attributed[..]
+        } else {
+            deltas
+        };
+        Ok(Applied::Merged(self.merge_with(deltas, outbox, batch, Some((sender, trust_sensors)))?))
     }
 
     /// The (stream, last sequence) applied from each sender.
@@ -638,8 +637,9 @@ impl Store {
         deltas: &[Delta],
         outbox: bool,
         mut batch: sled::Batch,
-        mut entries: runs::Entries,
+        contributors: Option<(&str, bool)>,
     ) -> Result<MergeStats, StoreError> {
+        let mut entries = runs::Entries::default();
         let _merging = self.merge_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut stats = MergeStats::default();
         let mut new_positive = 0u64;
@@ -648,7 +648,7 @@ impl Store {
         {
             // First each RRset's own entry (its key fingerprinted), then, once it is known
             // which RRsets are new, their index entries.
-            let mut v = Vec::new();
+            let (mut v, mut scratch) = (Vec::new(), Vec::new());
             let mut own = Vec::with_capacity(deltas.len());
             let mut prints = Vec::with_capacity(deltas.len());
             for d in deltas {
@@ -658,6 +658,24 @@ impl Store {
                 let at = entries.push(|b| keys::rrset_key_into(b, tag, &d.rrset), value);
                 prints.push(self.fingerprint(entries.key_at(at)));
                 own.push((at, value, v.len()));
+                // `C` + RRset key + 0 + sender: who contributed it (see `attribute`).
+                if let Some((sender, trust)) = contributors {
+                    let bare = entries.value(&[]);
+                    let names: &[String] = if trust && !d.sensors.is_empty() { &d.sensors } else { &[] };
+                    scratch.clear();
+                    scratch.extend_from_slice(&entries.key_at(at)[1..]);
+                    for name in names.iter().map(String::as_str).chain(names.is_empty().then_some(sender)) {
+                        entries.push(
+                            |k| {
+                                k.push(TAG_CONTRIBUTOR);
+                                k.extend_from_slice(&scratch);
+                                k.push(0);
+                                k.extend_from_slice(name.as_bytes());
+                            },
+                            bare,
+                        );
+                    }
+                }
             }
             let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).contains_all(&prints);
             let mut rkey = Vec::new();
