@@ -232,7 +232,9 @@ pub struct Store {
     /// A 128-bit fingerprint of every stored RRset key (`R` and `N`): which RRsets of a merge
     /// are new, without reading the store (a new RRset gets its bare index entries and its
     /// feed entry). Built at open.
-    known: std::sync::Arc<std::sync::Mutex<known::Known>>,
+    /// `None` until the first merge: a store only read (`dnsledger query`, the API) never
+    /// pays for it.
+    known: std::sync::Arc<std::sync::Mutex<Option<known::Known>>>,
     /// The fingerprints' keys: random, drawn at open (the set is rebuilt at open, never
     /// stored), so that no one can craft two RRsets with one fingerprint.
     print_keys: (std::hash::RandomState, std::hash::RandomState),
@@ -404,7 +406,6 @@ impl Store {
             print_keys: (std::hash::RandomState::new(), std::hash::RandomState::new()),
         };
         store.upgrade_indexes()?;
-        store.load_known()?;
         store.copies = store.t.get(META_COPIES)?.is_some();
         // What a previous process wrote is on disk now.
         let written = store.feed_written()?;
@@ -677,7 +678,13 @@ impl Store {
                     }
                 }
             }
-            let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).contains_all(&prints);
+            let known = {
+                let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+                if known.is_none() {
+                    *known = Some(self.load_known()?);
+                }
+                known.as_ref().map(|k| k.contains_all(&prints)).unwrap_or_default()
+            };
             let mut rkey = Vec::new();
             for (((d, (at, value, len)), print), known) in deltas.iter().zip(own).zip(prints).zip(known) {
                 let positive = d.kind == Kind::Positive;
@@ -744,7 +751,9 @@ impl Store {
         if let Some(run) = run {
             self.runs.publish(run);
         }
-        self.known.lock().unwrap_or_else(|e| e.into_inner()).extend(new_prints);
+        if let Some(known) = self.known.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            known.extend(new_prints);
+        }
         // Compaction a step at a time, in proportion to what was written: enough to keep up
         // (each entry is rewritten once per size class), never a long stall of this merge.
         // The merge is applied: a failed compaction must not fail it (its caller would merge
@@ -774,8 +783,9 @@ impl Store {
         (u128::from(self.print_keys.0.hash_one(key)) << 64) | u128::from(self.print_keys.1.hash_one(key))
     }
 
-    /// Fingerprints every stored RRset key (at open).
-    fn load_known(&self) -> Result<(), StoreError> {
+    /// Fingerprints every stored RRset key (before the first merge).
+    fn load_known(&self) -> Result<known::Known, StoreError> {
+        let started = std::time::Instant::now();
         let mut prints = Vec::with_capacity(self.len());
         for tag in [TAG_NEGATIVE, TAG_RRSET] {
             for item in self.runs.scan(&self.t, std::ops::Bound::Included(vec![tag]), Some(vec![tag + 1])) {
@@ -783,9 +793,14 @@ impl Store {
             }
         }
         let known = known::Known::from_prints(prints);
-        tracing::debug!(keys = known.len(), "store: RRset keys fingerprinted");
-        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = known;
-        Ok(())
+        if known.len() > 0 {
+            tracing::info!(
+                rrsets = known.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "store: stored RRsets fingerprinted (once, at the first merge)"
+            );
+        }
+        Ok(known)
     }
 
     /// Keys in `[start, end)` over the tree and the runs, in key order, values combined.
