@@ -367,6 +367,10 @@ fn a_sensor_killed_before_forwarding_sends_what_it_had_flushed_after_a_restart()
     replay(&data("bind-resolver.dnstap"), &sock);
     wait_for("windows flushed", Duration::from_secs(30), || flushed(sensor_metrics));
     assert!(metric(sensor_metrics, "dnsledger_sensor_outbox_batches").unwrap() >= 1);
+    // The store's own gauges: what was flushed is in its runs.
+    assert!(metric(sensor_metrics, "dnsledger_store_rrsets").unwrap() >= 1);
+    assert!(metric(sensor_metrics, "dnsledger_store_runs").unwrap() >= 1);
+    assert!(metric(sensor_metrics, "dnsledger_store_run_bytes").unwrap() > 0);
     sensor.signal("KILL");
     let _ = sensor.wait(Duration::from_secs(10));
     let _ = std::fs::remove_file(&sock);

@@ -163,6 +163,10 @@ pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: Cancell
     }
     let stats = Arc::new(CollectorStats::default());
     registry.register(stats.clone());
+    // A relay that also takes dnstap runs the sensor pipeline, which registers the store.
+    if config.dnstap.is_none() {
+        registry.register(Arc::new(store.clone()));
+    }
     let acceptor = TlsAcceptor::from(tls);
     let outbox = config.upstream.is_some();
     let trusted_relays = Arc::new(config.trusted_relays.clone());

@@ -570,6 +570,7 @@ pub async fn run_on(
     let lstats = Arc::new(ListenerStats::default());
     registry.register(stats.clone());
     registry.register(lstats.clone());
+    registry.register(Arc::new(store.clone()));
     let lconfig = Arc::new(ListenerConfig {
         max_frame: config.max_frame,
         max_connections: config.max_connections,

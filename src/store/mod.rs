@@ -759,6 +759,7 @@ impl Store {
         // The merge is applied: a failed compaction must not fail it (its caller would merge
         // again and count twice). Its inputs stay as they are; the next merge tries again.
         if let Err(e) = self.runs.compact(&self.t, Some(COMPACT_PER_ENTRY * written + 50_000)) {
+            self.runs.compaction_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(error = %e, "store: compaction failed; tried again at the next merge");
         }
         Ok(stats)
@@ -878,6 +879,32 @@ impl Store {
             let (k, v) = r?;
             decode_value(&v).ok_or_else(|| StoreError::Corrupt(k.to_vec()))
         })
+    }
+}
+
+/// The store's own metrics (prefix `dnsledger_store_`).
+impl crate::metrics::Metrics for Store {
+    fn render(&self, out: &mut String) {
+        use crate::metrics::write_metric;
+        use std::sync::atomic::Ordering::Relaxed;
+        let (runs, bytes) = self.runs();
+        write_metric(out, "dnsledger_store_rrsets", "gauge", "RRsets stored.", self.len());
+        write_metric(out, "dnsledger_store_runs", "gauge", "Sorted runs the RRsets and index entries are in.", runs);
+        write_metric(out, "dnsledger_store_run_bytes", "gauge", "Bytes of the runs' blocks (compressed).", bytes);
+        write_metric(
+            out,
+            "dnsledger_store_compactions_total",
+            "counter",
+            "Runs merged into one.",
+            self.runs.compactions.load(Relaxed),
+        );
+        write_metric(
+            out,
+            "dnsledger_store_compaction_errors_total",
+            "counter",
+            "Compactions that failed (tried again at the next merge).",
+            self.runs.compaction_errors.load(Relaxed),
+        );
     }
 }
 

@@ -402,6 +402,9 @@ pub struct Runs {
     graveyard: Mutex<Vec<Arc<Run>>>,
     /// The compaction under way, if any.
     compaction: Mutex<Option<Compaction>>,
+    /// Compactions finished, and failed (for metrics).
+    pub compactions: AtomicU64,
+    pub compaction_errors: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -434,6 +437,8 @@ impl Runs {
             live: RwLock::new(Arc::new(live)),
             graveyard: Mutex::default(),
             compaction: Mutex::default(),
+            compactions: AtomicU64::new(0),
+            compaction_errors: AtomicU64::new(0),
             next_id: AtomicU64::new(max_id + 1),
         })
     }
@@ -544,6 +549,10 @@ impl Runs {
             *live = Arc::new(runs);
         }
         self.graveyard.lock().unwrap_or_else(|e| e.into_inner()).extend(inputs);
+        self.compactions.fetch_add(1, Ordering::Relaxed);
+        if entries_in > 1_000_000 {
+            tracing::info!(entries_in, ms = started.elapsed().as_millis() as u64, "store: large runs merged");
+        }
         Ok(())
     }
 
