@@ -28,6 +28,8 @@ pub const MAX_SUMMARIES: usize = 100_000;
 const MAX_COUNT: u64 = 1 << 48;
 /// Sensors named per summary at most; a relay keeps the first ones when a union passes it.
 pub const MAX_SENSORS: usize = 256;
+/// Presentation-format rdata of one summary at most (the store refuses larger entries).
+pub const MAX_RDATA_TEXT: usize = 256 << 10;
 /// zstd level: fast, and passive DNS text compresses well even so.
 const LEVEL: i32 = 3;
 
@@ -189,6 +191,11 @@ pub fn decode_batch(wire: &[u8]) -> Result<(BatchId, Vec<Delta>), WireError> {
         if s.rdata.is_empty() || s.rdata.windows(2).any(|w| w[0] >= w[1]) {
             return Err(bad("rdata set empty or not sorted and unique"));
         }
+        // An RRset comes from one DNS message (64 KiB), at most 4 bytes of presentation
+        // format per byte of wire format (`\DDD`).
+        if s.rdata.iter().map(|r| r.len() + 1).sum::<usize>() > MAX_RDATA_TEXT {
+            return Err(bad("rdata over 256 KiB"));
+        }
         if s.count == 0 || s.time_first > s.time_last {
             return Err(bad("count 0 or first after last"));
         }
@@ -307,6 +314,11 @@ mod tests {
         assert!(matches!(decode_batch(&twice), Err(WireError::BadSummary { index: 1, .. })));
         let huge = encode_batch(ID, 0, &[delta("www.example.com.", u64::MAX)]);
         assert!(matches!(decode_batch(&huge), Err(WireError::BadSummary { index: 0, .. })));
+        // More rdata than one DNS message can carry: the store would refuse it.
+        let mut big = delta("www.example.com.", 1);
+        big.rrset.rrtype = 16;
+        big.rrset.rdata = vec![format!("\"{}\"", "a".repeat(MAX_RDATA_TEXT))];
+        assert!(matches!(decode_batch(&encode_batch(ID, 0, &[big])), Err(WireError::BadSummary { index: 0, .. })));
         // 200,000 empty summaries (2 bytes each) are counted, not decoded.
         let mut raw = Vec::new();
         for _ in 0..200_000 {

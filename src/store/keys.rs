@@ -93,7 +93,7 @@ fn reverse_name_into(out: &mut Vec<u8>, name: &str) {
         return;
     }
     // Label ends, right to left, found left to right (an escaped dot is not a boundary).
-    let mut ends = [0usize; 128];
+    let mut ends = [0usize; 256];
     let (mut n, mut i) = (0, 0);
     while i < name.len() {
         match name[i] {

@@ -581,6 +581,55 @@ mod tests {
     }
 
     #[test]
+    fn two_rdata_with_one_target_are_one_index_entry_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap().with_copies().unwrap();
+        let mx = Delta {
+            kind: Kind::Positive,
+            rrset: Rrset {
+                rrname: "example.com.".into(),
+                rrtype: 15,
+                bailiwick: "example.com.".into(),
+                rdata: vec!["10 mx.example.net.".into(), "20 mx.example.net.".into()],
+            },
+            first: 1,
+            last: 2,
+            count: 3,
+            sensors: Vec::new(),
+        };
+        s.merge(std::slice::from_ref(&mx), false).unwrap();
+        s.merge(std::slice::from_ref(&mx), false).unwrap();
+        let l = Lookup::RdataName { target: NamePattern::parse("mx.example.net").unwrap(), rrtype: None };
+        let got = s.lookup(&l, &Fences::default(), 10).unwrap();
+        assert_eq!(got.iter().map(|e| e.count).collect::<Vec<_>>(), [6], "its own count, not twice");
+        assert_eq!(s.scan_prefix(&[TAG_BY_TARGET]).count(), 1);
+    }
+
+    #[test]
+    fn entries_too_large_for_a_run_are_refused_before_anything_is_written() {
+        let (_dir, s) = store_with(3);
+        let before = s.len();
+        let mut big = Delta {
+            kind: Kind::Positive,
+            rrset: Rrset {
+                rrname: "big.example.com.".into(),
+                rrtype: 16,
+                bailiwick: "example.com.".into(),
+                rdata: vec![format!("\"{}\"", "a".repeat(super::super::runs::MAX_VALUE))],
+            },
+            first: 1,
+            last: 2,
+            count: 1,
+            sensors: Vec::new(),
+        };
+        assert!(s.merge(std::slice::from_ref(&big), true).is_err());
+        assert_eq!((s.len(), s.outbox_len()), (before, 0));
+        big.rrset.rdata = vec!["\"small\"".into()];
+        s.merge(std::slice::from_ref(&big), true).unwrap();
+        assert_eq!(s.len(), before + 1);
+    }
+
+    #[test]
     fn large_rrsets_keep_bare_index_entries_and_are_still_found() {
         let (_dir, s) = store_with(0);
         let big = Delta {

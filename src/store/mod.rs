@@ -231,7 +231,7 @@ pub struct Store {
     runs: std::sync::Arc<runs::Runs>,
     /// A 128-bit fingerprint of every stored RRset key (`R` and `N`): which RRsets of a merge
     /// are new, without reading the store (a new RRset gets its bare index entries and its
-    /// feed entry). Built at open.
+    /// feed entry).
     /// `None` until the first merge: a store only read (`dnsledger query`, the API) never
     /// pays for it.
     known: std::sync::Arc<std::sync::Mutex<Option<known::Known>>>,
@@ -711,10 +711,12 @@ impl Store {
                 }
             }
         }
+        // Refused before anything is written (a retry is safe): entries a run cannot hold.
+        entries.check()?;
         // One entry per key: the same key twice in a batch is combined.
         entries.sort()?;
         let written = entries.len() as u64;
-        let run = self.runs.stage(&entries, &mut batch);
+        let run = self.runs.stage(&entries, &mut batch)?;
         drop(entries);
         self.feed_add(&mut batch, &fresh)?;
         if new_positive > 0 {
@@ -757,7 +759,8 @@ impl Store {
         // Compaction a step at a time, in proportion to what was written: enough to keep up
         // (each entry is rewritten once per size class), never a long stall of this merge.
         // The merge is applied: a failed compaction must not fail it (its caller would merge
-        // again and count twice). Its inputs stay as they are; the next merge tries again.
+        // again and count twice). Its inputs stay as they are; its output is deleted and
+        // compaction pauses for a minute (`runs::Runs::compact`).
         if let Err(e) = self.runs.compact(&self.t, Some(COMPACT_PER_ENTRY * written + 50_000)) {
             self.runs.compaction_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(error = %e, "store: compaction failed; tried again at the next merge");
@@ -787,7 +790,7 @@ impl Store {
     /// Fingerprints every stored RRset key (before the first merge).
     fn load_known(&self) -> Result<known::Known, StoreError> {
         let started = std::time::Instant::now();
-        let mut prints = Vec::with_capacity(self.len());
+        let mut prints = Vec::with_capacity(self.len().min(1 << 24));
         for tag in [TAG_NEGATIVE, TAG_RRSET] {
             for item in self.runs.scan(&self.t, std::ops::Bound::Included(vec![tag]), Some(vec![tag + 1])) {
                 prints.push(self.fingerprint(&item?.0));
@@ -941,7 +944,7 @@ const MAX_COPY_BYTES: usize = 1024;
 
 /// Index entries of a positive RRset (`new`: stored for the first time). In a store with
 /// `copies` (one serving the query API), the rdata entries (addresses, names) of a small
-/// RRset hold a copy of its value `v`, rewritten with it on every merge: a walk over them reads its results in index order instead of fetching each
+/// RRset hold a copy of its value `v`, written with every merge (a read sums them like the RRset's own): a walk over them reads its results in index order instead of fetching each
 /// RRset by key, a random read (CIDR walks were 10x slower for it, docs/BENCHMARKS.md). The
 /// forward-name entries (right wildcards) and raw-value entries, rarer lookups, and every entry
 /// of a large RRset stay bare, as every entry of stores written before this was; walks fetch
@@ -952,13 +955,19 @@ const MAX_COPY_BYTES: usize = 1024;
 fn index(out: &mut runs::Entries, r: &Rrset, rkey: &[u8], v: runs::ValueRef, len: usize, new: bool, copies: bool) {
     let copies = copies && r.rdata.len() <= MAX_COPIES && len <= MAX_COPY_BYTES;
     let bare = out.value(&[]);
-    index_keys_each(r, rkey, |k| {
+    // Once each: two rdata can give one key (`10 mx.a.` and `20 mx.a.`, or `::1` and `0::1`),
+    // and a merge sums a key's copies.
+    let mut keys = Vec::new();
+    index_keys_each(r, rkey, |k| keys.push(k.to_vec()));
+    keys.sort_unstable();
+    keys.dedup();
+    for k in keys {
         if copies && ![TAG_BY_NAME, TAG_BY_TARGET_FWD, TAG_BY_VALUE].contains(&k[0]) {
-            out.push(|b| b.extend_from_slice(k), v);
+            out.push(|b| b.extend_from_slice(&k), v);
         } else if new {
-            out.push(|b| b.extend_from_slice(k), bare);
+            out.push(|b| b.extend_from_slice(&k), bare);
         }
-    });
+    }
 }
 
 /// The index keys of a positive RRset (`rkey`: its RRset key): `F` forward owner, `I` rdata

@@ -30,6 +30,13 @@ pub const BLOCK_BYTES: usize = 16 << 10;
 const BLOCK_LEVEL: i32 = 1;
 /// The first byte of a stored block: its entries compressed with zstd.
 const BLOCK_ZSTD: u8 = 1;
+/// The largest key and value an entry may have (checked before a merge writes anything:
+/// [`Entries::check`]); a block holds at most one entry past [`BLOCK_BYTES`].
+pub const MAX_KEY: usize = 16 << 10;
+pub const MAX_VALUE: usize = 2 << 20;
+const MAX_BLOCK: usize = BLOCK_BYTES + MAX_KEY + MAX_VALUE + 64;
+/// After a compaction fails, none is tried for this long.
+const COMPACT_PAUSE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Runs of one size class merged at once.
 pub const FAN_IN: usize = 4;
 /// Past this many runs a compaction finishes at once, whatever its budget.
@@ -129,6 +136,17 @@ impl Entries {
         &self.buf[s.value.0..s.value.0 + s.value.1]
     }
 
+    /// Refuses entries a run cannot hold (keys over [`MAX_KEY`], values over [`MAX_VALUE`]).
+    pub fn check(&self) -> Result<(), StoreError> {
+        match self.spans.iter().find(|s| s.key.1 > MAX_KEY || s.value.1 > MAX_VALUE) {
+            Some(s) => Err(StoreError::Backend(format!(
+                "an entry of {} bytes of key and {} of value is over the store's limits ({MAX_KEY}, {MAX_VALUE})",
+                s.key.1, s.value.1
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Sorts by key and combines the values of equal keys ([`combine`]).
     pub fn sort(&mut self) -> Result<(), StoreError> {
         let mut spans = std::mem::take(&mut self.spans);
@@ -163,24 +181,25 @@ thread_local! {
         std::cell::RefCell::new((zstd::block::Compressor::new(), zstd::block::Decompressor::new(), Vec::new()));
 }
 
-fn pack(raw: &[u8]) -> Vec<u8> {
+fn pack(raw: &[u8]) -> Result<Vec<u8>, StoreError> {
     ZSTD.with_borrow_mut(|(c, _, scratch)| {
         scratch.clear();
         scratch.reserve(zstd::zstd_safe::compress_bound(raw.len()));
-        // Compressing into a buffer of the bound's size fails only when zstd cannot allocate.
-        let n = c.compress_to_buffer(raw, scratch, BLOCK_LEVEL).unwrap_or_else(|e| panic!("zstd: {e}"));
+        // Into a buffer of the bound's size this fails only when zstd cannot allocate.
+        let n =
+            c.compress_to_buffer(raw, scratch, BLOCK_LEVEL).map_err(|e| StoreError::Backend(format!("zstd: {e}")))?;
         let mut out = Vec::with_capacity(5 + n);
         out.push(BLOCK_ZSTD);
         out.extend_from_slice(&(raw.len() as u32).to_be_bytes());
         out.extend_from_slice(&scratch[..n]);
-        out
+        Ok(out)
     })
 }
 
 fn unpack(stored: &[u8]) -> Option<Block> {
     let (&format, rest) = stored.split_first()?;
     let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    if format != BLOCK_ZSTD || len > 64 * BLOCK_BYTES {
+    if format != BLOCK_ZSTD || len > MAX_BLOCK {
         return None;
     }
     ZSTD.with_borrow_mut(|(_, d, _)| d.decompress(&rest[4..], len).ok()).filter(|b| b.len() == len).map(Block)
@@ -338,9 +357,12 @@ impl RunWriter {
         }
     }
 
-    /// Adds one entry; keys must come in increasing order.
-    pub fn push(&mut self, key: &[u8], value: &[u8]) {
-        debug_assert!(self.entries == 0 || key > self.last.as_slice());
+    /// Adds one entry; keys must come in increasing order, within [`MAX_KEY`] and
+    /// [`MAX_VALUE`] (a run that breaks either is refused as corrupt).
+    pub fn push(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        if (self.entries > 0 && key <= self.last.as_slice()) || key.len() > MAX_KEY || value.len() > MAX_VALUE {
+            return Err(StoreError::Corrupt(key.to_vec()));
+        }
         if self.offsets.is_empty() {
             self.firsts.push(key.to_vec());
         }
@@ -353,13 +375,14 @@ impl RunWriter {
         self.last.extend_from_slice(key);
         self.entries += 1;
         if self.data.len() >= BLOCK_BYTES {
-            self.seal();
+            self.seal()?;
         }
+        Ok(())
     }
 
-    fn seal(&mut self) {
+    fn seal(&mut self) -> Result<(), StoreError> {
         if self.offsets.is_empty() {
-            return;
+            return Ok(());
         }
         let mut b = Vec::with_capacity(4 + 4 * self.offsets.len() + self.data.len());
         b.extend_from_slice(&(self.offsets.len() as u32).to_be_bytes());
@@ -367,12 +390,13 @@ impl RunWriter {
             b.extend_from_slice(&o.to_be_bytes());
         }
         b.extend_from_slice(&self.data);
-        let b = pack(&b);
+        let b = pack(&b)?;
         self.bytes += b.len() as u64;
         self.sealed_bytes += b.len();
         self.sealed.push((block_key(self.id, self.firsts.len() as u32 - 1), b));
         self.offsets.clear();
         self.data.clear();
+        Ok(())
     }
 
     /// The blocks sealed since the last call, to be written.
@@ -382,8 +406,8 @@ impl RunWriter {
     }
 
     /// Seals the last block: the run (`None` if it is empty) and its unwritten blocks.
-    fn finish(mut self) -> (Option<Run>, Blocks) {
-        self.seal();
+    fn finish(mut self) -> Result<(Option<Run>, Blocks), StoreError> {
+        self.seal()?;
         let run = (self.entries > 0).then(|| Run {
             id: self.id,
             entries: self.entries,
@@ -391,7 +415,7 @@ impl RunWriter {
             firsts: std::mem::take(&mut self.firsts),
             last: std::mem::take(&mut self.last),
         });
-        (run, self.sealed)
+        Ok((run, self.sealed))
     }
 }
 
@@ -402,6 +426,8 @@ pub struct Runs {
     graveyard: Mutex<Vec<Arc<Run>>>,
     /// The compaction under way, if any.
     compaction: Mutex<Option<Compaction>>,
+    /// No compaction before this (one failed).
+    paused_until: Mutex<Option<std::time::Instant>>,
     /// Compactions finished, and failed (for metrics).
     pub compactions: AtomicU64,
     pub compaction_errors: AtomicU64,
@@ -425,18 +451,14 @@ impl Runs {
                 let (k, _) = item?;
                 let id = id_of(&k).ok_or_else(|| StoreError::Corrupt(k.to_vec()))?;
                 max_id = max_id.max(id);
-                let mut batch = sled::Batch::default();
-                for block in t.scan_prefix(id_key(&[TAG_BLOCK], id)).keys() {
-                    batch.remove(block?);
-                }
-                batch.remove(k);
-                t.apply_batch(batch)?;
+                discard(t, id)?;
             }
         }
         Ok(Self {
             live: RwLock::new(Arc::new(live)),
             graveyard: Mutex::default(),
             compaction: Mutex::default(),
+            paused_until: Mutex::default(),
             compactions: AtomicU64::new(0),
             compaction_errors: AtomicU64::new(0),
             next_id: AtomicU64::new(max_id + 1),
@@ -450,18 +472,18 @@ impl Runs {
 
     /// Adds a run of `entries` (sorted: [`Entries::sort`]) to `batch`; [`Runs::publish`] it
     /// once the batch is applied.
-    pub fn stage(&self, entries: &Entries, batch: &mut sled::Batch) -> Option<Arc<Run>> {
+    pub fn stage(&self, entries: &Entries, batch: &mut sled::Batch) -> Result<Option<Arc<Run>>, StoreError> {
         let mut w = RunWriter::new(self.next_id.fetch_add(1, Ordering::Relaxed));
         for s in &entries.spans {
-            w.push(entries.key(s), entries.val(s));
+            w.push(entries.key(s), entries.val(s))?;
         }
-        let (run, blocks) = w.finish();
-        let run = run?;
+        let (run, blocks) = w.finish()?;
+        let Some(run) = run else { return Ok(None) };
         for (k, v) in blocks {
             batch.insert(k, v);
         }
         batch.insert(id_key(META_RUN, run.id), run.encode());
-        Some(Arc::new(run))
+        Ok(Some(Arc::new(run)))
     }
 
     pub fn publish(&self, run: Arc<Run>) {
@@ -478,6 +500,9 @@ impl Runs {
     /// at a time (the store's merge lock).
     pub fn compact(&self, t: &sled::Tree, budget: Option<u64>) -> Result<(), StoreError> {
         let mut state = self.compaction.lock().unwrap_or_else(|e| e.into_inner());
+        if self.paused_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| std::time::Instant::now() < t) {
+            return Ok(());
+        }
         let mut budget = budget.unwrap_or(u64::MAX);
         // Far behind (runs written faster than the budgets merge them): catch up now.
         if self.snapshot().len() > MAX_RUNS {
@@ -491,13 +516,28 @@ impl Runs {
                 let full = classes.windows(FAN_IN).find(|w| w[0] == w[FAN_IN - 1]).map(|w| w[0]);
                 let Some(class) = full else { break };
                 let inputs: Vec<Arc<Run>> = runs.iter().filter(|r| r.class() == class).cloned().collect();
-                *state = Some(Compaction::start(t, self.next_id.fetch_add(1, Ordering::Relaxed), inputs)?);
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                match Compaction::start(t, id, inputs) {
+                    Ok(c) => *state = Some(c),
+                    Err(e) => {
+                        *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(std::time::Instant::now() + COMPACT_PAUSE);
+                        let _ = discard(t, id);
+                        return Err(e);
+                    }
+                }
             }
             let Some(c) = state.as_mut() else { break };
             match c.step(t, &mut budget) {
                 Err(e) => {
-                    // Its blocks are removed at the next open (`Mcompacting`).
+                    // Its output is deleted now (or at the next open: `Mcompacting`), and no
+                    // compaction is tried for a while: a run that cannot be read would fail
+                    // the same way at every merge.
+                    let id = c.id;
                     *state = None;
+                    *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(std::time::Instant::now() + COMPACT_PAUSE);
+                    let _ = discard(t, id);
                     return Err(e);
                 }
                 Ok(false) => break,
@@ -515,7 +555,7 @@ impl Runs {
     /// Swaps a finished compaction's output in for its inputs (one atomic batch).
     fn finish(&self, t: &sled::Tree, c: Compaction) -> Result<(), StoreError> {
         let Compaction { id, inputs, writer, started, .. } = c;
-        let (run, blocks) = writer.finish();
+        let (run, blocks) = writer.finish()?;
         let run = run.map(Arc::new);
         let mut batch = sled::Batch::default();
         for (k, v) in blocks {
@@ -530,6 +570,9 @@ impl Runs {
         }
         batch.remove(id_key(META_COMPACTING, id));
         t.apply_batch(batch)?;
+        // Durable before any input block is deleted (`reap`), whatever sled replays after a
+        // crash.
+        t.flush()?;
         let entries_in: u64 = inputs.iter().map(|r| r.entries).sum();
         {
             let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
@@ -556,12 +599,14 @@ impl Runs {
         Ok(())
     }
 
-    /// Deletes the blocks of compacted-away runs that no reader holds.
+    /// Deletes the blocks of compacted-away runs that no reader holds; a run whose deletion
+    /// fails stays in the graveyard (and its `Mgarbage` mark for the next open).
     fn reap(&self, t: &sled::Tree) -> Result<(), StoreError> {
         let mut graveyard = self.graveyard.lock().unwrap_or_else(|e| e.into_inner());
+        let mut result = Ok(());
         let mut kept = Vec::new();
         for run in graveyard.drain(..) {
-            if Arc::strong_count(&run) > 1 {
+            if Arc::strong_count(&run) > 1 || result.is_err() {
                 kept.push(run);
                 continue;
             }
@@ -570,10 +615,13 @@ impl Runs {
                 batch.remove(block_key(run.id, n as u32));
             }
             batch.remove(id_key(META_GARBAGE, run.id));
-            t.apply_batch(batch)?;
+            if let Err(e) = t.apply_batch(batch) {
+                result = Err(e.into());
+                kept.push(run);
+            }
         }
         *graveyard = kept;
-        Ok(())
+        result
     }
 
     /// Keys in `[start, end)` of the tree itself and of every run, merged in key order.
@@ -607,7 +655,7 @@ impl Runs {
         Ok(out)
     }
 
-    /// Drops every run and its blocks (tests: [`super::Store::into_tree`]).
+    /// Drops every run and its blocks (tests: [`super::Store::move_runs_to_tree`]).
     #[cfg(test)]
     pub fn clear(&self, t: &sled::Tree) {
         for k in t.scan_prefix([TAG_BLOCK]).keys().chain(t.scan_prefix(META_RUN).keys()) {
@@ -632,6 +680,18 @@ impl Runs {
         let runs = self.snapshot();
         (runs.len(), runs.iter().map(|r| r.bytes).sum())
     }
+}
+
+/// Deletes the blocks of run `id` and its `Mcompacting` / `Mgarbage` marks.
+fn discard(t: &sled::Tree, id: u64) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    for block in t.scan_prefix(id_key(&[TAG_BLOCK], id)).keys() {
+        batch.remove(block?);
+    }
+    batch.remove(id_key(META_COMPACTING, id));
+    batch.remove(id_key(META_GARBAGE, id));
+    t.apply_batch(batch)?;
+    Ok(())
 }
 
 fn id_of(k: &[u8]) -> Option<u64> {
@@ -698,7 +758,7 @@ impl Compaction {
                     *budget = budget.saturating_sub(1);
                 }
             }
-            self.writer.push(k, v);
+            self.writer.push(k, v)?;
             if self.writer.sealed_bytes >= COMPACT_BATCH_BYTES {
                 let mut batch = sled::Batch::default();
                 for (k, v) in self.writer.take_sealed() {
@@ -936,7 +996,7 @@ mod tests {
             }
             staged.sort().unwrap();
             let mut batch = sled::Batch::default();
-            let run = runs.stage(&staged, &mut batch).unwrap();
+            let run = runs.stage(&staged, &mut batch).unwrap().unwrap();
             t.apply_batch(batch).unwrap();
             runs.publish(run);
         }
