@@ -955,6 +955,18 @@ const MAX_COPY_BYTES: usize = 1024;
 fn index(out: &mut runs::Entries, r: &Rrset, rkey: &[u8], v: runs::ValueRef, len: usize, new: bool, copies: bool) {
     let copies = copies && r.rdata.len() <= MAX_COPIES && len <= MAX_COPY_BYTES;
     let bare = out.value(&[]);
+    let mut push = |k: &[u8]| {
+        if copies && ![TAG_BY_NAME, TAG_BY_TARGET_FWD, TAG_BY_VALUE].contains(&k[0]) {
+            out.push(|b| b.extend_from_slice(k), v);
+        } else if new {
+            out.push(|b| b.extend_from_slice(k), bare);
+        }
+    };
+    if r.rdata.len() < 2 {
+        // One rdata: its keys differ by tag.
+        index_keys_each(r, rkey, push);
+        return;
+    }
     // Once each: two rdata can give one key (`10 mx.a.` and `20 mx.a.`, or `::1` and `0::1`),
     // and a merge sums a key's copies.
     let mut keys = Vec::new();
@@ -962,11 +974,7 @@ fn index(out: &mut runs::Entries, r: &Rrset, rkey: &[u8], v: runs::ValueRef, len
     keys.sort_unstable();
     keys.dedup();
     for k in keys {
-        if copies && ![TAG_BY_NAME, TAG_BY_TARGET_FWD, TAG_BY_VALUE].contains(&k[0]) {
-            out.push(|b| b.extend_from_slice(&k), v);
-        } else if new {
-            out.push(|b| b.extend_from_slice(&k), bare);
-        }
+        push(&k);
     }
 }
 
