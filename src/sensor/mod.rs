@@ -418,11 +418,11 @@ fn write_window(
     stats: &SensorStats,
     closing: &std::sync::atomic::AtomicBool,
 ) -> Result<(), StoreError> {
-    // Written in store-key order: each batch then covers a narrow range of the RRset tree
-    // instead of all of it, so its reads and writes meet few sled pages, most of them in
-    // sled's cache. The benchmark of 2M frames over 200,000 names went from ~44k to ~55k
-    // frames/s and ~1,660 to ~1,530 bytes on disk per RRset (docs/BENCHMARKS.md). The order
-    // is kept as a prefix of each key (ties keep the window's order): 28 bytes per entry.
+    // Written in store-key order, so that each outbox entry (5,000 summaries) and each merge
+    // of a window larger than FLUSH_CHUNK covers a narrow key range: forwarding batches
+    // compress to ~10 bytes per summary instead of ~17 (docs/BENCHMARKS.md, "Forwarding"),
+    // and a merge's entries arrive nearly sorted. The order is kept as a prefix of each key
+    // (ties keep the window's order): 28 bytes per entry.
     let mut order: Vec<([u8; SORT_PREFIX], u32)> = entries
         .iter()
         .enumerate()

@@ -969,8 +969,7 @@ fn index(out: &mut runs::Entries, r: &Rrset, rkey: &[u8], v: runs::ValueRef, len
     }
     // Once each: two rdata can give one key (`10 mx.a.` and `20 mx.a.`, or `::1` and `0::1`),
     // and a merge sums a key's copies.
-    let mut keys = Vec::new();
-    index_keys_each(r, rkey, |k| keys.push(k.to_vec()));
+    let mut keys = index_keys(r, rkey);
     keys.sort_unstable();
     keys.dedup();
     for k in keys {
