@@ -52,7 +52,7 @@ pub fn rrtype_name(rtype: RecordType) -> String {
 
 /// A character-string in presentation format: quoted, with `"` and `\` escaped and
 /// non-printable bytes as `\DDD`.
-fn quoted(bytes: &[u8], out: &mut String) {
+pub(crate) fn quoted(bytes: &[u8], out: &mut String) {
     out.push('"');
     for &b in bytes {
         match b {
@@ -86,26 +86,43 @@ pub fn push_name(name: &Name, out: &mut String) {
     let mut labels = 0;
     for label in name.iter() {
         labels += 1;
-        for &b in label {
-            match b {
-                b'.' | b'\\' | b'"' | b'(' | b')' | b';' | b'@' | b'$' => {
-                    out.push('\\');
-                    out.push(b as char);
-                }
-                0x21..=0x7e => out.push(b as char),
-                _ => {
-                    out.push('\\');
-                    out.push((b'0' + b / 100) as char);
-                    out.push((b'0' + b / 10 % 10) as char);
-                    out.push((b'0' + b % 10) as char);
-                }
-            }
-        }
-        out.push('.');
+        push_label(label, out);
     }
     if labels == 0 {
         out.push('.');
     }
+}
+
+/// [`push_name`] for a name in wire format without compression.
+pub(crate) fn push_wire_name(wire: &[u8], out: &mut String) {
+    let mut labels = 0;
+    for label in crate::sensor::wire::labels(wire) {
+        labels += 1;
+        push_label(label, out);
+    }
+    if labels == 0 {
+        out.push('.');
+    }
+}
+
+/// One label and its dot, escaped as [`push_name`] says.
+fn push_label(label: &[u8], out: &mut String) {
+    for &b in label {
+        match b {
+            b'.' | b'\\' | b'"' | b'(' | b')' | b';' | b'@' | b'$' => {
+                out.push('\\');
+                out.push(b as char);
+            }
+            0x21..=0x7e => out.push(b as char),
+            _ => {
+                out.push('\\');
+                out.push((b'0' + b / 100) as char);
+                out.push((b'0' + b / 10 % 10) as char);
+                out.push((b'0' + b % 10) as char);
+            }
+        }
+    }
+    out.push('.');
 }
 
 /// Reads back a name written by [`push_name`] (absolute; `\DDD` decimal, `\c` for any other
@@ -144,26 +161,30 @@ pub fn name_from_text(text: &str) -> Option<Name> {
     Some(name)
 }
 
+/// Dotted decimal by hand: std's `Display` goes through the formatter per octet, 6% of the
+/// sensor's stages.
+pub(crate) fn push_ipv4(octets: [u8; 4], s: &mut String) {
+    for (i, o) in octets.into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if o >= 100 {
+            s.push((b'0' + o / 100) as char);
+        }
+        if o >= 10 {
+            s.push((b'0' + o / 10 % 10) as char);
+        }
+        s.push((b'0' + o % 10) as char);
+    }
+}
+
 /// Rdata in presentation format. Names in the rdata of the common types (NS, CNAME, PTR,
 /// ANAME, MX, SRV, SOA) as [`push_name`] writes them; other types as hickory prints them.
 pub fn rdata_text(rdata: &RData) -> String {
     match rdata {
         RData::A(a) => {
-            // Dotted decimal by hand: std's `Display` goes through the formatter per octet,
-            // 6% of the sensor's stages.
             let mut s = String::with_capacity(15);
-            for (i, o) in a.0.octets().into_iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
-                }
-                if o >= 100 {
-                    s.push((b'0' + o / 100) as char);
-                }
-                if o >= 10 {
-                    s.push((b'0' + o / 10 % 10) as char);
-                }
-                s.push((b'0' + o % 10) as char);
-            }
+            push_ipv4(a.0.octets(), &mut s);
             s
         }
         RData::AAAA(a) => a.0.to_string(),

@@ -7,12 +7,12 @@
 
 use std::net::IpAddr;
 
-use hickory_proto::op::{Message, MessageType as DnsMessageType, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::rr::RData;
 
 use super::filter::PrivacyFilter;
+use super::wire::{Rd, Rec, Response, Span, in_zone, to_name};
 use super::zones::ZoneMap;
-use crate::dns::{name_text, rdata_text};
+use crate::dns::push_wire_name;
 use crate::dnstap::{DnstapEvent, MessageType, parse_dns};
 use crate::metrics::Tally;
 
@@ -62,6 +62,11 @@ pub struct Extractor {
     pub config: ExtractConfig,
     pub filter: PrivacyFilter,
     pub zones: ZoneMap,
+    /// Reused from frame to frame: the parsed response, name server names of a referral,
+    /// the RRsets of a message.
+    response: Response,
+    targets: Vec<Span>,
+    groups: Vec<(Rec, u16)>,
 }
 
 pub(crate) fn type_label(t: MessageType) -> &'static str {
@@ -85,7 +90,7 @@ pub(crate) fn type_label(t: MessageType) -> &'static str {
 
 impl Extractor {
     pub fn new(config: ExtractConfig, filter: PrivacyFilter, zones: ZoneMap) -> Self {
-        Self { config, filter, zones }
+        Self { config, filter, zones, response: Response::default(), targets: Vec::new(), groups: Vec::new() }
     }
 
     /// Classifies one event and appends its RRsets to `out`. `Err` names why the whole frame
@@ -95,6 +100,33 @@ impl Extractor {
         ev: &DnstapEvent,
         out: &mut Vec<Observation>,
         drops: &mut Tally,
+    ) -> Result<(), FrameDrop> {
+        self.extract_with(ev, out, drops, true)
+    }
+
+    /// [`Self::extract`], reading the DNS message with hickory alone unless `fast` (the
+    /// tests compare the two).
+    pub(crate) fn extract_with(
+        &mut self,
+        ev: &DnstapEvent,
+        out: &mut Vec<Observation>,
+        drops: &mut Tally,
+        fast: bool,
+    ) -> Result<(), FrameDrop> {
+        // The view's buffers are reused from frame to frame.
+        let mut response = std::mem::take(&mut self.response);
+        let result = self.extract_into(&mut response, ev, out, drops, fast);
+        self.response = response;
+        result
+    }
+
+    fn extract_into(
+        &mut self,
+        msg: &mut Response,
+        ev: &DnstapEvent,
+        out: &mut Vec<Observation>,
+        drops: &mut Tally,
+        fast: bool,
     ) -> Result<(), FrameDrop> {
         let m = &ev.message;
         // 1. Classify.
@@ -107,115 +139,129 @@ impl Extractor {
             return Err(type_label(m.kind));
         }
         let wire = m.response_message.as_ref().ok_or("no_response_message")?;
-        let msg = parse_dns(wire).map_err(|_| "dns_malformed")?;
+        if !(fast && msg.parse(wire)) {
+            msg.load(&parse_dns(wire).map_err(|_| "dns_malformed")?);
+        }
         let time = m.response_time.or(m.query_time).map(|t| t.sec).ok_or("no_time")?;
 
         // 2. Authoritative data only.
-        let h = &msg.metadata;
-        if h.message_type != DnsMessageType::Response {
+        if !msg.response {
             return Err("not_a_response");
         }
-        if h.op_code != OpCode::Query {
+        if msg.opcode != 0 {
             return Err("opcode");
         }
-        if h.truncation {
+        if msg.truncated {
             return Err("truncated");
         }
-        let rcode = h.response_code;
+        let rcode = msg.rcode;
         match rcode {
-            ResponseCode::NoError | ResponseCode::NXDomain => {}
-            ResponseCode::Refused => return Err("rcode_refused"),
-            ResponseCode::ServFail => return Err("rcode_servfail"),
-            ResponseCode::FormErr => return Err("rcode_formerr"),
+            NOERROR | NXDOMAIN => {}
+            5 => return Err("rcode_refused"),
+            2 => return Err("rcode_servfail"),
+            1 => return Err("rcode_formerr"),
             _ => return Err("rcode_other"),
         }
-        let question = msg.queries.first();
-        let referral = !h.authoritative
-            && rcode == ResponseCode::NoError
-            && msg.answers.is_empty()
-            && msg.authorities.iter().any(|r| r.record_type() == RecordType::NS);
-        if !h.authoritative && !referral {
+        let referral = !msg.authoritative
+            && rcode == NOERROR
+            && msg.answers().is_empty()
+            && msg.authorities().iter().any(|r| r.rtype == NS);
+        if !msg.authoritative && !referral {
             return Err("not_authoritative");
         }
 
         // 3. Bailiwick: the zone the server answered for.
         let bailiwick = match &m.query_zone {
-            Some(zone) => zone.to_lowercase(),
+            Some(zone) => msg.push_name(zone, true),
             None => {
                 let server = m.response_address.ok_or("no_bailiwick")?;
-                let qname = question.map(|q| q.name()).ok_or("no_bailiwick")?;
-                self.zones.enclosing_zone(server, qname).ok_or("no_bailiwick")?
+                let (qname, _) = msg.question.ok_or("no_bailiwick")?;
+                let qname = to_name(msg.bytes(qname)).ok_or("no_bailiwick")?;
+                let zone = self.zones.enclosing_zone(server, &qname).ok_or("no_bailiwick")?;
+                msg.push_name(&zone, true)
             }
         };
-        if self.filter.excluded_name(&bailiwick) {
+        let zone = msg.bytes(bailiwick);
+        if self.filter.excluded_wire(zone) {
             return Err("excluded_zone");
         }
-        let bailiwick_text = name_text(&bailiwick);
+        let mut bailiwick_text = String::with_capacity(zone.len() + 1);
+        push_wire_name(zone, &mut bailiwick_text);
 
         let before = out.len();
         if referral {
             // Delegation data: NS (and DS, signatures) for a child zone from the authority
             // section; from the additional section only glue: addresses of the name servers
             // this referral names, inside the bailiwick.
-            let mut targets: Vec<Name> = Vec::new();
-            for ((owner, rtype), records) in group(msg.authorities.iter()) {
-                if owner == bailiwick || !bailiwick.zone_of(&owner) {
+            self.targets.clear();
+            group(msg.authorities(), msg, &mut self.groups);
+            for g in 0..self.groups.len() {
+                let (first, rtype) = self.groups[g];
+                let owner = msg.bytes(first.owner);
+                if owner == zone || !in_zone(zone, owner) {
                     drops.add("out_of_bailiwick");
                     continue;
                 }
-                if rtype == RecordType::NS {
-                    targets.extend(records.iter().filter_map(|r| match &r.data {
-                        RData::NS(t) => Some(t.0.to_lowercase()),
+                let members = || msg.authorities().iter().filter(|r| r.rtype == rtype && msg.bytes(r.owner) == owner);
+                if rtype == NS {
+                    self.targets.extend(members().filter_map(|r| match r.rdata {
+                        Rd::Name(target) => Some(target),
                         _ => None,
                     }));
                 }
-                self.push(Kind::Positive, &owner, rtype, &bailiwick_text, &records, time, out, drops);
+                self.push(msg, Kind::Positive, first.owner, rtype, &bailiwick_text, members(), time, out, drops);
             }
-            for ((owner, rtype), records) in group(msg.additionals.iter()) {
-                if !matches!(rtype, RecordType::A | RecordType::AAAA) || !targets.contains(&owner) {
+            group(msg.additionals(), msg, &mut self.groups);
+            for g in 0..self.groups.len() {
+                let (first, rtype) = self.groups[g];
+                let owner = msg.bytes(first.owner);
+                let glue = rtype == A || rtype == AAAA;
+                if !glue || !self.targets.iter().any(|t| msg.bytes(*t).eq_ignore_ascii_case(owner)) {
                     drops.add("referral_additional");
                     continue;
                 }
-                if owner == bailiwick || !bailiwick.zone_of(&owner) {
+                if owner == zone || !in_zone(zone, owner) {
                     drops.add("out_of_bailiwick");
                     continue;
                 }
-                self.push(Kind::Positive, &owner, rtype, &bailiwick_text, &records, time, out, drops);
+                let members = msg.additionals().iter().filter(|r| r.rtype == rtype && msg.bytes(r.owner) == owner);
+                self.push(msg, Kind::Positive, first.owner, rtype, &bailiwick_text, members, time, out, drops);
             }
-            self.learn_delegations(&msg, &bailiwick);
+            self.learn_delegations(msg, zone);
             return Ok(());
         }
 
         // AA=1: every section, each RRset at or below the bailiwick.
-        let negative = msg.answers.is_empty() || rcode == ResponseCode::NXDomain;
-        let sections: Vec<&Record> = if negative {
-            // The authority SOA belongs to the negative answer, not to the positive data.
-            msg.answers.iter().chain(msg.additionals.iter()).collect()
+        let answers = msg.answers().len();
+        let negative = answers == 0 || rcode == NXDOMAIN;
+        // The authority SOA belongs to the negative answer, not to the positive data.
+        let sections: [&[Rec]; 3] = if negative {
+            [msg.answers(), &[], msg.additionals()]
         } else {
-            msg.answers.iter().chain(msg.authorities.iter()).chain(msg.additionals.iter()).collect()
+            [msg.answers(), msg.authorities(), msg.additionals()]
         };
-        for ((owner, rtype), records) in group(sections.into_iter()) {
-            if !bailiwick.zone_of(&owner) {
+        let records = || sections.iter().flat_map(|s| s.iter());
+        group_iter(records(), msg, &mut self.groups);
+        for g in 0..self.groups.len() {
+            let (first, rtype) = self.groups[g];
+            let owner = msg.bytes(first.owner);
+            if !in_zone(zone, owner) {
                 drops.add("out_of_bailiwick");
                 continue;
             }
-            self.push(Kind::Positive, &owner, rtype, &bailiwick_text, &records, time, out, drops);
+            let members = records().filter(|r| r.rtype == rtype && msg.bytes(r.owner) == owner);
+            self.push(msg, Kind::Positive, first.owner, rtype, &bailiwick_text, members, time, out, drops);
         }
         if negative
-            && msg.answers.is_empty()
-            && let Some(q) = question
+            && answers == 0
+            && let Some((qname, qtype)) = msg.question
         {
-            let owner = q.name().to_lowercase();
-            let soa: Vec<&Record> = msg
-                .authorities
-                .iter()
-                .filter(|r| r.record_type() == RecordType::SOA && bailiwick.zone_of(&r.name.to_lowercase()))
-                .collect();
-            if !bailiwick.zone_of(&owner) {
+            let soa = msg.authorities().iter().filter(|r| r.rtype == SOA && in_zone(zone, msg.bytes(r.owner)));
+            if !in_zone(zone, msg.bytes(qname)) {
                 drops.add("out_of_bailiwick");
             } else if self.config.negative {
-                let kind = if rcode == ResponseCode::NXDomain { Kind::NxDomain } else { Kind::NoData };
-                self.push(kind, &owner, q.query_type(), &bailiwick_text, &soa, time, out, drops);
+                let kind = if rcode == NXDOMAIN { Kind::NxDomain } else { Kind::NoData };
+                self.push(msg, kind, qname, qtype, &bailiwick_text, soa, time, out, drops);
             } else {
                 drops.add("negative");
             }
@@ -229,81 +275,95 @@ impl Extractor {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn push(
+    fn push<'r>(
         &self,
+        msg: &Response,
         kind: Kind,
-        owner: &Name,
-        rtype: RecordType,
+        owner: Span,
+        rtype: u16,
         bailiwick: &str,
-        records: &[&Record],
+        records: impl Iterator<Item = &'r Rec>,
         time: u64,
         out: &mut Vec<Observation>,
         drops: &mut Tally,
     ) {
-        let rrname = name_text(owner);
-        if self.filter.excluded_name(owner) {
+        let owner = msg.bytes(owner);
+        if self.filter.excluded_wire(owner) {
             drops.add("excluded_zone");
             return;
         }
-        let mut rdata = Vec::with_capacity(records.len());
+        let mut rrname = String::with_capacity(owner.len() + 1);
+        push_wire_name(owner, &mut rrname);
+        let mut rdata = Vec::new();
         for r in records {
-            if r.dns_class != DNSClass::IN {
+            if r.class != IN {
                 drops.add("class_not_in");
                 return;
             }
-            if self.filter.private_rdata(&r.data) {
+            if self.filter.private_rd(msg, &r.rdata) {
                 drops.add("private_rdata");
                 return;
             }
-            rdata.push(rdata_text(&r.data));
+            rdata.push(msg.rdata_text(&r.rdata));
         }
         rdata.sort_unstable();
         rdata.dedup();
-        let rrset = Rrset { rrname, rrtype: u16::from(rtype), bailiwick: bailiwick.to_string(), rdata };
+        let rrset = Rrset { rrname, rrtype: rtype, bailiwick: bailiwick.to_string(), rdata };
         out.push(Observation { kind, rrset, time });
     }
 
     /// From an accepted referral: child zone -> its name servers, and glue addresses -> zone.
-    fn learn_delegations(&mut self, msg: &Message, bailiwick: &Name) {
-        for ns in msg.authorities.iter().filter(|r| r.record_type() == RecordType::NS) {
-            let zone = ns.name.to_lowercase();
-            if zone == *bailiwick || !bailiwick.zone_of(&zone) {
+    fn learn_delegations(&mut self, msg: &Response, bailiwick: &[u8]) {
+        for ns in msg.authorities().iter().filter(|r| r.rtype == NS) {
+            let zone = msg.bytes(ns.owner);
+            if zone == bailiwick || !in_zone(bailiwick, zone) {
                 continue;
             }
-            let RData::NS(target) = &ns.data else { continue };
-            let target = target.0.to_lowercase();
-            self.zones.add_server_name(&target, &zone);
+            let Rd::Name(target) = ns.rdata else { continue };
+            let target = msg.bytes(target);
+            let (Some(zone_name), Some(target_name)) = (to_name(zone), to_name(target)) else { continue };
+            let target_name = target_name.to_lowercase();
+            self.zones.add_server_name(&target_name, &zone_name);
             // Only glue inside the bailiwick, as stored.
-            if !bailiwick.zone_of(&target) {
+            if !in_zone(bailiwick, target) {
                 continue;
             }
-            // `Name`'s equality ignores case: no lower-cased copy per additional record.
-            for glue in msg.additionals.iter().filter(|r| r.name == target) {
-                if let Some(addr) = address_of(&glue.data) {
-                    self.zones.add(addr, zone.clone());
+            for glue in msg.additionals().iter().filter(|r| msg.bytes(r.owner).eq_ignore_ascii_case(target)) {
+                if let Some(addr) = msg.address(&glue.rdata) {
+                    self.zones.add(addr, zone_name.clone());
                 }
             }
         }
     }
 }
 
-/// Groups records into RRsets by (lower-cased owner, type), keeping first-seen order. OPT,
-/// TSIG and SIG(0) are transport, not data, and are left out. A message holds a handful of
-/// RRsets, so a linear search beats building a hash map for every frame.
-fn group<'a>(records: impl Iterator<Item = &'a Record>) -> Vec<((Name, RecordType), Vec<&'a Record>)> {
-    let mut sets: Vec<((Name, RecordType), Vec<&'a Record>)> = Vec::new();
+const A: u16 = 1;
+const NS: u16 = 2;
+const SOA: u16 = 6;
+const AAAA: u16 = 28;
+const IN: u16 = 1;
+const NOERROR: u16 = 0;
+const NXDOMAIN: u16 = 3;
+
+/// The RRsets among `records`: (first record, type) per distinct (owner, type), in first-seen
+/// order, into `groups`. OPT, TSIG and SIG(0) are transport, not data, and are left out. A
+/// message holds a handful of RRsets, so a linear search beats building a hash map for every
+/// frame. Owners are lower-cased already.
+fn group(records: &[Rec], msg: &Response, groups: &mut Vec<(Rec, u16)>) {
+    group_iter(records.iter(), msg, groups)
+}
+
+fn group_iter<'a>(records: impl Iterator<Item = &'a Rec>, msg: &Response, groups: &mut Vec<(Rec, u16)>) {
+    groups.clear();
     for r in records {
-        let rtype = r.record_type();
-        if matches!(rtype, RecordType::OPT | RecordType::TSIG | RecordType::SIG) {
+        if matches!(r.rtype, 41 | 250 | 24) {
             continue;
         }
-        // `Name`'s equality ignores case: the lower-cased copy is made once per RRset.
-        match sets.iter_mut().find(|((name, t), _)| *t == rtype && *name == r.name) {
-            Some((_, set)) => set.push(r),
-            None => sets.push(((r.name.to_lowercase(), rtype), vec![r])),
+        let owner = msg.bytes(r.owner);
+        if !groups.iter().any(|(g, t)| *t == r.rtype && msg.bytes(g.owner) == owner) {
+            groups.push((*r, r.rtype));
         }
     }
-    sets
 }
 
 pub(crate) fn address_of(data: &RData) -> Option<IpAddr> {

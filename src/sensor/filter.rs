@@ -10,6 +10,7 @@ use hickory_proto::rr::{Name, RData};
 use thiserror::Error;
 
 use super::extract::address_of;
+use super::wire::{Rd, Response};
 
 /// RFC 6761 / RFC 6762 / RFC 8375 / RFC 9476 special-use names and the reverse zones of
 /// private, loopback and link-local space: local by nature, never worth sharing. `test.` and
@@ -186,15 +187,45 @@ impl PrivacyFilter {
 
     /// Whether a name is in a zone that must not be recorded.
     pub fn excluded_name(&self, name: &Name) -> bool {
+        self.excluded_labels(name.iter().rev())
+    }
+
+    /// [`Self::excluded_name`] for a name in wire format without compression.
+    pub(crate) fn excluded_wire(&self, wire: &[u8]) -> bool {
         if self.everything {
             return true;
         }
-        let Some(top) = name.iter().next_back() else { return false };
+        // Where each label starts (a name of at most 255 bytes has at most 127 labels); most
+        // names are known not to be excluded by their top label alone.
+        let mut starts = [0u8; 128];
+        let mut n = 0;
+        let mut p = 0;
+        while let Some(&len) = wire.get(p).filter(|&&len| len != 0 && n < starts.len()) {
+            starts[n] = p as u8;
+            n += 1;
+            p += 1 + usize::from(len);
+        }
+        let label = |i: usize| {
+            let at = usize::from(starts[i]);
+            wire.get(at + 1..at + 1 + usize::from(wire[at])).unwrap_or_default()
+        };
+        if n == 0 || !self.tops.iter().any(|t| t.eq_ignore_ascii_case(label(n - 1))) {
+            return false;
+        }
+        self.excluded_labels((0..n).rev().map(label))
+    }
+
+    /// The walk of [`Self::excluded_name`], over the labels right to left.
+    fn excluded_labels<'a>(&self, mut right_to_left: impl Iterator<Item = &'a [u8]>) -> bool {
+        if self.everything {
+            return true;
+        }
+        let Some(top) = right_to_left.next() else { return false };
         if !self.tops.iter().any(|t| t.eq_ignore_ascii_case(top)) {
             return false;
         }
-        let mut key = Vec::with_capacity(name.len() + 1);
-        for label in name.iter().rev() {
+        let mut key = Vec::with_capacity(256);
+        for label in std::iter::once(top).chain(right_to_left) {
             push_label(&mut key, label);
             match self.excluded.get(&key) {
                 Some(true) => return true,
@@ -205,16 +236,21 @@ impl PrivacyFilter {
         false
     }
 
+    /// Whether an address is in a private network. An IPv4-mapped IPv6 address is the IPv4
+    /// address it maps.
+    fn private_address(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.private.iter().any(|c| c.contains(ip))
+    }
+
     /// Whether rdata reveals something private: an address in a private network, or a name
     /// (CNAME, NS, PTR, MX, SRV target) inside an excluded zone.
     pub fn private_rdata(&self, data: &RData) -> bool {
         if let Some(ip) = address_of(data) {
-            // An IPv4-mapped AAAA is the IPv4 address it maps.
-            let ip = match ip {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-                v4 => v4,
-            };
-            return self.private.iter().any(|c| c.contains(ip));
+            return self.private_address(ip);
         }
         let target = match data {
             RData::CNAME(n) => &n.0,
@@ -226,6 +262,20 @@ impl PrivacyFilter {
             _ => return false,
         };
         self.excluded_name(target)
+    }
+}
+
+impl PrivacyFilter {
+    /// [`Self::private_rdata`] for the sensor's view of rdata.
+    pub(crate) fn private_rd(&self, response: &Response, rd: &Rd) -> bool {
+        let excluded = |span| self.excluded_wire(response.bytes(span));
+        match *rd {
+            Rd::A(_) | Rd::Aaaa(_) => response.address(rd).is_some_and(|ip| self.private_address(ip)),
+            Rd::Name(n) | Rd::Mx(_, n) | Rd::Srv(_, n) => excluded(n),
+            Rd::Soa(mname, rname, _) => excluded(mname) || excluded(rname),
+            Rd::Txt(_) => false,
+            Rd::Other(i) => self.private_rdata(response.other(i)),
+        }
     }
 }
 
@@ -270,6 +320,20 @@ mod tests {
             ["example.com.", "arpa.", "in-addr.arpa.", "100.in-addr.arpa.", "ip6.arpa.", "xcorp.example.com.", "."]
         {
             assert!(!f.excluded_name(&Name::from_ascii(name).unwrap()), "{name}");
+        }
+        // The same answers for names in wire format.
+        let names =
+            ["printer.corp.example.com.", "1.0.168.192.in-addr.arpa.", "x.localhost.", "MAC.Local.", "www.test."];
+        let others = ["corp.example.com.", "xcorp.example.com.", "100.in-addr.arpa.", "1.0.64.100.in-addr.arpa.", "."];
+        for name in names.into_iter().chain(others) {
+            let name = Name::from_ascii(name).unwrap();
+            let mut wire = Vec::new();
+            for label in name.iter() {
+                wire.push(label.len() as u8);
+                wire.extend_from_slice(label);
+            }
+            wire.push(0);
+            assert_eq!(f.excluded_wire(&wire), f.excluded_name(&name), "{name}");
         }
         let all = PrivacyFilter::new(&[Name::root()], false, vec![]);
         assert!(all.excluded_name(&Name::from_ascii("www.example.com.").unwrap()) && all.excluded_name(&Name::root()));

@@ -15,6 +15,7 @@ pub mod config;
 pub mod extract;
 pub mod filter;
 mod window;
+pub(crate) mod wire;
 pub mod zones;
 
 use std::collections::VecDeque;
