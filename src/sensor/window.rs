@@ -101,19 +101,33 @@ struct Reader<'a> {
     at: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn u32(&mut self) -> u32 {
         let v = u32::from_le_bytes(self.key[self.at..self.at + 4].try_into().expect("4 bytes"));
         self.at += 4;
         v
     }
 
-    fn string(&mut self) -> String {
+    fn str(&mut self) -> &'a str {
         let n = self.u32() as usize;
-        let s = String::from_utf8(self.key[self.at..self.at + n].to_vec()).expect("the window's own UTF-8");
+        let s = std::str::from_utf8(&self.key[self.at..self.at + n]).expect("the window's own UTF-8");
         self.at += n;
         s
     }
+
+    fn string(&mut self) -> String {
+        self.str().to_string()
+    }
+}
+
+/// The start of an entry's store key ([`crate::store::keys::rrset_key_start`]), read off the
+/// entry without decoding it.
+pub fn key_start(key: &[u8], out: &mut Vec<u8>) {
+    let rrtype = u16::from_le_bytes([key[1], key[2]]);
+    let mut r = Reader { key, at: 3 };
+    let owner = r.str();
+    let bailiwick = r.str();
+    crate::store::keys::rrset_key_start(out, owner, rrtype, bailiwick);
 }
 
 /// The store delta of a window entry.

@@ -117,12 +117,17 @@ fn reverse_name_into(out: &mut Vec<u8>, name: &str) {
 }
 
 fn write_rrset_key(k: &mut Vec<u8>, r: &Rrset) {
-    reverse_name_into(k, &r.rrname);
-    k.push(0);
-    k.extend_from_slice(&r.rrtype.to_be_bytes());
-    k.extend_from_slice(r.bailiwick.as_bytes());
-    k.push(0);
+    rrset_key_start(k, &r.rrname, r.rrtype, &r.bailiwick);
     k.extend_from_slice(&rdata_digest(&r.rdata));
+}
+
+/// An RRset key up to its rdata digest: RRsets of one owner, type and bailiwick share it.
+pub fn rrset_key_start(k: &mut Vec<u8>, owner: &str, rrtype: u16, bailiwick: &str) {
+    reverse_name_into(k, owner);
+    k.push(0);
+    k.extend_from_slice(&rrtype.to_be_bytes());
+    k.extend_from_slice(bailiwick.as_bytes());
+    k.push(0);
 }
 
 /// The key prefix of every RRset owned by exactly `name`.
