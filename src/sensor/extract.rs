@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use hickory_proto::rr::RData;
 
 use super::filter::PrivacyFilter;
-use super::wire::{Rd, Rec, Response, Span, in_zone, to_name};
+use super::wire::{OPT, Rd, Rec, Response, SIG, Span, TSIG, in_zone, to_name};
 use super::zones::ZoneMap;
 use crate::dns::push_wire_name;
 use crate::dnstap::{DnstapEvent, MessageType, parse_dns};
@@ -66,7 +66,7 @@ pub struct Extractor {
     /// the RRsets of a message.
     response: Response,
     targets: Vec<Span>,
-    groups: Vec<(Rec, u16)>,
+    groups: Vec<Rec>,
 }
 
 pub(crate) fn type_label(t: MessageType) -> &'static str {
@@ -194,9 +194,10 @@ impl Extractor {
             // section; from the additional section only glue: addresses of the name servers
             // this referral names, inside the bailiwick.
             self.targets.clear();
-            group(msg.authorities(), msg, &mut self.groups);
+            group(msg.authorities().iter(), msg, &mut self.groups);
             for g in 0..self.groups.len() {
-                let (first, rtype) = self.groups[g];
+                let first = self.groups[g];
+                let rtype = first.rtype;
                 let owner = msg.bytes(first.owner);
                 if owner == zone || !in_zone(zone, owner) {
                     drops.add("out_of_bailiwick");
@@ -211,9 +212,10 @@ impl Extractor {
                 }
                 self.push(msg, Kind::Positive, first.owner, rtype, &bailiwick_text, members(), time, out, drops);
             }
-            group(msg.additionals(), msg, &mut self.groups);
+            group(msg.additionals().iter(), msg, &mut self.groups);
             for g in 0..self.groups.len() {
-                let (first, rtype) = self.groups[g];
+                let first = self.groups[g];
+                let rtype = first.rtype;
                 let owner = msg.bytes(first.owner);
                 let glue = rtype == A || rtype == AAAA;
                 if !glue || !self.targets.iter().any(|t| msg.bytes(*t).eq_ignore_ascii_case(owner)) {
@@ -241,9 +243,10 @@ impl Extractor {
             [msg.answers(), msg.authorities(), msg.additionals()]
         };
         let records = || sections.iter().flat_map(|s| s.iter());
-        group_iter(records(), msg, &mut self.groups);
+        group(records(), msg, &mut self.groups);
         for g in 0..self.groups.len() {
-            let (first, rtype) = self.groups[g];
+            let first = self.groups[g];
+            let rtype = first.rtype;
             let owner = msg.bytes(first.owner);
             if !in_zone(zone, owner) {
                 drops.add("out_of_bailiwick");
@@ -345,23 +348,19 @@ const IN: u16 = 1;
 const NOERROR: u16 = 0;
 const NXDOMAIN: u16 = 3;
 
-/// The RRsets among `records`: (first record, type) per distinct (owner, type), in first-seen
-/// order, into `groups`. OPT, TSIG and SIG(0) are transport, not data, and are left out. A
-/// message holds a handful of RRsets, so a linear search beats building a hash map for every
-/// frame. Owners are lower-cased already.
-fn group(records: &[Rec], msg: &Response, groups: &mut Vec<(Rec, u16)>) {
-    group_iter(records.iter(), msg, groups)
-}
-
-fn group_iter<'a>(records: impl Iterator<Item = &'a Rec>, msg: &Response, groups: &mut Vec<(Rec, u16)>) {
+/// The RRsets among `records`: the first record of each distinct (owner, type), in
+/// first-seen order, into `groups`. OPT, TSIG and SIG(0) are transport, not data, and are left
+/// out. A message holds a handful of RRsets, so a linear search beats building a hash map for
+/// every frame. Owners are lower-cased already.
+fn group<'a>(records: impl Iterator<Item = &'a Rec>, msg: &Response, groups: &mut Vec<Rec>) {
     groups.clear();
     for r in records {
-        if matches!(r.rtype, 41 | 250 | 24) {
+        if matches!(r.rtype, OPT | TSIG | SIG) {
             continue;
         }
         let owner = msg.bytes(r.owner);
-        if !groups.iter().any(|(g, t)| *t == r.rtype && msg.bytes(g.owner) == owner) {
-            groups.push((*r, r.rtype));
+        if !groups.iter().any(|g| g.rtype == r.rtype && msg.bytes(g.owner) == owner) {
+            groups.push(*r);
         }
     }
 }

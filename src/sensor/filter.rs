@@ -236,6 +236,18 @@ impl PrivacyFilter {
         false
     }
 
+    /// [`Self::private_rdata`] for the sensor's view of rdata.
+    pub(crate) fn private_rd(&self, response: &Response, rd: &Rd) -> bool {
+        let excluded = |span| self.excluded_wire(response.bytes(span));
+        match *rd {
+            Rd::A(_) | Rd::Aaaa(_) => response.address(rd).is_some_and(|ip| self.private_address(ip)),
+            Rd::Name(n) | Rd::Mx(_, n) | Rd::Srv(_, n) => excluded(n),
+            Rd::Soa(mname, rname, _) => excluded(mname) || excluded(rname),
+            Rd::Txt(_) => false,
+            Rd::Other(i) => self.private_rdata(response.other(i)),
+        }
+    }
+
     /// Whether an address is in a private network. An IPv4-mapped IPv6 address is the IPv4
     /// address it maps.
     fn private_address(&self, ip: IpAddr) -> bool {
@@ -262,20 +274,6 @@ impl PrivacyFilter {
             _ => return false,
         };
         self.excluded_name(target)
-    }
-}
-
-impl PrivacyFilter {
-    /// [`Self::private_rdata`] for the sensor's view of rdata.
-    pub(crate) fn private_rd(&self, response: &Response, rd: &Rd) -> bool {
-        let excluded = |span| self.excluded_wire(response.bytes(span));
-        match *rd {
-            Rd::A(_) | Rd::Aaaa(_) => response.address(rd).is_some_and(|ip| self.private_address(ip)),
-            Rd::Name(n) | Rd::Mx(_, n) | Rd::Srv(_, n) => excluded(n),
-            Rd::Soa(mname, rname, _) => excluded(mname) || excluded(rname),
-            Rd::Txt(_) => false,
-            Rd::Other(i) => self.private_rdata(response.other(i)),
-        }
     }
 }
 

@@ -55,9 +55,9 @@ pub(crate) struct Rec {
     pub rdata: Rd,
 }
 
-const OPT: u16 = 41;
-const SIG: u16 = 24;
-const TSIG: u16 = 250;
+pub(crate) const OPT: u16 = 41;
+pub(crate) const SIG: u16 = 24;
+pub(crate) const TSIG: u16 = 250;
 
 /// A DNS response in the sensor's terms; the buffers are kept from one message to the next.
 #[derive(Debug, Default)]
