@@ -97,6 +97,9 @@ pub struct Entries {
 struct Span {
     key: (usize, usize),
     value: (usize, usize),
+    /// The key's first eight bytes, big-endian (zero-padded): most comparisons in a sort end
+    /// there, without reading the keys.
+    head: u64,
 }
 
 /// A value already in an [`Entries`] buffer.
@@ -115,7 +118,11 @@ impl Entries {
     pub fn push(&mut self, key: impl FnOnce(&mut Vec<u8>), value: ValueRef) -> usize {
         let start = self.buf.len();
         key(&mut self.buf);
-        self.spans.push(Span { key: (start, self.buf.len() - start), value: (value.0, value.1) });
+        let mut head = [0u8; 8];
+        let k = &self.buf[start..];
+        head[..k.len().min(8)].copy_from_slice(&k[..k.len().min(8)]);
+        let head = u64::from_be_bytes(head);
+        self.spans.push(Span { key: (start, self.buf.len() - start), value: (value.0, value.1), head });
         self.spans.len() - 1
     }
 
@@ -150,7 +157,30 @@ impl Entries {
     /// Sorts by key and combines the values of equal keys ([`combine`]).
     pub fn sort(&mut self) -> Result<(), StoreError> {
         let mut spans = std::mem::take(&mut self.spans);
-        spans.sort_unstable_by(|a, b| self.key(a).cmp(self.key(b)));
+        // By tag (the first byte) first, keeping the order within each: a merge's RRsets
+        // arrive sorted, so that tag's part is found sorted in one pass; then each part.
+        let mut counts = [0usize; 256];
+        for s in &spans {
+            counts[(s.head >> 56) as usize] += 1;
+        }
+        let mut starts = [0usize; 256];
+        let mut at = 0;
+        for (start, n) in starts.iter_mut().zip(counts) {
+            *start = at;
+            at += n;
+        }
+        let mut by_tag = spans.clone();
+        let mut next = starts;
+        for s in &spans {
+            let tag = (s.head >> 56) as usize;
+            by_tag[next[tag]] = *s;
+            next[tag] += 1;
+        }
+        spans = by_tag;
+        for (start, n) in starts.into_iter().zip(counts).filter(|(_, n)| *n > 1) {
+            spans[start..start + n]
+                .sort_unstable_by(|a, b| a.head.cmp(&b.head).then_with(|| self.key(a).cmp(self.key(b))));
+        }
         let mut kept: Vec<Span> = Vec::with_capacity(spans.len());
         let mut acc = Vec::new();
         for s in spans {
