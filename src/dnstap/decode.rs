@@ -90,25 +90,25 @@ impl DnsParseError {
     }
 }
 
-fn address(field: &'static str, raw: Option<Bytes>) -> Result<Option<IpAddr>, DecodeError> {
+pub(super) fn address(field: &'static str, raw: Option<&[u8]>) -> Result<Option<IpAddr>, DecodeError> {
     let Some(raw) = raw else { return Ok(None) };
     match raw.len() {
         0 => Ok(None),
         4 => Ok(Some(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])))),
         16 => {
             let mut octets = [0u8; 16];
-            octets.copy_from_slice(&raw);
+            octets.copy_from_slice(raw);
             Ok(Some(IpAddr::V6(Ipv6Addr::from(octets))))
         }
         len => Err(DecodeError::BadAddress { field, len }),
     }
 }
 
-fn port(field: &'static str, raw: Option<u32>) -> Result<Option<u16>, DecodeError> {
+pub(super) fn port(field: &'static str, raw: Option<u32>) -> Result<Option<u16>, DecodeError> {
     raw.map(|value| u16::try_from(value).map_err(|_| DecodeError::BadPort { field, value })).transpose()
 }
 
-fn time(field: &'static str, sec: Option<u64>, nsec: Option<u32>) -> Result<Option<Timestamp>, DecodeError> {
+pub(super) fn time(field: &'static str, sec: Option<u64>, nsec: Option<u32>) -> Result<Option<Timestamp>, DecodeError> {
     match (sec, nsec) {
         (None, _) => Ok(None),
         (Some(_), Some(n)) if n >= 1_000_000_000 => Err(DecodeError::BadTime { field, value: n }),
@@ -132,8 +132,8 @@ pub fn decode(frame: Bytes) -> Result<DnstapEvent, DecodeError> {
         kind,
         socket_family: m.socket_family.and_then(|f| SocketFamily::try_from(f).ok()),
         socket_protocol: m.socket_protocol.and_then(|p| SocketProtocol::try_from(p).ok()),
-        query_address: address("query_address", m.query_address)?,
-        response_address: address("response_address", m.response_address)?,
+        query_address: address("query_address", m.query_address.as_deref())?,
+        response_address: address("response_address", m.response_address.as_deref())?,
         query_port: port("query_port", m.query_port)?,
         response_port: port("response_port", m.response_port)?,
         query_time: time("query_time", m.query_time_sec, m.query_time_nsec)?,

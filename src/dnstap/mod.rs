@@ -10,8 +10,10 @@ pub mod pb {
 
 mod decode;
 mod format;
+mod view;
 
 pub use decode::{DecodeError, DnsParseError, DnstapEvent, DnstapMessage, Timestamp, decode, encode, parse_dns};
 pub use format::{OutputFormat, format_time, render};
 pub use pb::message::Type as MessageType;
 pub use pb::{SocketFamily, SocketProtocol};
+pub use view::{TapView, view};

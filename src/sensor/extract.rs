@@ -13,7 +13,7 @@ use super::filter::PrivacyFilter;
 use super::wire::{OPT, Rd, Rec, Response, SIG, Span, TSIG, in_zone, to_name};
 use super::zones::ZoneMap;
 use crate::dns::push_wire_name;
-use crate::dnstap::{DnstapEvent, MessageType, parse_dns};
+use crate::dnstap::{MessageType, TapView, parse_dns};
 use crate::metrics::Tally;
 
 /// A canonical RRset: owner lower-cased with the trailing dot, type number, bailiwick (the
@@ -97,25 +97,25 @@ impl Extractor {
     /// was dropped; RRsets dropped individually are counted in `drops`.
     pub fn extract(
         &mut self,
-        ev: &DnstapEvent,
+        tap: &TapView<'_>,
         out: &mut Vec<Observation>,
         drops: &mut Tally,
     ) -> Result<(), FrameDrop> {
-        self.extract_with(ev, out, drops, true)
+        self.extract_with(tap, out, drops, true)
     }
 
     /// [`Self::extract`], reading the DNS message with hickory alone unless `fast` (the
     /// tests compare the two).
     pub(crate) fn extract_with(
         &mut self,
-        ev: &DnstapEvent,
+        tap: &TapView<'_>,
         out: &mut Vec<Observation>,
         drops: &mut Tally,
         fast: bool,
     ) -> Result<(), FrameDrop> {
         // The view's buffers are reused from frame to frame.
         let mut response = std::mem::take(&mut self.response);
-        let result = self.extract_into(&mut response, ev, out, drops, fast);
+        let result = self.extract_into(&mut response, tap, out, drops, fast);
         self.response = response;
         result
     }
@@ -123,12 +123,11 @@ impl Extractor {
     fn extract_into(
         &mut self,
         msg: &mut Response,
-        ev: &DnstapEvent,
+        m: &TapView<'_>,
         out: &mut Vec<Observation>,
         drops: &mut Tally,
         fast: bool,
     ) -> Result<(), FrameDrop> {
-        let m = &ev.message;
         // 1. Classify.
         let wanted = match m.kind {
             MessageType::ResolverResponse => true,
@@ -138,7 +137,7 @@ impl Extractor {
         if !wanted {
             return Err(type_label(m.kind));
         }
-        let wire = m.response_message.as_ref().ok_or("no_response_message")?;
+        let wire = m.response_message.ok_or("no_response_message")?;
         if !(fast && msg.parse(wire)) {
             msg.load(&parse_dns(wire).map_err(|_| "dns_malformed")?);
         }
@@ -172,7 +171,7 @@ impl Extractor {
 
         // 3. Bailiwick: the zone the server answered for.
         let bailiwick = match &m.query_zone {
-            Some(zone) => msg.push_name(zone, true),
+            Some(zone) => msg.push_wire(zone),
             None => {
                 let server = m.response_address.ok_or("no_bailiwick")?;
                 let (qname, _) = msg.question.ok_or("no_bailiwick")?;

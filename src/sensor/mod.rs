@@ -32,7 +32,7 @@ pub use extract::{ExtractConfig, Extractor, Kind, Observation, Rrset};
 pub use filter::{Cidr, PrivacyFilter};
 pub use zones::ZoneMap;
 
-use crate::dnstap::{self, DnstapEvent};
+use crate::dnstap::{self, TapView};
 use crate::framestream::{DNSTAP_CONTENT_TYPE, Endpoint, FileReader, Listener, ListenerConfig, ListenerStats};
 use crate::metrics::{Counter, Gauge, Metrics, ReasonCounter, Registry, Tally, write_metric, write_reasons};
 use crate::store::{Delta, Store, StoreError};
@@ -198,7 +198,7 @@ pub struct Pipeline {
     types: Tally,
     frame_drops: Tally,
     rrset_drops: Tally,
-    deferred: VecDeque<(Instant, DnstapEvent)>,
+    deferred: VecDeque<(Instant, Bytes)>,
 }
 
 /// At most this many frames wait for a delegation, for at most `DEFER_AGE`.
@@ -238,32 +238,49 @@ impl Pipeline {
     /// Runs one frame through the stages into the open window.
     pub fn frame(&mut self, frame: Bytes) -> Result<(), StoreError> {
         self.stats.frames_in.inc();
-        let ev = match dnstap::decode(frame) {
-            Ok(ev) => ev,
-            Err(e) => {
-                self.frame_drops.add(e.label());
-                return Ok(());
-            }
-        };
-        self.types.add(extract::type_label(ev.message.kind));
         let generation = self.extractor.zones.generation;
-        self.process(ev, Instant::now())?;
+        self.process(frame, Instant::now(), true)?;
         if self.extractor.zones.generation != generation && !self.deferred.is_empty() {
             self.retry_deferred()?;
         }
         Ok(())
     }
 
-    /// Extracts and aggregates one event. A frame without `query_zone` whose server is not
-    /// known yet is deferred (bounded): resolvers such as BIND log out of order, so the
-    /// delegation that places it may arrive just after it.
-    fn process(&mut self, ev: DnstapEvent, since: Instant) -> Result<(), StoreError> {
+    /// Decodes, extracts and aggregates one frame (counted by type the `first` time, not when
+    /// retried). A frame without `query_zone` whose server is not known yet is deferred
+    /// (bounded): resolvers such as BIND log out of order, so the delegation that places it
+    /// may arrive just after it.
+    fn process(&mut self, frame: Bytes, since: Instant, first: bool) -> Result<(), StoreError> {
+        // Borrowed from the frame; from `decode` for frames the view leaves to it.
+        let decoded;
+        let tap = match dnstap::view(&frame) {
+            Some(Ok(tap)) => tap,
+            None => match dnstap::decode(frame.clone()) {
+                Ok(ev) => {
+                    decoded = ev;
+                    TapView::of(&decoded)
+                }
+                Err(e) => {
+                    self.frame_drops.add(e.label());
+                    return Ok(());
+                }
+            },
+            Some(Err(e)) => {
+                self.frame_drops.add(e.label());
+                return Ok(());
+            }
+        };
+        if first {
+            self.types.add(extract::type_label(tap.kind));
+        }
         self.scratch.clear();
-        match self.extractor.extract(&ev, &mut self.scratch, &mut self.rrset_drops) {
+        let result = self.extractor.extract(&tap, &mut self.scratch, &mut self.rrset_drops);
+        let placeable_later = tap.query_zone.is_none();
+        match result {
             Ok(()) => self.stats.frames_kept.inc(),
-            Err("no_bailiwick") if ev.message.query_zone.is_none() && self.deferred.len() < DEFER_MAX => {
+            Err("no_bailiwick") if placeable_later && self.deferred.len() < DEFER_MAX => {
                 self.stats.frames_deferred.set(self.deferred.len() as i64 + 1);
-                self.deferred.push_back((since, ev));
+                self.deferred.push_back((since, frame));
                 return Ok(());
             }
             Err(reason) => self.frame_drops.add(reason),
@@ -284,8 +301,8 @@ impl Pipeline {
         loop {
             let generation = self.extractor.zones.generation;
             let pending = std::mem::take(&mut self.deferred);
-            for (since, ev) in pending {
-                self.process(ev, since)?;
+            for (since, frame) in pending {
+                self.process(frame, since, false)?;
             }
             self.stats.frames_deferred.set(self.deferred.len() as i64);
             if self.extractor.zones.generation == generation || self.deferred.is_empty() {
