@@ -2,7 +2,8 @@
 //! `Bytes` per field, no hickory `Name` for `query_zone` (together a quarter of the stages'
 //! instructions went into building and dropping them).
 //!
-//! [`view`] reads frames as senders write them (each field once, no groups) with a protobuf
+//! [`view`] reads frames as senders write them (one `message`, no `policy`, no groups; a
+//! field given twice keeps its last value, as in prost) with a protobuf
 //! reader of its own and checks every field as [`super::decode`] does, with the same errors
 //! in the same order; anything unusual (a second `message`, a `policy`, groups, a field of an
 //! unexpected wire type, a bad varint or length) it leaves to `decode`, and

@@ -44,8 +44,9 @@ pub(crate) enum Rd {
     Other(u32),
 }
 
-/// One record of the answer, authority or additional section (OPT, SIG(0) and TSIG are not
-/// data and are not kept).
+/// One record of the answer, authority or additional section. OPT is never kept; SIG(0)
+/// and TSIG make the fast read give up, and hickory keeps SIG records in the additional
+/// section (the stages leave them out when grouping RRsets).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Rec {
     /// Lower-cased.
@@ -54,6 +55,10 @@ pub(crate) struct Rec {
     pub class: u16,
     pub rdata: Rd,
 }
+
+/// What the reused buffers may keep from one message to the next.
+const KEEP_BYTES: usize = 1 << 20;
+const KEEP_RECORDS: usize = 4_096;
 
 pub(crate) const OPT: u16 = 41;
 pub(crate) const SIG: u16 = 24;
@@ -80,9 +85,15 @@ pub(crate) struct Response {
 impl Response {
     fn clear(&mut self) {
         self.question = None;
-        self.records.clear();
         self.answers = 0;
         self.authorities = 0;
+        // A hostile message (65,535 records, each name a pointer to 255 bytes) can grow the
+        // buffers to tens of MB: they are kept for the next message only up to a bound.
+        let records = self.records.capacity().max(self.other.capacity());
+        if self.bytes.capacity() > KEEP_BYTES || records > KEEP_RECORDS {
+            *self = Self::default();
+        }
+        self.records.clear();
         self.bytes.clear();
         self.other.clear();
     }
@@ -656,6 +667,28 @@ mod tests {
         assert!(!r.parse(&badvers));
         r.load(&Message::from_vec(&badvers).unwrap());
         assert_eq!(r.rcode, 16);
+    }
+
+    /// A huge message is read, and the buffers it grew are not kept for the next one.
+    #[test]
+    fn buffers_are_bounded_between_messages() {
+        let n: u16 = 10_000;
+        let mut m = vec![0, 1, 0x84, 0, 0, 1];
+        m.extend_from_slice(&n.to_be_bytes());
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        m.extend_from_slice(b"\x01x\x07example\x00\x00\x02\x00\x01");
+        for _ in 0..n {
+            m.extend_from_slice(&[0xc0, 12, 0, 2, 0, 1, 0, 0, 0, 60, 0, 2, 0xc0, 12]);
+        }
+        let mut r = Response::default();
+        assert!(r.parse(&m));
+        assert_eq!(r.answers().len(), usize::from(n));
+        assert!(r.records.capacity() > KEEP_RECORDS);
+        let mut small = m[..12 + 15 + 14].to_vec();
+        small[6..8].copy_from_slice(&[0, 1]);
+        assert!(r.parse(&small));
+        assert_eq!(r.answers().len(), 1);
+        assert!(r.records.capacity() <= KEEP_RECORDS && r.bytes.capacity() <= KEEP_BYTES);
     }
 
     #[test]

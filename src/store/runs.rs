@@ -158,7 +158,8 @@ impl Entries {
     pub fn sort(&mut self) -> Result<(), StoreError> {
         let mut spans = std::mem::take(&mut self.spans);
         // By tag (the first byte) first, keeping the order within each: a merge's RRsets
-        // arrive sorted, so that tag's part is found sorted in one pass; then each part.
+        // arrive sorted by owner, type and bailiwick (the sensor's windows, the outbox batches
+        // made of them), so that tag's part is nearly sorted and sorts quickly; then each part.
         let mut counts = [0usize; 256];
         for s in &spans {
             counts[(s.head >> 56) as usize] += 1;
