@@ -331,7 +331,7 @@ impl Extractor {
                 continue;
             }
             for glue in msg.additionals().iter().filter(|r| msg.bytes(r.owner).eq_ignore_ascii_case(target)) {
-                if let Some(addr) = msg.address(&glue.rdata) {
+                if let Some(addr) = glue.rdata.address() {
                     self.zones.add(addr, zone_name.clone());
                 }
             }

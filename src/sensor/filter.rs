@@ -240,7 +240,7 @@ impl PrivacyFilter {
     pub(crate) fn private_rd(&self, response: &Response, rd: &Rd) -> bool {
         let excluded = |span| self.excluded_wire(response.bytes(span));
         match *rd {
-            Rd::A(_) | Rd::Aaaa(_) => response.address(rd).is_some_and(|ip| self.private_address(ip)),
+            Rd::A(_) | Rd::Aaaa(_) => rd.address().is_some_and(|ip| self.private_address(ip)),
             Rd::Name(n) | Rd::Mx(_, n) | Rd::Srv(_, n) => excluded(n),
             Rd::Soa(mname, rname, _) => excluded(mname) || excluded(rname),
             Rd::Txt(_) => false,

@@ -411,10 +411,12 @@ impl Response {
         }
         s
     }
+}
 
+impl Rd {
     /// The address of A and AAAA rdata.
-    pub fn address(&self, rd: &Rd) -> Option<IpAddr> {
-        match *rd {
+    pub fn address(&self) -> Option<IpAddr> {
+        match *self {
             Rd::A(a) => Some(IpAddr::V4(Ipv4Addr::from(a))),
             Rd::Aaaa(a) => Some(IpAddr::V6(Ipv6Addr::from(a))),
             _ => None,
@@ -478,7 +480,7 @@ mod tests {
             for rec in records {
                 let owner = r.bytes(rec.owner);
                 let text = r.rdata_text(&rec.rdata);
-                v.push(format!("{section} {owner:?} {} {} {text} {:?}", rec.rtype, rec.class, r.address(&rec.rdata)));
+                v.push(format!("{section} {owner:?} {} {} {text} {:?}", rec.rtype, rec.class, rec.rdata.address()));
             }
         }
         v
@@ -667,6 +669,43 @@ mod tests {
         assert!(!r.parse(&badvers));
         r.load(&Message::from_vec(&badvers).unwrap());
         assert_eq!(r.rcode, 16);
+    }
+
+    /// The view's rdata text is what `dns::rdata_text` (the sensor's text before the view,
+    /// and the `tap` tool's) gives, byte for byte: stores keep their keys.
+    #[test]
+    fn rdata_text_is_the_text_stores_already_hold() {
+        use hickory_proto::rr::Record;
+        use hickory_proto::rr::rdata::{A, AAAA, CAA, CNAME, MX, NS, PTR, SOA, SRV, TXT};
+        let n = |s: &str| Name::from_ascii(s).unwrap();
+        let odd = Name::from_labels(vec![&b"a b"[..], b"x.y", b"\x00\xff", b"Com"]).unwrap();
+        let cases = [
+            RData::A(A::new(192, 0, 2, 1)),
+            RData::A(A::new(0, 10, 100, 255)),
+            RData::AAAA(AAAA("2001:db8::1".parse().unwrap())),
+            RData::AAAA(AAAA("::ffff:192.0.2.1".parse().unwrap())),
+            RData::NS(NS(n("Ns1.Example.com."))),
+            RData::CNAME(CNAME(odd.clone())),
+            RData::PTR(PTR(n("xn--bcher-kva.example."))),
+            RData::MX(MX::new(10, odd.clone())),
+            RData::SRV(SRV::new(0, 5, 5060, n("sip.example."))),
+            RData::SOA(SOA::new(n("ns."), n("h.example."), 2026112901, -1, 3600, i32::MAX, u32::MAX)),
+            RData::TXT(TXT::from_bytes(vec![b"v=spf1 -all", b"say \"hi\"\\", b"\x00\xff", b""])),
+            RData::CAA(CAA::new_issue(true, Some(n("ca.example.")), vec![])),
+        ];
+        let mut msg = Message::response(1, hickory_proto::op::OpCode::Query);
+        for rd in &cases {
+            msg.add_answer(Record::from_rdata(n("x.example."), 60, rd.clone()));
+        }
+        let mut r = Response::default();
+        r.load(&msg);
+        let wire = msg.to_vec().unwrap();
+        let mut fast = Response::default();
+        assert!(fast.parse(&wire));
+        for (i, rd) in cases.iter().enumerate() {
+            assert_eq!(r.rdata_text(&r.answers()[i].rdata), rdata_text(rd), "{rd:?}");
+            assert_eq!(fast.rdata_text(&fast.answers()[i].rdata), rdata_text(rd), "{rd:?}");
+        }
     }
 
     /// A huge message is read, and the buffers it grew are not kept for the next one.

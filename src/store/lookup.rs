@@ -415,6 +415,12 @@ mod tests {
     use crate::sensor::{Kind, Rrset};
     use crate::store::Delta;
 
+    /// An RRset in `example.com.` seen `count` times between times 1 and 2.
+    fn positive(rrname: &str, rrtype: u16, rdata: Vec<String>, count: u64) -> Delta {
+        let rrset = Rrset { rrname: rrname.into(), rrtype, bailiwick: "example.com.".into(), rdata };
+        Delta { kind: Kind::Positive, rrset, first: 1, last: 2, count, sensors: Vec::new() }
+    }
+
     /// A store as one serving the API keeps it (index entries with copies).
     fn store_with(n: usize) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -584,19 +590,7 @@ mod tests {
     fn two_rdata_with_one_target_are_one_index_entry_counted_once() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap().with_copies().unwrap();
-        let mx = Delta {
-            kind: Kind::Positive,
-            rrset: Rrset {
-                rrname: "example.com.".into(),
-                rrtype: 15,
-                bailiwick: "example.com.".into(),
-                rdata: vec!["10 mx.example.net.".into(), "20 mx.example.net.".into()],
-            },
-            first: 1,
-            last: 2,
-            count: 3,
-            sensors: Vec::new(),
-        };
+        let mx = positive("example.com.", 15, vec!["10 mx.example.net.".into(), "20 mx.example.net.".into()], 3);
         s.merge(std::slice::from_ref(&mx), false).unwrap();
         s.merge(std::slice::from_ref(&mx), false).unwrap();
         let l = Lookup::RdataName { target: NamePattern::parse("mx.example.net").unwrap(), rrtype: None };
@@ -609,19 +603,8 @@ mod tests {
     fn entries_too_large_for_a_run_are_refused_before_anything_is_written() {
         let (_dir, s) = store_with(3);
         let before = s.len();
-        let mut big = Delta {
-            kind: Kind::Positive,
-            rrset: Rrset {
-                rrname: "big.example.com.".into(),
-                rrtype: 16,
-                bailiwick: "example.com.".into(),
-                rdata: vec![format!("\"{}\"", "a".repeat(super::super::runs::MAX_VALUE))],
-            },
-            first: 1,
-            last: 2,
-            count: 1,
-            sensors: Vec::new(),
-        };
+        let mut big =
+            positive("big.example.com.", 16, vec![format!("\"{}\"", "a".repeat(super::super::runs::MAX_VALUE))], 1);
         assert!(s.merge(std::slice::from_ref(&big), true).is_err());
         assert_eq!((s.len(), s.outbox_len()), (before, 0));
         big.rrset.rdata = vec!["\"small\"".into()];
@@ -632,19 +615,7 @@ mod tests {
     #[test]
     fn large_rrsets_keep_bare_index_entries_and_are_still_found() {
         let (_dir, s) = store_with(0);
-        let big = Delta {
-            kind: Kind::Positive,
-            rrset: Rrset {
-                rrname: "pool.example.com.".into(),
-                rrtype: 1,
-                bailiwick: "example.com.".into(),
-                rdata: (0..20).map(|i| format!("10.9.0.{i}")).collect(),
-            },
-            first: 1,
-            last: 2,
-            count: 1,
-            sensors: Vec::new(),
-        };
+        let big = positive("pool.example.com.", 1, (0..20).map(|i| format!("10.9.0.{i}")).collect(), 1);
         s.merge(std::slice::from_ref(&big), false).unwrap();
         s.merge(std::slice::from_ref(&big), false).unwrap();
         // 20 copies of a 20-address value on every merge would be 20x its size: bare instead.
