@@ -388,8 +388,9 @@ impl Flusher {
             std::thread::Builder::new()
                 .name("sensor-flush".into())
                 .spawn(move || {
+                    let mut pool = Vec::new();
                     for entries in rx {
-                        write_window(&store, &entries, outbox, &stats, &closing)?;
+                        write_window(&store, &entries, &mut pool, outbox, &stats, &closing)?;
                     }
                     Ok(())
                 })
@@ -406,7 +407,7 @@ impl Flusher {
                 Err(std::sync::mpsc::SendError(_)) => self.close(),
             },
             // After close: write synchronously.
-            None => write_window(&self.store, &entries, self.outbox, &self.stats, &self.closing),
+            None => write_window(&self.store, &entries, &mut Vec::new(), self.outbox, &self.stats, &self.closing),
         }
     }
 
@@ -429,9 +430,11 @@ impl Drop for Flusher {
     }
 }
 
+/// `pool`: deltas kept from window to window, decoded into ([`window::delta_into`]).
 fn write_window(
     store: &Store,
     entries: &[window::Entry],
+    pool: &mut Vec<Delta>,
     outbox: bool,
     stats: &SensorStats,
     closing: &std::sync::atomic::AtomicBool,
@@ -458,8 +461,13 @@ fn write_window(
     order.sort_unstable();
     for part in order.chunks(FLUSH_CHUNK) {
         // Decoded a chunk at a time: only the batch being written is in owned form.
-        let chunk: Vec<Delta> = part.iter().map(|(_, i)| window::delta(&entries[*i as usize])).collect();
-        let chunk = chunk.as_slice();
+        while pool.len() < part.len() {
+            pool.push(window::delta(&entries[part[pool.len()].1 as usize]));
+        }
+        for ((_, i), d) in part.iter().zip(pool.iter_mut()) {
+            window::delta_into(&entries[*i as usize], d);
+        }
+        let chunk = &pool[..part.len()];
         let st = retry("store write", stats, closing, || store.merge(chunk, outbox))?;
         // Applied: from here on only the sync is retried, never the merge.
         retry("store sync", stats, closing, || store.sync())?;

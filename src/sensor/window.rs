@@ -136,6 +136,35 @@ pub fn delta((key, a): &Entry) -> Delta {
     Delta { kind, rrset, first: a.first, last: a.last, count: a.count, sensors: Vec::new() }
 }
 
+/// [`delta`] into `d`, reusing its strings' memory: the store thread decodes every entry of
+/// every window, and allocating each string afresh was a tenth of its instructions.
+pub fn delta_into((key, a): &Entry, d: &mut Delta) {
+    d.kind = match key[0] {
+        0 => Kind::Positive,
+        1 => Kind::NxDomain,
+        _ => Kind::NoData,
+    };
+    d.rrset.rrtype = u16::from_le_bytes([key[1], key[2]]);
+    let mut r = Reader { key, at: 3 };
+    set(&mut d.rrset.rrname, r.str());
+    set(&mut d.rrset.bailiwick, r.str());
+    let n = r.u32() as usize;
+    d.rrset.rdata.truncate(n);
+    for i in 0..n {
+        match d.rrset.rdata.get_mut(i) {
+            Some(s) => set(s, r.str()),
+            None => d.rrset.rdata.push(r.str().to_string()),
+        }
+    }
+    (d.first, d.last, d.count) = (a.first, a.last, a.count);
+    d.sensors.clear();
+}
+
+fn set(s: &mut String, v: &str) {
+    s.clear();
+    s.push_str(v);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,8 +192,16 @@ mod tests {
         w.add(Kind::Positive, &c, 6);
         w.add(Kind::NoData, &b, 7);
         assert_eq!(w.len(), 4);
-        let mut deltas: Vec<Delta> = w.take().iter().map(delta).collect();
+        let entries = w.take();
+        let mut deltas: Vec<Delta> = entries.iter().map(delta).collect();
         assert!(w.is_empty());
+        // Decoded into deltas that held other RRsets (more rdata, fewer, longer names): the same.
+        let mut reused = deltas.clone();
+        reused.rotate_left(1);
+        for (e, d) in entries.iter().zip(&mut reused) {
+            delta_into(e, d);
+        }
+        assert_eq!(reused, deltas);
         deltas.sort_by_key(|d| d.first);
         let got: Vec<(Kind, Rrset, u64, u64, u64)> =
             deltas.into_iter().map(|d| (d.kind, d.rrset, d.first, d.last, d.count)).collect();

@@ -213,8 +213,9 @@ pub struct Store {
     /// taken for sending and not yet removed (0: none), which a fold must not touch.
     outbox_lock: std::sync::Arc<std::sync::Mutex<u64>>,
     /// Held through a merge's reads and its write: merges of one store from several threads
-    /// (a relay's batches and its own dnstap) never lose each other's counts.
-    merge_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    /// (a relay's batches and its own dnstap) never lose each other's counts. It holds the
+    /// merges' entry buffers, kept from one to the next.
+    merge_lock: std::sync::Arc<std::sync::Mutex<runs::Entries>>,
     /// Feed entries kept (0: no feed log).
     feed_retain: u64,
     /// The last feed number a sync made durable (shared by clones).
@@ -640,8 +641,9 @@ impl Store {
         mut batch: sled::Batch,
         contributors: Option<(&str, bool)>,
     ) -> Result<MergeStats, StoreError> {
-        let mut entries = runs::Entries::default();
-        let _merging = self.merge_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut merging = self.merge_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = &mut *merging;
+        entries.clear();
         let mut stats = MergeStats::default();
         let mut new_positive = 0u64;
         let mut fresh = Vec::new();
@@ -695,7 +697,7 @@ impl Store {
                 }
                 let new = !known && !new_prints.contains(&print);
                 if positive {
-                    index(&mut entries, &d.rrset, &rkey, value, len, new, self.copies);
+                    index(entries, &d.rrset, &rkey, value, len, new, self.copies);
                 }
                 if !new {
                     stats.updated_keys += 1;
@@ -716,8 +718,8 @@ impl Store {
         // One entry per key: the same key twice in a batch is combined.
         entries.sort()?;
         let written = entries.len() as u64;
-        let run = self.runs.stage(&entries, &mut batch)?;
-        drop(entries);
+        let run = self.runs.stage(entries, &mut batch)?;
+        entries.clear();
         self.feed_add(&mut batch, &fresh)?;
         if new_positive > 0 {
             let n = self.t.get(META_RRSETS)?.map(|v| u64_of(&v)).unwrap_or(0) + new_positive;
