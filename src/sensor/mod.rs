@@ -273,7 +273,7 @@ impl Pipeline {
         if first {
             self.types.add(extract::type_label(tap.kind));
         }
-        self.scratch.clear();
+        self.extractor.recycle(&mut self.scratch);
         let result = self.extractor.extract(&tap, &mut self.scratch, &mut self.rrset_drops);
         let placeable_later = tap.query_zone.is_none();
         match result {
@@ -286,9 +286,10 @@ impl Pipeline {
             Err(reason) => self.frame_drops.add(reason),
         }
         self.stats.rrsets_observed.add(self.scratch.len() as u64);
-        for o in self.scratch.drain(..) {
+        for o in &self.scratch {
             self.window.add(o.kind, &o.rrset, o.time);
         }
+        self.extractor.recycle(&mut self.scratch);
         self.stats.window_keys.set(self.window.len() as i64);
         if self.window.len() >= self.window_keys {
             self.flush()?;

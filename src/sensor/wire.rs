@@ -371,27 +371,34 @@ impl Response {
 
     /// Rdata in presentation format, byte for byte what [`crate::dns::rdata_text`] gives for
     /// hickory's reading of it.
+    #[cfg(test)]
     pub fn rdata_text(&self, rd: &Rd) -> String {
-        use std::fmt::Write as _;
         let mut s = String::new();
+        self.rdata_text_into(rd, &mut s);
+        s
+    }
+
+    /// [`Self::rdata_text`], appended to `s`.
+    pub fn rdata_text_into(&self, rd: &Rd, s: &mut String) {
+        use std::fmt::Write as _;
         match *rd {
-            Rd::A(a) => push_ipv4(a, &mut s),
+            Rd::A(a) => push_ipv4(a, s),
             Rd::Aaaa(a) => {
                 let _ = write!(s, "{}", Ipv6Addr::from(a));
             }
-            Rd::Name(n) => push_wire_name(self.bytes(n), &mut s),
+            Rd::Name(n) => push_wire_name(self.bytes(n), s),
             Rd::Mx(preference, n) => {
                 let _ = write!(s, "{preference} ");
-                push_wire_name(self.bytes(n), &mut s);
+                push_wire_name(self.bytes(n), s);
             }
             Rd::Srv([priority, weight, port], n) => {
                 let _ = write!(s, "{priority} {weight} {port} ");
-                push_wire_name(self.bytes(n), &mut s);
+                push_wire_name(self.bytes(n), s);
             }
             Rd::Soa(mname, rname, [serial, refresh, retry, expire, minimum]) => {
-                push_wire_name(self.bytes(mname), &mut s);
+                push_wire_name(self.bytes(mname), s);
                 s.push(' ');
-                push_wire_name(self.bytes(rname), &mut s);
+                push_wire_name(self.bytes(rname), s);
                 // hickory reads refresh, retry and expire as signed.
                 let (refresh, retry, expire) = (refresh as i32, retry as i32, expire as i32);
                 let _ = write!(s, " {serial} {refresh} {retry} {expire} {minimum}");
@@ -403,13 +410,12 @@ impl Response {
                     if p > 0 {
                         s.push(' ');
                     }
-                    quoted(&bytes[p + 1..p + 1 + len], &mut s);
+                    quoted(&bytes[p + 1..p + 1 + len], s);
                     p += 1 + len;
                 }
             }
-            Rd::Other(i) => return rdata_text(self.other(i)),
+            Rd::Other(i) => s.push_str(&rdata_text(self.other(i))),
         }
-        s
     }
 }
 
@@ -586,13 +592,15 @@ mod tests {
         assert!(read_fast * 10 >= messages * 9, "{read_fast} of {messages} read fast");
         assert!(mutants_fast > 1_000 && mutants_malformed > 1_000, "{mutants_fast} {mutants_malformed}");
 
-        // The stages, frame by frame, with the delegation map learning as it goes.
+        // The stages, frame by frame, with the delegation map learning as it goes. `a` writes
+        // over the observations of earlier frames (as the pipeline does), `b` makes new ones.
         for negative in [false, true] {
             let (mut a, mut b) = (extractor(negative), extractor(negative));
             let (mut kept, mut dropped) = (0, 0);
+            let mut out_a = Vec::new();
             for ev in evs.iter().chain(&mutated) {
-                let (mut out_a, mut out_b, mut drops_a, mut drops_b) =
-                    (vec![], vec![], Tally::default(), Tally::default());
+                let (mut out_b, mut drops_a, mut drops_b) = (vec![], Tally::default(), Tally::default());
+                a.recycle(&mut out_a);
                 let tap = crate::dnstap::TapView::of(ev);
                 let ra = a.extract_with(&tap, &mut out_a, &mut drops_a, true);
                 let rb = b.extract_with(&tap, &mut out_b, &mut drops_b, false);
