@@ -110,8 +110,6 @@ impl Extractor {
         }
     }
 
-    /// Classifies one event and appends its RRsets to `out`. `Err` names why the whole frame
-    /// was dropped; RRsets dropped individually are counted in `drops`.
     /// Takes back the observations of `used` (emptied) for later frames to write over.
     pub fn recycle(&mut self, used: &mut Vec<Observation>) {
         let spare = self.spare.get_mut();
@@ -125,6 +123,8 @@ impl Extractor {
         }
     }
 
+    /// Classifies one event and appends its RRsets to `out`. `Err` names why the whole frame
+    /// was dropped; RRsets dropped individually are counted in `drops`.
     pub fn extract(
         &mut self,
         tap: &TapView<'_>,

@@ -482,6 +482,11 @@ fn write_window(
         }
         stats.observations_flushed.add(chunk.iter().map(|d| d.count).sum());
     }
+    // Deltas that held a large RRset are not kept for the next window.
+    pool.retain(|d| {
+        let r = &d.rrset;
+        r.rrname.capacity() + r.bailiwick.capacity() + r.rdata.iter().map(String::capacity).sum::<usize>() <= 4096
+    });
     stats.flushes.inc();
     stats.outbox_batches.set(store.outbox_len() as i64);
     tracing::debug!(rrsets = entries.len(), "window written");

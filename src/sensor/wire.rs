@@ -369,8 +369,7 @@ impl Response {
         Span { start: start as u32, len: (self.bytes.len() - start) as u32 }
     }
 
-    /// Rdata in presentation format, byte for byte what [`crate::dns::rdata_text`] gives for
-    /// hickory's reading of it.
+    /// [`Self::rdata_text_into`], as a new string.
     #[cfg(test)]
     pub fn rdata_text(&self, rd: &Rd) -> String {
         let mut s = String::new();
@@ -378,7 +377,8 @@ impl Response {
         s
     }
 
-    /// [`Self::rdata_text`], appended to `s`.
+    /// Rdata in presentation format, byte for byte what [`crate::dns::rdata_text`] gives for
+    /// hickory's reading of it, appended to `s`.
     pub fn rdata_text_into(&self, rd: &Rd, s: &mut String) {
         use std::fmt::Write as _;
         match *rd {

@@ -236,6 +236,11 @@ pub struct Store {
     /// `None` until the first merge: a store only read (`dnsledger query`, the API) never
     /// pays for it.
     known: std::sync::Arc<std::sync::Mutex<Option<known::Known>>>,
+    /// The same for contributor entries (`C`, a collector's or relay's): a merge writes the
+    /// entry of an RRset and sender only if it is not stored already. Rewriting it with every
+    /// merge that carries the RRset was 30% of the bytes such a merge compresses (docs/BENCHMARKS.md).
+    /// `None` until the first merge with contributors (a sensor never has one).
+    known_contributors: std::sync::Arc<std::sync::Mutex<Option<known::Known>>>,
     /// The fingerprints' keys: random, drawn at open (the set is rebuilt at open, never
     /// stored), so that no one can craft two RRsets with one fingerprint.
     print_keys: (std::hash::RandomState, std::hash::RandomState),
@@ -404,6 +409,7 @@ impl Store {
             copies: false,
             runs,
             known: Default::default(),
+            known_contributors: Default::default(),
             print_keys: (std::hash::RandomState::new(), std::hash::RandomState::new()),
         };
         store.upgrade_indexes()?;
@@ -648,6 +654,9 @@ impl Store {
         let mut new_positive = 0u64;
         let mut fresh = Vec::new();
         let mut new_prints = fxhash::FxHashSet::default();
+        let mut new_credits = fxhash::FxHashSet::default();
+        // Contributor entries this merge may write: (fingerprint, delta, sender).
+        let mut credits: Vec<(u128, usize, &str)> = Vec::new();
         {
             // First each RRset's own entry (its key fingerprinted), then, once it is known
             // which RRsets are new, their index entries.
@@ -660,24 +669,35 @@ impl Store {
                 let tag = if d.kind == Kind::Positive { TAG_RRSET } else { TAG_NEGATIVE };
                 let at = entries.push(|b| keys::rrset_key_into(b, tag, &d.rrset), value);
                 prints.push(self.fingerprint(entries.key_at(at)));
-                own.push((at, value, v.len()));
-                // `C` + RRset key + 0 + sender: who contributed it (see `attribute`).
+                // `C` + RRset key + 0 + sender: who contributed it (see `attribute`); only
+                // the ones not stored yet, below.
                 if let Some((sender, trust)) = contributors {
-                    let bare = entries.value(&[]);
                     let names: &[String] = if trust && !d.sensors.is_empty() { &d.sensors } else { &[] };
-                    scratch.clear();
-                    scratch.extend_from_slice(&entries.key_at(at)[1..]);
                     for name in names.iter().map(String::as_str).chain(names.is_empty().then_some(sender)) {
-                        entries.push(
-                            |k| {
-                                k.push(TAG_CONTRIBUTOR);
-                                k.extend_from_slice(&scratch);
-                                k.push(0);
-                                k.extend_from_slice(name.as_bytes());
-                            },
-                            bare,
-                        );
+                        scratch.clear();
+                        contributor_key(&mut scratch, &entries.key_at(at)[1..], name);
+                        credits.push((self.fingerprint(&scratch), own.len(), name));
                     }
+                }
+                own.push((at, value, v.len()));
+            }
+            if !credits.is_empty() {
+                let prints: Vec<u128> = credits.iter().map(|c| c.0).collect();
+                let stored = {
+                    let mut known = self.known_contributors.lock().unwrap_or_else(|e| e.into_inner());
+                    if known.is_none() {
+                        *known = Some(self.load_prints(&[TAG_CONTRIBUTOR], "contributor entries")?);
+                    }
+                    known.as_ref().map(|k| k.contains_all(&prints)).unwrap_or_default()
+                };
+                let bare = entries.value(&[]);
+                for ((print, i, name), stored) in credits.iter().zip(stored) {
+                    if stored || !new_credits.insert(*print) {
+                        continue;
+                    }
+                    scratch.clear();
+                    scratch.extend_from_slice(&entries.key_at(own[*i].0)[1..]);
+                    entries.push(|k| contributor_key(k, &scratch, name), bare);
                 }
             }
             let known = {
@@ -758,6 +778,9 @@ impl Store {
         if let Some(known) = self.known.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             known.extend(new_prints);
         }
+        if let Some(known) = self.known_contributors.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            known.extend(new_credits);
+        }
         // Compaction a step at a time, in proportion to what was written: enough to keep up
         // (each entry is rewritten once per size class), never a long stall of this merge.
         // The merge is applied: a failed compaction must not fail it (its caller would merge
@@ -791,9 +814,14 @@ impl Store {
 
     /// Fingerprints every stored RRset key (before the first merge).
     fn load_known(&self) -> Result<known::Known, StoreError> {
+        self.load_prints(&[TAG_NEGATIVE, TAG_RRSET], "RRsets")
+    }
+
+    /// Fingerprints every stored key under `tags` (before the first merge that needs them).
+    fn load_prints(&self, tags: &[u8], what: &str) -> Result<known::Known, StoreError> {
         let started = std::time::Instant::now();
         let mut prints = Vec::with_capacity(self.len().min(1 << 24));
-        for tag in [TAG_NEGATIVE, TAG_RRSET] {
+        for &tag in tags {
             for item in self.runs.scan(&self.t, std::ops::Bound::Included(vec![tag]), Some(vec![tag + 1])) {
                 prints.push(self.fingerprint(&item?.0));
             }
@@ -801,9 +829,9 @@ impl Store {
         let known = known::Known::from_prints(prints);
         if known.len() > 0 {
             tracing::info!(
-                rrsets = known.len(),
+                keys = known.len(),
                 ms = started.elapsed().as_millis() as u64,
-                "store: stored RRsets fingerprinted (once, at the first merge)"
+                "store: stored {what} fingerprinted (once, at the first merge)"
             );
         }
         Ok(known)
@@ -866,9 +894,9 @@ impl Store {
         self.runs.stats()
     }
 
-    /// The runs' blocks decompressed, one after the other: what a search of the store's files
-    /// for a string (an audit that no client address was stored) must read besides the files,
-    /// where the blocks are compressed.
+    /// Every entry of the runs, key (whole) and value, one after the other: what a search of
+    /// the store's files for a string (an audit that no client address was stored) must read
+    /// besides the files, where the blocks are compressed and keys share prefixes.
     pub fn unpacked_runs(&self) -> Result<Vec<u8>, StoreError> {
         self.runs.unpacked(&self.t)
     }
@@ -937,6 +965,14 @@ pub fn attribute(deltas: &[Delta], sender: &str, trust_sensors: bool) -> Vec<Del
             d
         })
         .collect()
+}
+
+/// A contributor entry's key: `C` + RRset key (without its tag) + 0 + sender.
+fn contributor_key(k: &mut Vec<u8>, rkey: &[u8], sender: &str) {
+    k.push(TAG_CONTRIBUTOR);
+    k.extend_from_slice(rkey);
+    k.push(0);
+    k.extend_from_slice(sender.as_bytes());
 }
 
 /// RRsets with more rdata than this, or a value larger than [`MAX_COPY_BYTES`], keep bare
@@ -1150,6 +1186,33 @@ mod tests {
         s.merge_from("relay", 1, (1, 1), std::slice::from_ref(&claimed), false, true).unwrap();
         s.merge_from("liar", 1, (1, 1), std::slice::from_ref(&claimed), false, false).unwrap();
         assert_eq!(s.contributors(&claimed.rrset).unwrap(), vec!["far-1", "far-2", "liar"]);
+    }
+
+    #[test]
+    fn a_contributor_entry_is_written_once_per_rrset_and_sender_across_merges_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = rr("www.example.com.", 1, "example.com.", &["192.0.2.1"]);
+        let d = Delta { kind: Kind::Positive, rrset: r.clone(), first: 10, last: 20, count: 1, sensors: Vec::new() };
+        let c_key = |sender: &str| [&[TAG_CONTRIBUTOR][..], &rrset_key(&r), &[0], sender.as_bytes()].concat();
+        // How many times the runs hold `key` (one per run that wrote it).
+        let written = |s: &Store, key: &[u8]| {
+            let all = s.unpacked_runs().unwrap();
+            all.windows(key.len()).filter(|w| *w == key).count()
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            for seq in 1..=3 {
+                s.merge_from("s1", 1, (seq, seq), std::slice::from_ref(&d), false, false).unwrap();
+            }
+            assert_eq!(written(&s, &c_key("s1")), 1);
+        }
+        let s = Store::open(dir.path()).unwrap();
+        s.merge_from("s1", 1, (4, 4), std::slice::from_ref(&d), false, false).unwrap();
+        assert_eq!(written(&s, &c_key("s1")), 1, "known again after reopening");
+        s.merge_from("s2", 1, (1, 1), &[d.clone(), d.clone()], false, false).unwrap();
+        assert_eq!(written(&s, &c_key("s2")), 1);
+        assert_eq!(s.contributors(&r).unwrap(), vec!["s1", "s2"]);
+        assert_eq!(s.all(false).map(|e| e.unwrap().count).collect::<Vec<_>>(), vec![6]);
     }
 
     #[test]

@@ -32,9 +32,13 @@ const BLOCK_LEVEL: i32 = 1;
 /// first format; read, no longer written) ...
 const BLOCK_ZSTD: u8 = 1;
 /// ... or each key as the length of the prefix it shares with the one before and the rest
-/// (sorted keys share most of their bytes: 18% less for zstd to compress, which was 44% of
-/// the sensor's store thread).
+/// (sorted keys share most of their bytes: zstd, 45% of the sensor's store thread, spends
+/// 10% fewer instructions and the runs are 11% smaller; docs/BENCHMARKS.md).
 const BLOCK_ZSTD_PREFIX: u8 = 2;
+/// A block is also sealed once its keys, whole, pass this many bytes, so that reading one
+/// (which rebuilds them) costs a bounded amount whatever the keys share; a stored block whose
+/// keys come to more than this and one more key is refused as corrupt.
+const BLOCK_KEY_BYTES: usize = 64 << 10;
 /// The largest key and value an entry may have (checked before a merge writes anything:
 /// [`Entries::check`]); a block holds at most one entry past [`BLOCK_BYTES`].
 pub const MAX_KEY: usize = 16 << 10;
@@ -93,7 +97,8 @@ pub fn combine_into(key: &[u8], acc: &mut Vec<u8>, b: &[u8]) -> Result<(), Store
 /// A merge's run entries, keys and values in one buffer (no allocation per entry); several
 /// entries may share one value (an RRset's index entries carry copies of its value). Kept
 /// from merge to merge ([`Entries::clear`]): buffers of tens of MB allocated afresh for every
-/// merge cost the store thread a page fault per 4 KiB touched, 15% of its time (perf).
+/// merge cost the store thread a page fault per 4 KiB touched (perf: most of its time in
+/// the kernel; 63-70k page faults in a benchmark run against 47-49k once kept).
 #[derive(Default)]
 pub struct Entries {
     buf: Vec<u8>,
@@ -103,7 +108,8 @@ pub struct Entries {
 }
 
 /// Past this many bytes of buffers, [`Entries::clear`] gives them back: a merge much larger
-/// than the sensor's (50,000 RRsets, ~30 MB) does not hold its memory for good.
+/// than the sensor's (50,000 RRsets: buffers of about 30-50 MB) does not hold its memory for
+/// good.
 const KEEP_ENTRY_BYTES: usize = 64 << 20;
 
 #[derive(Clone, Copy, Default)]
@@ -284,6 +290,8 @@ fn unpack(stored: &[u8]) -> Option<Block> {
     let u32_at = |at: usize| Some(u32::from_be_bytes(data.get(at..at + 4)?.try_into().ok()?) as usize);
     let mut at = 4;
     let mut last = (0usize, 0usize);
+    // Whole keys of the first format are all in the block; rebuilt ones within the budget.
+    let key_limit = if format == BLOCK_ZSTD { len } else { BLOCK_KEY_BYTES + MAX_KEY };
     for i in 0..count {
         let key_start = keys.len();
         if format == BLOCK_ZSTD {
@@ -294,12 +302,16 @@ fn unpack(stored: &[u8]) -> Option<Block> {
             at += 2 + n;
         } else {
             let (shared, n) = (u16_at(at)?, u16_at(at + 2)?);
-            if shared > last.1 {
+            if shared > last.1 || shared + n > MAX_KEY || key_start + shared + n > key_limit {
                 return None;
             }
             keys.extend_from_within(last.0..last.0 + shared);
             keys.extend_from_slice(data.get(at + 4..at + 4 + n)?);
             at += 4 + n;
+        }
+        // Keys in increasing order, as a block's binary search needs.
+        if keys.len() > key_limit || (i > 0 && keys[last.0..key_start] >= keys[key_start..]) {
+            return None;
         }
         let v = u32_at(at)?;
         data.get(at + 4..(at + 4).checked_add(v)?)?;
@@ -321,18 +333,19 @@ impl Block {
     }
 
     /// The first entry at or past `key` (strictly past it if not `inclusive`).
-    fn seek(&self, key: &[u8], inclusive: bool) -> Option<usize> {
+    fn seek(&self, key: &[u8], inclusive: bool) -> usize {
         let (mut lo, mut hi) = (0, self.len());
         while lo < hi {
             let mid = (lo + hi) / 2;
-            let k = self.entry(mid)?.0;
+            let [k, kn, _, _] = self.index[mid].map(|x| x as usize);
+            let k = &self.keys[k..k + kn];
             if k < key || (!inclusive && k == key) {
                 lo = mid + 1;
             } else {
                 hi = mid;
             }
         }
-        Some(lo)
+        lo
     }
 }
 
@@ -410,13 +423,9 @@ impl Run {
             *cache = Some((n, self.block(t, n)?));
         }
         let Some((_, b)) = cache.as_ref() else { return Ok(None) };
-        let corrupt = || StoreError::Corrupt(block_key(self.id, n as u32));
-        let i = b.seek(key, true).ok_or_else(corrupt)?;
-        match b.entry(i) {
+        match b.entry(b.seek(key, true)) {
             Some((k, v)) if k == key => Ok(Some(v.into())),
-            Some(_) => Ok(None),
-            None if i == b.len() => Ok(None),
-            None => Err(corrupt()),
+            _ => Ok(None),
         }
     }
 }
@@ -428,8 +437,9 @@ type Blocks = Vec<(Vec<u8>, Vec<u8>)>;
 pub struct RunWriter {
     id: u64,
     data: Vec<u8>,
-    /// Entries in the open block.
+    /// Entries in the open block, and the bytes of their keys whole.
     count: u32,
+    key_bytes: usize,
     firsts: Vec<Vec<u8>>,
     last: Vec<u8>,
     sealed: Blocks,
@@ -444,6 +454,7 @@ impl RunWriter {
             id,
             data: Vec::with_capacity(BLOCK_BYTES + 1024),
             count: 0,
+            key_bytes: 0,
             firsts: Vec::new(),
             last: Vec::new(),
             sealed: Vec::new(),
@@ -467,6 +478,7 @@ impl RunWriter {
             self.last.iter().zip(key).take_while(|(a, b)| a == b).count()
         };
         self.count += 1;
+        self.key_bytes += key.len();
         self.data.extend_from_slice(&(shared as u16).to_be_bytes());
         self.data.extend_from_slice(&((key.len() - shared) as u16).to_be_bytes());
         self.data.extend_from_slice(&key[shared..]);
@@ -475,7 +487,7 @@ impl RunWriter {
         self.last.clear();
         self.last.extend_from_slice(key);
         self.entries += 1;
-        if self.data.len() >= BLOCK_BYTES {
+        if self.data.len() >= BLOCK_BYTES || self.key_bytes >= BLOCK_KEY_BYTES {
             self.seal()?;
         }
         Ok(())
@@ -491,6 +503,7 @@ impl RunWriter {
         self.sealed_bytes += b.len();
         self.sealed.push((block_key(self.id, self.firsts.len() as u32 - 1), b));
         self.count = 0;
+        self.key_bytes = 0;
         self.data.clear();
         Ok(())
     }
@@ -898,9 +911,6 @@ impl Cursor {
         while self.block < self.run.firsts.len() {
             let b = self.run.block(t, self.block)?;
             if b.len() > 0 {
-                if (0..b.len()).any(|i| b.entry(i).is_none()) {
-                    return Err(StoreError::Corrupt(block_key(self.run.id, self.block as u32)));
-                }
                 self.cur = Some(b);
                 return Ok(());
             }
@@ -955,10 +965,9 @@ impl<'a> RunIter<'a> {
                     return Ok(None);
                 }
                 let b = self.run.block(self.t, self.block)?;
-                let corrupt = || StoreError::Corrupt(block_key(self.run.id, self.block as u32));
                 self.pos = match self.start.take() {
-                    Some(Bound::Included(k)) => b.seek(&k, true).ok_or_else(corrupt)?,
-                    Some(Bound::Excluded(k)) => b.seek(&k, false).ok_or_else(corrupt)?,
+                    Some(Bound::Included(k)) => b.seek(&k, true),
+                    Some(Bound::Excluded(k)) => b.seek(&k, false),
                     _ => 0,
                 };
                 self.cur = Some(b);
@@ -1143,9 +1152,35 @@ mod tests {
             ("more entries counted than held", block(3, &[entry(0, b"abc", b"1"), entry(2, b"d", b"")])),
             ("bytes past the last entry", block(1, &[entry(0, b"abc", b"1"), vec![0]])),
             ("a value past the end", block(1, &[entry(0, b"abc", b"1")[..9].to_vec()])),
+            ("keys out of order", block(2, &[entry(0, b"abd", b""), entry(2, b"c", b"")])),
+            ("the same key twice", block(2, &[entry(0, b"abc", b""), entry(3, b"", b"")])),
+            ("a key over the limit", block(1, &[entry(0, &vec![b'a'; MAX_KEY + 1], b"")])),
+            (
+                // Each entry is 4 bytes but rebuilds a 16 KiB key: more than a block may hold.
+                "keys over the block's budget",
+                block(
+                    40,
+                    &std::iter::once(entry(0, &vec![b'a'; MAX_KEY - 1], b""))
+                        .chain((1..40).map(|i| entry((MAX_KEY - 2) as u16, &[b'b' + i as u8], b"")))
+                        .collect::<Vec<_>>(),
+                ),
+            ),
         ] {
             assert!(unpack(&b).is_none(), "{why}");
         }
+        // Long keys that share most of their bytes: the writer seals a block once its keys,
+        // whole, pass the budget, and every block reads back.
+        let long: Vec<(Vec<u8>, Vec<u8>)> =
+            (0..100u32).map(|i| ([vec![b'k'; 10_000], i.to_be_bytes().to_vec()].concat(), vec![1])).collect();
+        let mut w = RunWriter::new(2);
+        for (k, v) in &long {
+            w.push(k, v).unwrap();
+        }
+        let (_, blocks) = w.finish().unwrap();
+        let blocks: Vec<Vec<u8>> = blocks.into_iter().map(|(_, b)| b).collect();
+        assert!(blocks.len() >= 100 * 10_000 / BLOCK_KEY_BYTES, "{} blocks", blocks.len());
+        assert_eq!(read_all(&blocks), long);
+
         let mut unknown = block(1, &[entry(0, b"abc", b"1")]);
         unknown[0] = 3;
         assert!(unpack(&unknown).is_none(), "an unknown format");
