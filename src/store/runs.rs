@@ -275,8 +275,9 @@ fn pack(raw: &[u8]) -> Result<Vec<u8>, StoreError> {
     })
 }
 
-/// The block stored as `stored`; `None` if it is corrupt (any entry out of bounds, a shared
-/// prefix longer than the key before it, bytes past the last entry).
+/// The block stored as `stored`; `None` if it is corrupt: any entry out of bounds, a shared
+/// prefix longer than the key before it, a key over [`MAX_KEY`], keys not in increasing order,
+/// keys that rebuilt come to more than the block may hold, bytes past the last entry.
 fn unpack(stored: &[u8]) -> Option<Block> {
     let (&format, rest) = stored.split_first()?;
     let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
