@@ -26,6 +26,17 @@ pub struct Rrset {
     pub rdata: Vec<String>,
 }
 
+impl Rrset {
+    /// The heap memory its strings hold (capacities, not lengths): what keeping it for reuse
+    /// costs.
+    pub fn heap_bytes(&self) -> usize {
+        self.rrname.capacity()
+            + self.bailiwick.capacity()
+            + self.rdata.capacity() * std::mem::size_of::<String>()
+            + self.rdata.iter().map(String::capacity).sum::<usize>()
+    }
+}
+
 /// Whether an observation is data or the proof that there is none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -74,9 +85,10 @@ pub struct Extractor {
     spare: std::cell::Cell<Vec<Observation>>,
 }
 
-/// At most this many spare observations are kept, each of at most `SPARE_BYTES` of strings.
+/// At most this many spare observations are kept, each of at most `KEEP_RRSET_BYTES` of
+/// strings (also the bound on the store thread's reused deltas).
 const SPARES: usize = 64;
-const SPARE_BYTES: usize = 4096;
+pub(crate) const KEEP_RRSET_BYTES: usize = 4096;
 
 pub(crate) fn type_label(t: MessageType) -> &'static str {
     match t {
@@ -115,9 +127,7 @@ impl Extractor {
         let spare = self.spare.get_mut();
         for o in used.drain(..) {
             let r = &o.rrset;
-            let bytes =
-                r.rrname.capacity() + r.bailiwick.capacity() + r.rdata.iter().map(String::capacity).sum::<usize>();
-            if spare.len() < SPARES && bytes <= SPARE_BYTES && r.rdata.capacity() <= SPARE_BYTES / 16 {
+            if spare.len() < SPARES && r.heap_bytes() <= KEEP_RRSET_BYTES {
                 spare.push(o);
             }
         }

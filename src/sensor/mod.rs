@@ -286,10 +286,10 @@ impl Pipeline {
             Err(reason) => self.frame_drops.add(reason),
         }
         self.stats.rrsets_observed.add(self.scratch.len() as u64);
+        // Handed back to the extractor at the next frame.
         for o in &self.scratch {
             self.window.add(o.kind, &o.rrset, o.time);
         }
-        self.extractor.recycle(&mut self.scratch);
         self.stats.window_keys.set(self.window.len() as i64);
         if self.window.len() >= self.window_keys {
             self.flush()?;
@@ -462,11 +462,12 @@ fn write_window(
     order.sort_unstable();
     for part in order.chunks(FLUSH_CHUNK) {
         // Decoded a chunk at a time: only the batch being written is in owned form.
-        while pool.len() < part.len() {
-            pool.push(window::delta(&entries[part[pool.len()].1 as usize]));
-        }
-        for ((_, i), d) in part.iter().zip(pool.iter_mut()) {
-            window::delta_into(&entries[*i as usize], d);
+        for (n, (_, i)) in part.iter().enumerate() {
+            let e = &entries[*i as usize];
+            match pool.get_mut(n) {
+                Some(d) => window::delta_into(e, d),
+                None => pool.push(window::delta(e)),
+            }
         }
         let chunk = &pool[..part.len()];
         let st = retry("store write", stats, closing, || store.merge(chunk, outbox))?;
@@ -483,10 +484,7 @@ fn write_window(
         stats.observations_flushed.add(chunk.iter().map(|d| d.count).sum());
     }
     // Deltas that held a large RRset are not kept for the next window.
-    pool.retain(|d| {
-        let r = &d.rrset;
-        r.rrname.capacity() + r.bailiwick.capacity() + r.rdata.iter().map(String::capacity).sum::<usize>() <= 4096
-    });
+    pool.retain(|d| d.rrset.heap_bytes() <= extract::KEEP_RRSET_BYTES);
     stats.flushes.inc();
     stats.outbox_batches.set(store.outbox_len() as i64);
     tracing::debug!(rrsets = entries.len(), "window written");

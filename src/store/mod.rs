@@ -703,7 +703,7 @@ impl Store {
             let known = {
                 let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
                 if known.is_none() {
-                    *known = Some(self.load_known()?);
+                    *known = Some(self.load_prints(&[TAG_NEGATIVE, TAG_RRSET], "RRsets")?);
                 }
                 known.as_ref().map(|k| k.contains_all(&prints)).unwrap_or_default()
             };
@@ -810,11 +810,6 @@ impl Store {
     fn fingerprint(&self, key: &[u8]) -> u128 {
         use std::hash::BuildHasher;
         (u128::from(self.print_keys.0.hash_one(key)) << 64) | u128::from(self.print_keys.1.hash_one(key))
-    }
-
-    /// Fingerprints every stored RRset key (before the first merge).
-    fn load_known(&self) -> Result<known::Known, StoreError> {
-        self.load_prints(&[TAG_NEGATIVE, TAG_RRSET], "RRsets")
     }
 
     /// Fingerprints every stored key under `tags` (before the first merge that needs them).
