@@ -746,7 +746,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(addr)) => {
                     let tls = match (&a.tls_cert, &a.tls_key) {
                         (Some(cert), Some(key)) => {
-                            Some(dnsledger::tls::server_config(cert, key, a.tls_client_ca.as_deref())?)
+                            Some(dnsledger::tls::dnstap_server_config(cert, key, a.tls_client_ca.as_deref())?)
                         }
                         _ => None,
                     };

@@ -44,6 +44,26 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 /// A TLS server configuration; with `client_ca`, clients must present a certificate it signed.
 pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    Ok(Arc::new(server(cert, key, client_ca)?))
+}
+
+/// The server configuration for a dnstap (Frame Streams) listener: as [`server_config`], but
+/// sending no TLS 1.3 session tickets. Unbound's dnstap thread drains input it does not
+/// expect with a plain `recv()` on the socket, under TLS too: a ticket that arrives before its
+/// READY frame is gone is swallowed raw, the next record fails to decrypt and unbound drops the
+/// connection with "bad record mac". Without tickets the server is silent until it has a READY
+/// to answer. A dnstap connection lives for hours; resumption would save nothing.
+pub fn dnstap_server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut config = server(cert, key, client_ca)?;
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+fn server(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<rustls::ServerConfig, TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         Some(ca) => {
@@ -58,7 +78,7 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Resul
         }
         None => builder.with_no_client_auth(),
     };
-    Ok(Arc::new(builder.with_single_cert(load_certs(cert)?, load_key(key)?)?))
+    Ok(builder.with_single_cert(load_certs(cert)?, load_key(key)?)?)
 }
 
 /// A client configuration builder that trusts only `ca`.
