@@ -455,6 +455,21 @@ impl Run {
     }
 }
 
+/// The length of the prefix `a` and `b` share, eight bytes at a time.
+fn prefix_len(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap_or_default())
+            ^ u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+        if x != 0 {
+            return i + (x.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + a[i..n].iter().zip(&b[i..n]).take_while(|(x, y)| x == y).count()
+}
+
 /// Blocks to write: (key, block).
 type Blocks = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -492,7 +507,12 @@ impl RunWriter {
     /// Adds one entry; keys must come in increasing order, within [`MAX_KEY`] and
     /// [`MAX_VALUE`] (a run that breaks either is refused as corrupt).
     pub fn push(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        if (self.entries > 0 && key <= self.last.as_slice()) || key.len() > MAX_KEY || value.len() > MAX_VALUE {
+        // Past the prefix it shares with the key before, a key in increasing order has a
+        // greater byte, or the key before ends there.
+        let common = if self.entries > 0 { prefix_len(&self.last, key) } else { 0 };
+        let increasing =
+            self.entries == 0 || (common < key.len() && (common == self.last.len() || key[common] > self.last[common]));
+        if !increasing || key.len() > MAX_KEY || value.len() > MAX_VALUE {
             return Err(StoreError::Corrupt(key.to_vec()));
         }
         let shared = if self.count == 0 {
@@ -500,7 +520,7 @@ impl RunWriter {
             self.data.extend_from_slice(&[0; 4]);
             0
         } else {
-            self.last.iter().zip(key).take_while(|(a, b)| a == b).count()
+            common
         };
         self.count += 1;
         self.key_bytes += key.len();
@@ -1119,6 +1139,32 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_writer_takes_keys_in_increasing_order_only() {
+        // Keys of lengths around the 8-byte steps of `prefix_len`, bytes on both sides of
+        // 0x80 (compared unsigned), keys that are prefixes of others.
+        let alphabet = [0x00u8, 0x01, 0x7f, 0x80, 0xff];
+        let mut keys: Vec<Vec<u8>> = vec![Vec::new()];
+        for len in [1usize, 7, 8, 9, 16, 17] {
+            for (i, &x) in alphabet.iter().enumerate() {
+                let mut k = vec![b'k'; len];
+                k[len - 1] = x;
+                keys.push(k.clone());
+                k[len / 2] = alphabet[(i + 2) % alphabet.len()];
+                keys.push(k);
+            }
+        }
+        for a in &keys {
+            for b in &keys {
+                let naive = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+                assert_eq!(prefix_len(a, b), naive, "{a:?} {b:?}");
+                let mut w = RunWriter::new(1);
+                w.push(a, b"").unwrap();
+                assert_eq!(w.push(b, b"").is_ok(), b > a, "{a:?} then {b:?}");
+            }
+        }
     }
 
     #[test]
