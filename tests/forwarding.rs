@@ -495,3 +495,95 @@ fn a_collector_killed_while_batches_flow_ends_with_exact_counts() {
     assert!(at_sensor.len() > 10_000, "{}", at_sensor.len());
     assert_eq!(at_sensor, at_collector, "every RRset counted once, through the kill");
 }
+
+/// The batches exactly as a sensor sends them, read where a collector reads them (past TLS)
+/// and decompressed: none holds an address of the captures' client or resolvers (as text,
+/// reversed, binary, IPv4-mapped, or binary with any of their ports).
+#[test]
+fn the_batches_a_sensor_sends_hold_no_client_or_resolver_address() {
+    use dnsledger::forward::wire;
+    tools::require("openssl", "openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let pki = work.join("pki");
+    tools::make_certs(&pki, SERVER_NAME, &["sensor-a"]);
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+
+    // A recording collector: the rig's server certificate, clients of its CA; each batch
+    // decoded as the collector decodes it, kept decompressed, acknowledged OK.
+    let tls =
+        dnsledger::tls::server_config(&pki.join("server.pem"), &pki.join("server.key"), Some(&pki.join("ca.pem")))
+            .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind(listen)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(Vec<u8>, usize)>();
+    rt.spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = acceptor.accept(tcp).await else { return };
+                while let Ok(Some(body)) = wire::read_message(&mut conn).await {
+                    let (id, deltas) = wire::decode_batch(&body).expect("a batch the collector accepts");
+                    let raw = zstd::stream::decode_all(&body[..]).expect("zstd");
+                    let _ = tx.send((raw, deltas.len()));
+                    let ack = wire::encode_ack(id.sequence, wire::Status::Ok, "", id.sequence);
+                    if wire::write_message(&mut conn, &ack).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+
+    let sensor_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (_, sock, config) = sensor_toml(work, "sensor-a", listen, sensor_metrics);
+    let sensor = spawn_sensor("sensor", &config, &sock, work);
+    replay(&data("unbound-resolver.dnstap"), &sock);
+    replay(&data("bind-resolver.dnstap"), &sock);
+    wait_for("everything acknowledged", Duration::from_secs(30), || {
+        flushed(sensor_metrics)
+            && metric(sensor_metrics, "dnsledger_forward_outbox_batches") == Some(0)
+            && metric(sensor_metrics, "dnsledger_forward_batches_acked_total").unwrap_or(0) >= 1
+    });
+    drop(sensor);
+    let (mut bytes, mut summaries) = (Vec::new(), 0);
+    while let Ok((raw, n)) = rx.try_recv() {
+        bytes.extend(raw);
+        summaries += n;
+    }
+    assert!(summaries > 50, "{summaries} summaries received");
+
+    // The ports each address used in the captures.
+    let mut ports: std::collections::BTreeMap<String, std::collections::BTreeSet<u16>> = Default::default();
+    for capture in ["unbound-resolver.dnstap", "bind-resolver.dnstap"] {
+        let mut read = dnsledger();
+        read.args(["tap", "read", "--format", "json"]).arg(data(capture));
+        for line in String::from_utf8(tools::run(read).stdout).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            for side in ["query", "response"] {
+                if let (Some(a), Some(p)) = (v[format!("{side}_address")].as_str(), v[format!("{side}_port")].as_u64())
+                {
+                    ports.entry(a.to_string()).or_default().insert(p as u16);
+                }
+            }
+        }
+    }
+    let control = b"127.53.0.1";
+    assert!(bytes.windows(control.len()).any(|w| w == control), "the search sees rdata (the root's glue)");
+    for ip in [[127u8, 53, 9, 1], [127, 53, 1, 1], [127, 53, 1, 2]] {
+        let text = format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3]);
+        let used = ports.get(&text).cloned().unwrap_or_default();
+        assert!(!used.is_empty(), "{text} is in the captures");
+        let mut needles = vec![
+            ("text".to_string(), text.clone().into_bytes()),
+            ("reversed".to_string(), format!("{}.{}.{}.{}", ip[3], ip[2], ip[1], ip[0]).into_bytes()),
+            ("binary".to_string(), ip.to_vec()),
+            ("mapped".to_string(), std::net::Ipv4Addr::from(ip).to_ipv6_mapped().octets().to_vec()),
+        ];
+        needles.extend(used.iter().map(|p| (format!("binary with port {p}"), [&ip[..], &p.to_be_bytes()].concat())));
+        for (what, needle) in needles {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_slice()), "{text} ({what}) found in a batch");
+        }
+    }
+}
