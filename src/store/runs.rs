@@ -276,9 +276,7 @@ fn pack(raw: &[u8]) -> Result<Vec<u8>, StoreError> {
     })
 }
 
-/// The block stored as `stored`; `None` if it is corrupt: any entry out of bounds, a shared
-/// prefix longer than the key before it, a key over [`MAX_KEY`], keys not in increasing order,
-/// keys that rebuilt come to more than the block may hold, bytes past the last entry.
+/// [`unpack_into`] new buffers.
 #[cfg(test)]
 fn unpack(stored: &[u8]) -> Option<Block> {
     let mut b = Block::default();
@@ -286,9 +284,14 @@ fn unpack(stored: &[u8]) -> Option<Block> {
     Some(b)
 }
 
-/// [`unpack`] into the buffers of `b`, kept from block to block: a compaction reads thousands,
-/// and freeing buffers of 16-80 KiB each time had glibc consolidate its free lists (perf:
-/// `malloc_consolidate`, `unlink_chunk` and `cfree`, 11% of a collector's merge).
+/// Reads the block stored as `stored` into the buffers of `b`; `None` if it is corrupt: any
+/// entry out of bounds, a shared prefix longer than the key before it, a key over
+/// [`MAX_KEY`], keys not in increasing order, keys that rebuilt come to more than the block
+/// may hold, bytes past the last entry (`b` then holds nothing usable).
+///
+/// The buffers go from block to block: a compaction reads thousands, and buffers of 16-80 KiB
+/// allocated and freed for each kept glibc busy with its free lists (`malloc_consolidate`,
+/// `unlink_chunk` and `cfree` were 11% of a collector's merge, these buffers part of it).
 fn unpack_into(stored: &[u8], b: &mut Block) -> Option<()> {
     let Block { data, keys, index } = b;
     data.clear();
