@@ -2,7 +2,8 @@
 //! workload, then
 //! 1. the wire: the outbox batches encoded as forwarding `Batch`es (zstd): bytes per summary;
 //! 2. the collector's merge: every batch applied exactly once into a fresh store
-//!    (`Store::merge_from`, one sync per batch as the collector does): summaries/s.
+//!    (`Store::merge_from`, one sync per batch as the collector does, with the collector's
+//!    fan-in; `BENCH_FAN_IN=4` for a sensor's): summaries/s.
 //!
 //! ```sh
 //! cargo build --release --examples && target/release/examples/forward_bench [FRAMES] [NAMES]
@@ -74,7 +75,11 @@ fn main() {
     );
 
     // 2. The collector's merge.
-    let collector = Store::open(&dir.path().join("collector")).expect("store");
+    // As `dnsledger collector` opens its store (`--fan-in`; BENCH_FAN_IN to change it here).
+    let fan_in = std::env::var("BENCH_FAN_IN").ok().and_then(|v| v.parse().ok());
+    let collector = Store::open(&dir.path().join("collector"))
+        .expect("store")
+        .with_fan_in(fan_in.unwrap_or(dnsledger::collector::DEFAULT_FAN_IN));
     let start = Instant::now();
     let cpu = cpu_secs();
     for (id, deltas) in &decoded {

@@ -116,6 +116,10 @@ struct CollectorArgs {
     /// The store's page cache in MiB (sled; more keeps large walks in memory).
     #[arg(long, default_value_t = dnsledger::store::SERVER_CACHE_MB, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     cache_mb: u64,
+    /// The store's runs merged this many at a time (2, 4, 8 or 16): more rewrites each RRset
+    /// less often as batches arrive, and leaves lookups more runs to read (sensors use 4).
+    #[arg(long, default_value_t = dnsledger::collector::DEFAULT_FAN_IN, value_parser = parse_fan_in)]
+    fan_in: usize,
     /// Store into a ClickHouse cluster instead: a file with a `[clickhouse]` table.
     #[arg(long, conflicts_with = "db")]
     clickhouse: Option<PathBuf>,
@@ -519,6 +523,13 @@ fn open_cluster(path: &std::path::Path) -> anyhow::Result<dnsledger::clickhouse:
     dnsledger::clickhouse::Cluster::new(dnsledger::clickhouse::ClickHouseConfig::load(path)?)
 }
 
+fn parse_fan_in(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| dnsledger::store::valid_fan_in(*n))
+        .ok_or_else(|| format!("{s}: give 2, 4, 8 or 16"))
+}
+
 async fn run_collector(
     a: CollectorArgs,
     upstream: Option<dnsledger::forward::ForwardConfig>,
@@ -545,6 +556,7 @@ async fn run_collector(
         api: a.api.config()?,
         dnstap,
         cache_mb: a.cache_mb,
+        fan_in: a.fan_in,
     };
     dnsledger::collector::run(config, &registry, shutdown).await
 }

@@ -587,3 +587,20 @@ fn the_batches_a_sensor_sends_hold_no_client_or_resolver_address() {
         }
     }
 }
+
+/// `--fan-in` takes the powers of two a store can merge by, and says so otherwise.
+#[test]
+fn a_collector_refuses_a_fan_in_it_cannot_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    for bad in ["0", "1", "3", "32", "eight"] {
+        let mut cmd = dnsledger();
+        cmd.args(["collector", "--listen", "127.0.0.1:1", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
+            .args(["--client-ca", "ca.pem", "--fan-in", bad])
+            .arg("--db")
+            .arg(tmp.path().join("db"));
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("--fan-in") && err.contains("2, 4, 8 or 16"), "{bad}: {err}");
+        assert!(!tmp.path().join("db").exists(), "{bad}: a store was made");
+    }
+}

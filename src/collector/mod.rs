@@ -50,6 +50,12 @@ pub enum Backend {
     ClickHouse(Box<crate::clickhouse::ClickHouseConfig>),
 }
 
+/// A collector's store merges its runs eight at a time, where a sensor's merges four: a
+/// collector takes every sensor's batches, and the larger fan-in rewrites each RRset less
+/// often (docs/BENCHMARKS.md, "Forwarding": merges ~1.2x as fast on the workload,
+/// lookups ~20% slower).
+pub const DEFAULT_FAN_IN: usize = 8;
+
 #[derive(Clone, Debug)]
 pub struct CollectorConfig {
     pub backend: Backend,
@@ -70,6 +76,8 @@ pub struct CollectorConfig {
     pub dnstap: Option<crate::sensor::SensorConfig>,
     /// The sled store's page cache, MiB.
     pub cache_mb: u64,
+    /// Runs of the sled store merged this many at a time ([`Store::with_fan_in`]).
+    pub fan_in: usize,
 }
 
 /// Collector counters (Prometheus prefix `dnsledger_collector_`).
@@ -151,7 +159,7 @@ pub async fn run(config: CollectorConfig, registry: &Registry, shutdown: Cancell
             return run_clickhouse(&config, (**ch).clone(), tls, registry, shutdown).await;
         }
     };
-    let mut store = Store::open_cached(&path, config.cache_mb)?;
+    let mut store = Store::open_cached(&path, config.cache_mb)?.with_fan_in(config.fan_in);
     if let Some(f) = &config.upstream {
         store = store.with_outbox_limit(f.max_outbox_batches);
     }

@@ -31,6 +31,7 @@ pub mod keys;
 mod known;
 mod lookup;
 mod runs;
+pub use runs::{FAN_IN, valid_fan_in};
 
 pub use days::DayRow;
 pub use feed::{FeedEntry, FeedItem, FeedRead};
@@ -351,6 +352,13 @@ impl Store {
     /// fold into the newest entry, so nothing is lost while the next hop is away.
     pub fn with_outbox_limit(mut self, limit: usize) -> Self {
         self.outbox_limit = limit.max(MIN_OUTBOX_LIMIT);
+        self
+    }
+
+    /// Merges its runs `n` at a time (a power of two from 2 to 16; [`FAN_IN`] unless
+    /// set): a collector's choice, trading readers' time for fewer rewrites per entry.
+    pub fn with_fan_in(self, n: usize) -> Self {
+        self.runs.set_fan_in(n);
         self
     }
 

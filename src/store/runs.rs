@@ -16,7 +16,7 @@
 //! are deleted once no reader holds them, or at the next open.
 
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use sled::IVec;
@@ -46,10 +46,17 @@ pub const MAX_VALUE: usize = 2 << 20;
 const MAX_BLOCK: usize = BLOCK_BYTES + MAX_KEY + MAX_VALUE + 64;
 /// After a compaction fails, none is tried for this long.
 const COMPACT_PAUSE: std::time::Duration = std::time::Duration::from_secs(60);
-/// Runs of one size class merged at once.
+/// Runs of one size class merged at once, unless the store is given another fan-in
+/// (`Store::with_fan_in`): a larger one rewrites each entry less often (fewer size classes)
+/// and leaves readers more runs to look through (up to `fan_in - 1` per class).
 pub const FAN_IN: usize = 4;
-/// Past this many runs a compaction finishes at once, whatever its budget.
-const MAX_RUNS: usize = 32;
+/// The fan-ins a store may have: powers of two from 2 to 16.
+pub fn valid_fan_in(n: usize) -> bool {
+    n.is_power_of_two() && (2..=16).contains(&n)
+}
+/// Past this many runs per unit of fan-in a compaction finishes at once, whatever its budget
+/// (32 runs at a fan-in of 4).
+const MAX_RUNS_PER_FAN_IN: usize = 8;
 /// A compaction's output goes to sled in batches of about this many bytes ...
 const COMPACT_BATCH_BYTES: usize = 1 << 20;
 /// ... and is flushed every this many: sled holds what it has not written in memory.
@@ -413,9 +420,10 @@ impl Run {
         Some(Run { id, entries, bytes, firsts: keys, last })
     }
 
-    /// log4 of the entry count: runs of one class are merged together.
-    fn class(&self) -> u32 {
-        self.entries.max(1).ilog2() / 2
+    /// The entry count's logarithm to the base `fan_in` (a power of two): runs of one class
+    /// are merged together.
+    fn class(&self, fan_in: usize) -> u32 {
+        self.entries.max(1).ilog2() / fan_in.trailing_zeros().max(1)
     }
 
     /// Whether any key in `[start, end)` can be in this run.
@@ -589,6 +597,7 @@ pub struct Runs {
     pub compactions: AtomicU64,
     pub compaction_errors: AtomicU64,
     next_id: AtomicU64,
+    fan_in: AtomicUsize,
 }
 
 impl Runs {
@@ -619,7 +628,16 @@ impl Runs {
             compactions: AtomicU64::new(0),
             compaction_errors: AtomicU64::new(0),
             next_id: AtomicU64::new(max_id + 1),
+            fan_in: AtomicUsize::new(FAN_IN),
         })
+    }
+
+    /// Merges runs `n` at a time from now on ([`valid_fan_in`]; others are ignored). Not
+    /// recorded in the store: the size classes are worked out again at each compaction.
+    pub fn set_fan_in(&self, n: usize) {
+        if valid_fan_in(n) {
+            self.fan_in.store(n, Ordering::Relaxed);
+        }
     }
 
     /// The runs now, oldest first.
@@ -661,18 +679,19 @@ impl Runs {
             return Ok(());
         }
         let mut budget = budget.unwrap_or(u64::MAX);
+        let fan_in = self.fan_in.load(Ordering::Relaxed);
         // Far behind (runs written faster than the budgets merge them): catch up now.
-        if self.snapshot().len() > MAX_RUNS {
+        if self.snapshot().len() > MAX_RUNS_PER_FAN_IN * fan_in {
             budget = u64::MAX;
         }
         loop {
             if state.is_none() {
                 let runs = self.snapshot();
-                let mut classes: Vec<u32> = runs.iter().map(|r| r.class()).collect();
+                let mut classes: Vec<u32> = runs.iter().map(|r| r.class(fan_in)).collect();
                 classes.sort_unstable();
-                let full = classes.windows(FAN_IN).find(|w| w[0] == w[FAN_IN - 1]).map(|w| w[0]);
+                let full = classes.windows(fan_in).find(|w| w[0] == w[fan_in - 1]).map(|w| w[0]);
                 let Some(class) = full else { break };
-                let inputs: Vec<Arc<Run>> = runs.iter().filter(|r| r.class() == class).cloned().collect();
+                let inputs: Vec<Arc<Run>> = runs.iter().filter(|r| r.class(fan_in) == class).cloned().collect();
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 match Compaction::start(t, id, inputs) {
                     Ok(c) => *state = Some(c),
@@ -1267,17 +1286,25 @@ mod tests {
 
     #[test]
     fn runs_and_the_tree_read_as_one_sorted_key_space_and_compaction_keeps_it() {
+        // The same 24 runs: a larger fan-in leaves more of them (up to 7 a size class, not 3).
+        let left = [FAN_IN, 8].map(key_space_and_compaction);
+        assert!(left[1] > left[0], "runs left: {left:?} for fan-ins 4 and 8");
+    }
+
+    /// The runs left after compacting 24 with `fan_in`.
+    fn key_space_and_compaction(fan_in: usize) -> usize {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let t = db.open_tree("t").unwrap();
         let runs = Runs::open(&t).unwrap();
+        runs.set_fan_in(fan_in);
         let key = |i: u32| format!("R{i:06}").into_bytes();
         // An entry in the tree itself (a store from before runs) and in runs.
         t.insert(key(5), value(50, 60, 1)).unwrap();
-        // 12 runs over overlapping key ranges; key i is in the runs r with i % (r + 1) == 0.
+        // 24 runs over overlapping key ranges; key i is in the runs r with i % (r + 1) == 0.
         let mut want = std::collections::BTreeMap::new();
         want.insert(key(5), (50, 60, 1));
-        for r in 0..12u64 {
+        for r in 0..24u64 {
             let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..3_000u32)
                 .filter(|i| (*i as u64).is_multiple_of(r + 1))
                 .map(|i| (key(i), value(100 + r, 200 + r, r + 1)))
@@ -1323,7 +1350,11 @@ mod tests {
         }
         runs.compact(&t, None).unwrap();
         let (after, _) = runs.stats();
-        assert!(after < before, "{before} runs -> {after}");
+        assert!(after < before, "fan-in {fan_in}: {before} runs -> {after}");
+        // No size class is left with a fan-in's worth of runs.
+        let mut classes: Vec<u32> = runs.snapshot().iter().map(|r| r.class(fan_in)).collect();
+        classes.sort_unstable();
+        assert!(classes.windows(fan_in).all(|w| w[0] != w[fan_in - 1]), "fan-in {fan_in}: classes {classes:?}");
         check(&runs);
         // Reopened: the same, and no block of a merged-away run is left.
         drop(runs);
@@ -1335,6 +1366,7 @@ mod tests {
             assert!(live.contains(&id), "block of run {id} left behind");
         }
         assert_eq!(t.scan_prefix(META_GARBAGE).count(), 0);
+        after
     }
 
     #[test]
