@@ -14,7 +14,7 @@
 //! ```
 //!
 //! The store is opened with the page cache `dnsledger api` has by default (`BENCH_CACHE_MB`
-//! to change it).
+//! to change it); `BENCH_FAN_IN=8` builds it as a collector would.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -109,7 +109,12 @@ fn main() {
         .map(|v| v.parse().expect("BENCH_CACHE_MB"))
         .unwrap_or(dnsledger::store::SERVER_CACHE_MB);
     // Index entries with copies, as in a store that serves the API.
-    let store = Store::open_cached(std::path::Path::new(&db), cache_mb).and_then(Store::with_copies).expect("store");
+    // BENCH_FAN_IN=8: the store a collector builds (`--fan-in`); a sensor's merges 4 at a time.
+    let fan_in = std::env::var("BENCH_FAN_IN").ok().and_then(|v| v.parse().ok()).unwrap_or(dnsledger::store::FAN_IN);
+    let store = Store::open_cached(std::path::Path::new(&db), cache_mb)
+        .and_then(Store::with_copies)
+        .expect("store")
+        .with_fan_in(fan_in);
     println!("store: {cache_mb} MiB page cache");
     build(&store, n);
     println!("store: {:.2} GB on disk", store.size_on_disk().expect("size") as f64 / 1e9);

@@ -117,7 +117,8 @@ struct CollectorArgs {
     #[arg(long, default_value_t = dnsledger::store::SERVER_CACHE_MB, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     cache_mb: u64,
     /// The store's runs merged this many at a time (2, 4, 8 or 16): more rewrites each RRset
-    /// less often as batches arrive, and leaves lookups more runs to read (sensors use 4).
+    /// less often as batches arrive, and leaves lookups more runs to read and the store larger
+    /// on disk (sensors use 4).
     #[arg(long, default_value_t = dnsledger::collector::DEFAULT_FAN_IN, value_parser = parse_fan_in)]
     fan_in: usize,
     /// Store into a ClickHouse cluster instead: a file with a `[clickhouse]` table.

@@ -52,8 +52,8 @@ pub enum Backend {
 
 /// A collector's store merges its runs eight at a time, where a sensor's merges four: a
 /// collector takes every sensor's batches, and the larger fan-in rewrites each RRset less
-/// often (docs/BENCHMARKS.md, "Forwarding": merges ~1.2x as fast on the workload,
-/// lookups ~20% slower).
+/// often (docs/BENCHMARKS.md, "Forwarding": merges ~1.2x as fast on the workload;
+/// lookups 15-20% slower and 60% more disk in a benchmark).
 pub const DEFAULT_FAN_IN: usize = 8;
 
 #[derive(Clone, Debug)]
