@@ -356,7 +356,8 @@ impl Store {
     }
 
     /// Merges its runs `n` at a time (a power of two from 2 to 16; [`FAN_IN`] unless
-    /// set): a collector's choice, trading readers' time for fewer rewrites per entry.
+    /// set): a collector's choice, fewer rewrites per entry for more runs to read (and, in a
+    /// benchmark, more disk).
     pub fn with_fan_in(self, n: usize) -> Self {
         self.runs.set_fan_in(n);
         self
