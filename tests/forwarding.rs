@@ -98,20 +98,32 @@ fn the_collector_ends_with_the_sensors_counts_through_crashes_and_outages() {
             bytes.extend(std::fs::read(&path).unwrap());
         }
     }
+    for ip in CAPTURE_HOSTS {
+        assert_none_of(&bytes, address_forms(ip), "the collector's store");
+    }
+}
+
+/// The captures' client (127.53.9.1) and resolvers (127.53.1.1, 127.53.1.2).
+const CAPTURE_HOSTS: [[u8; 4]; 3] = [[127, 53, 9, 1], [127, 53, 1, 1], [127, 53, 1, 2]];
+
+/// `ip` as text, reversed (as in a PTR name), binary and IPv4-mapped.
+fn address_forms(ip: [u8; 4]) -> Vec<(String, Vec<u8>)> {
+    let text = format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3]);
+    vec![
+        (format!("{text} (text)"), text.clone().into_bytes()),
+        (format!("{text} (reversed)"), format!("{}.{}.{}.{}", ip[3], ip[2], ip[1], ip[0]).into_bytes()),
+        (format!("{text} (binary)"), ip.to_vec()),
+        (format!("{text} (mapped)"), std::net::Ipv4Addr::from(ip).to_ipv6_mapped().octets().to_vec()),
+    ]
+}
+
+/// Asserts that `bytes` hold stored rdata (the root's glue: the search sees what is there) and
+/// none of `needles`.
+fn assert_none_of(bytes: &[u8], needles: Vec<(String, Vec<u8>)>, place: &str) {
     let control = b"127.53.0.1";
-    assert!(bytes.windows(control.len()).any(|w| w == control), "the search sees stored rdata (the root's glue)");
-    for ip in [[127u8, 53, 9, 1], [127, 53, 1, 1], [127, 53, 1, 2]] {
-        let text = format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3]);
-        let reversed = format!("{}.{}.{}.{}", ip[3], ip[2], ip[1], ip[0]);
-        let mapped = std::net::Ipv4Addr::from(ip).to_ipv6_mapped().octets();
-        for (what, needle) in
-            [("text", text.as_bytes()), ("reversed", reversed.as_bytes()), ("binary", &ip[..]), ("mapped", &mapped[..])]
-        {
-            assert!(
-                !bytes.windows(needle.len()).any(|w| w == needle),
-                "{text} ({what}) found in the collector's store"
-            );
-        }
+    assert!(bytes.windows(control.len()).any(|w| w == control), "the search of {place} sees rdata (the root's glue)");
+    for (what, needle) in needles {
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_slice()), "{what} found in {place}");
     }
 }
 
@@ -569,22 +581,15 @@ fn the_batches_a_sensor_sends_hold_no_client_or_resolver_address() {
             }
         }
     }
-    let control = b"127.53.0.1";
-    assert!(bytes.windows(control.len()).any(|w| w == control), "the search sees rdata (the root's glue)");
-    for ip in [[127u8, 53, 9, 1], [127, 53, 1, 1], [127, 53, 1, 2]] {
+    for ip in CAPTURE_HOSTS {
         let text = format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3]);
         let used = ports.get(&text).cloned().unwrap_or_default();
         assert!(!used.is_empty(), "{text} is in the captures");
-        let mut needles = vec![
-            ("text".to_string(), text.clone().into_bytes()),
-            ("reversed".to_string(), format!("{}.{}.{}.{}", ip[3], ip[2], ip[1], ip[0]).into_bytes()),
-            ("binary".to_string(), ip.to_vec()),
-            ("mapped".to_string(), std::net::Ipv4Addr::from(ip).to_ipv6_mapped().octets().to_vec()),
-        ];
-        needles.extend(used.iter().map(|p| (format!("binary with port {p}"), [&ip[..], &p.to_be_bytes()].concat())));
-        for (what, needle) in needles {
-            assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_slice()), "{text} ({what}) found in a batch");
-        }
+        let mut needles = address_forms(ip);
+        needles.extend(
+            used.iter().map(|p| (format!("{text} (binary with port {p})"), [&ip[..], &p.to_be_bytes()].concat())),
+        );
+        assert_none_of(&bytes, needles, "the batches");
     }
 }
 

@@ -9,7 +9,8 @@
 //! runs keep their entries); a read combines them ([`combine`]): counters summed, first and last
 //! widened, which is commutative, so runs can be merged in any grouping.
 //!
-//! Runs of a similar size are merged (compacted) once [`FAN_IN`] of them exist, so a store of
+//! Runs of a similar size are merged (compacted) once the store's fan-in of them exist
+//! ([`FAN_IN`] unless [`Runs::set_fan_in`] gives another), so a store of
 //! n entries has O(log n) runs and each entry is rewritten O(log n) times. A compaction writes
 //! its output under a new id marked `Mcompacting` (removed at open if it never finished), then
 //! swaps the directory in one atomic batch that also marks the inputs `Mgarbage`; their blocks
@@ -668,7 +669,7 @@ impl Runs {
         *live = Arc::new(runs);
     }
 
-    /// Merges runs while some size class has [`FAN_IN`] of them, reading at most `budget`
+    /// Merges runs while some size class has the fan-in's worth of them, reading at most `budget`
     /// entries of them (`None`: until no class is full) so that the merge that calls it stays
     /// quick; a compaction left unfinished goes on at the next call (its inputs stay readable
     /// until it is done). Then deletes the blocks of runs no reader holds any more. One caller
