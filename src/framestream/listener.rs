@@ -2,9 +2,9 @@
 //! under a cap, each isolated in its own task.
 //!
 //! A connection decodes frames with the codec, drives the reader handshake and hands data
-//! frames downstream in batches over a bounded channel. When downstream is slow the send waits,
-//! so the connection stops reading and the kernel pushes back on the peer: nothing is dropped
-//! for lack of room. An oversized frame is counted and skipped; a protocol violation (bad
+//! frames downstream in batches to a [`FrameSink`]: a bounded channel, or the sensor's stages
+//! run in place. When downstream is slow the hand-over waits, so the connection stops reading
+//! and the kernel pushes back on the peer: nothing is dropped for lack of room. An oversized frame is counted and skipped; a protocol violation (bad
 //! control frame, data before START, wrong content type) closes that connection only.
 
 use std::future::Future;
@@ -169,6 +169,21 @@ impl Metrics for ListenerStats {
     }
 }
 
+/// Where a connection hands its data frames: a batch at a time, in order per connection.
+pub trait FrameSink: Clone + Send + Sync + 'static {
+    /// Takes every frame out of `batch` (whose room the connection reuses), waiting while
+    /// downstream has no room. False when downstream has gone away: the connection then ends.
+    fn deliver(&self, batch: &mut Vec<Bytes>) -> impl Future<Output = bool> + Send;
+}
+
+/// A bounded channel: the send waits for room.
+impl FrameSink for mpsc::Sender<Vec<Bytes>> {
+    fn deliver(&self, batch: &mut Vec<Bytes>) -> impl Future<Output = bool> + Send {
+        let frames = std::mem::take(batch);
+        async move { self.send(frames).await.is_ok() }
+    }
+}
+
 enum Socket {
     Unix(UnixListener, PathBuf),
     Tcp(TcpListener, Option<TlsAcceptor>),
@@ -228,6 +243,17 @@ impl Listener {
         }
     }
 
+    /// Moves the socket to the runtime this is called in, for a listener bound in one runtime
+    /// and served on another: served where it was bound, every readiness event would cross
+    /// threads. Call it inside the serving runtime.
+    pub fn into_current_runtime(self) -> io::Result<Self> {
+        let socket = match self.socket {
+            Socket::Unix(l, path) => Socket::Unix(UnixListener::from_std(l.into_std()?)?, path),
+            Socket::Tcp(l, tls) => Socket::Tcp(TcpListener::from_std(l.into_std()?)?, tls),
+        };
+        Ok(Self { socket })
+    }
+
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         match &self.socket {
             Socket::Tcp(l, _) => l.local_addr().ok(),
@@ -241,7 +267,7 @@ impl Listener {
 pub async fn run(
     listener: Listener,
     config: Arc<ListenerConfig>,
-    out: mpsc::Sender<Vec<Bytes>>,
+    out: impl FrameSink,
     stats: Arc<ListenerStats>,
     shutdown: CancellationToken,
 ) {
@@ -338,7 +364,7 @@ async fn send_control<S: AsyncWrite + Unpin>(stream: &mut S, frame: &ControlFram
 async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     config: &ListenerConfig,
-    out: &mpsc::Sender<Vec<Bytes>>,
+    out: &impl FrameSink,
     stats: &ListenerStats,
     shutdown: &CancellationToken,
 ) -> Result<(), ConnError> {
@@ -469,12 +495,11 @@ async fn read_ready<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) ->
 }
 
 /// Hands the batch downstream, waiting for room. False when downstream has gone away.
-async fn deliver(batch: &mut Vec<Bytes>, out: &mpsc::Sender<Vec<Bytes>>, stats: &ListenerStats) -> bool {
+async fn deliver(batch: &mut Vec<Bytes>, out: &impl FrameSink, stats: &ListenerStats) -> bool {
     if batch.is_empty() {
         return true;
     }
-    let frames = std::mem::take(batch);
-    stats.frames_received.add(frames.len() as u64);
-    stats.bytes_received.add(frames.iter().map(|f| f.len() as u64).sum());
-    out.send(frames).await.is_ok()
+    stats.frames_received.add(batch.len() as u64);
+    stats.bytes_received.add(batch.iter().map(|f| f.len() as u64).sum());
+    out.deliver(batch).await
 }

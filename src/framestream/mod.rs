@@ -14,5 +14,5 @@ pub use codec::{
 };
 pub use error::{FileError, FrameError, HandshakeError};
 pub use file::{FileReader, FileWriter};
-pub use listener::{Endpoint, Listener, ListenerConfig, ListenerStats};
+pub use listener::{Endpoint, FrameSink, Listener, ListenerConfig, ListenerStats};
 pub use writer::{FrameSender, Target, WriterConfig, WriterStats};

@@ -2,13 +2,14 @@
 //! into sled.
 //!
 //! ```text
-//! listeners (unix, TCP) --bounded channel--> pipeline thread:
-//!     decode -> classify/authoritative/bailiwick/scrub/RRsets (extract) -> aggregate window
-//!     -> flush: Store::merge (RRsets, indexes, outbox) -> sync
+//! ingest thread: listeners (unix, TCP), each connection in turn:
+//!     read -> decode -> classify/authoritative/bailiwick/scrub/RRsets (extract) -> aggregate window
+//! store thread: flush: Store::merge (RRsets, indexes, outbox) -> sync
 //! ```
 //!
-//! The pipeline runs on one thread of its own; the listeners apply backpressure when it falls
-//! behind. A window is flushed when it holds `window_keys` distinct RRsets or is
+//! The listeners and the stages share one thread (see `Stages` for why); a connection does
+//! not read while its frames go through the stages, so a slow pipeline pushes back on the
+//! sender through the socket. A window is flushed when it holds `window_keys` distinct RRsets or is
 //! `window_seconds` old, and on shutdown, in atomic store batches of `FLUSH_CHUNK` RRsets.
 
 pub mod config;
@@ -19,8 +20,10 @@ pub(crate) mod wire;
 pub mod zones;
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,7 +36,9 @@ pub use filter::{Cidr, PrivacyFilter};
 pub use zones::ZoneMap;
 
 use crate::dnstap::{self, TapView};
-use crate::framestream::{DNSTAP_CONTENT_TYPE, Endpoint, FileReader, Listener, ListenerConfig, ListenerStats};
+use crate::framestream::{
+    DNSTAP_CONTENT_TYPE, Endpoint, FileReader, FrameSink, Listener, ListenerConfig, ListenerStats,
+};
 use crate::metrics::{Counter, Gauge, Metrics, ReasonCounter, Registry, Tally, write_metric, write_reasons};
 use crate::store::{Delta, Store, StoreError};
 use window::Window;
@@ -619,21 +624,7 @@ pub async fn run_on(
         listeners.push(l);
     }
 
-    // Empty batches are ticks: they let the pipeline thread close old windows while idle.
-    let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(64);
-    let ticker = {
-        let (tx, shutdown) = (tx.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = t.tick() => { let _ = tx.send(Vec::new()).await; }
-                }
-            }
-        })
-    };
-    let mut p = Pipeline::new(&config, store, stats.clone());
+    let p = Pipeline::new(&config, store, stats.clone());
     {
         // On shutdown a store that keeps failing is given up on after a few attempts, so that
         // the process ends (what it could not write is reported).
@@ -644,21 +635,13 @@ pub async fn run_on(
         });
     }
     let forward_store = p.store().clone();
-    let pipeline = {
-        let stats = stats.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Totals> {
-            while let Some(batch) = rx.blocking_recv() {
-                let result = if batch.is_empty() { p.tick() } else { batch.into_iter().try_for_each(|f| p.frame(f)) };
-                p.publish();
-                if let Err(e) = result {
-                    // Only when the store thread has given up (shutting down with a failing
-                    // store); frames after it in this batch are not processed.
-                    tracing::error!(error = %e, "store writes failing");
-                }
-            }
-            p.finish()?;
-            Ok(totals(&stats, p.store()))
-        })
+    let ingest = {
+        let (stages, stats, shutdown) = (Stages(Arc::new(Mutex::new(p))), stats.clone(), shutdown.clone());
+        let (done, result) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new().name("sensor-ingest".into()).spawn(move || {
+            let _ = done.send(ingest(listeners, lconfig, lstats, stages, feed, shutdown, &stats));
+        })?;
+        result
     };
     if progress {
         let (stats, shutdown) = (stats.clone(), shutdown.clone());
@@ -688,33 +671,119 @@ pub async fn run_on(
         tracing::info!(collector = %f.collector, "forwarding the outbox");
         tokio::spawn(crate::forward::run(f, forward_store.clone(), fstats, shutdown.clone()))
     });
-    let mut tasks = Vec::new();
-    for l in listeners {
-        tasks.push(tokio::spawn(crate::framestream::listener::run(
-            l,
-            lconfig.clone(),
-            tx.clone(),
-            lstats.clone(),
-            shutdown.clone(),
-        )));
-    }
-    if let Some(mut feed) = feed {
-        let tx = tx.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(batch) = feed.recv().await {
-                if tx.send(batch).await.is_err() {
-                    return;
-                }
-            }
-        }));
-    }
-    drop(tx);
-    for t in tasks {
-        let _ = t.await;
-    }
-    let _ = ticker.await;
+    let result = ingest.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the sensor's ingest thread panicked")));
     if let Some(f) = forwarder {
         let _ = f.await;
     }
-    pipeline.await?
+    result
+}
+
+/// The ingest thread: the listeners (and the feed) on a runtime of their own, each connection
+/// running what it reads through the stages in place ([`Stages`]); then the final flush.
+fn ingest(
+    listeners: Vec<Listener>,
+    config: Arc<ListenerConfig>,
+    lstats: Arc<ListenerStats>,
+    stages: Stages,
+    feed: Option<mpsc::Receiver<Vec<Bytes>>>,
+    shutdown: CancellationToken,
+    stats: &SensorStats,
+) -> anyhow::Result<Totals> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listeners = listeners.into_iter().map(Listener::into_current_runtime).collect::<Result<Vec<_>, _>>()?;
+        let mut tasks: Vec<_> = listeners
+            .into_iter()
+            .map(|l| {
+                let run = crate::framestream::listener::run(
+                    l,
+                    config.clone(),
+                    stages.clone(),
+                    lstats.clone(),
+                    shutdown.clone(),
+                );
+                tokio::spawn(run)
+            })
+            .collect();
+        if let Some(mut feed) = feed {
+            let stages = stages.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(mut batch) = feed.recv().await {
+                    if !stages.deliver(&mut batch).await {
+                        return;
+                    }
+                }
+            }));
+        }
+        // While idle, old windows are closed on a timer.
+        let ticker = {
+            let (stages, shutdown) = (stages.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = t.tick() => stages.tick(),
+                    }
+                }
+            })
+        };
+        for t in tasks {
+            let _ = t.await;
+        }
+        let _ = ticker.await;
+        Ok::<_, io::Error>(())
+    })?;
+    // After a panic in the stages, what they had aggregated is still written.
+    let (mut p, panicked) = match stages.0.lock() {
+        Ok(p) => (p, false),
+        Err(poisoned) => (poisoned.into_inner(), true),
+    };
+    p.finish()?;
+    if panicked {
+        anyhow::bail!("the sensor's stages panicked (what they had aggregated was written)");
+    }
+    Ok(totals(stats, p.store()))
+}
+
+/// The stages, run by each connection on the frames it has read (all connections share the
+/// ingest thread, so the lock is never contended). A connection reads what its socket holds
+/// (up to a batch), runs it through the stages and only then reads again: while the stages run,
+/// the sender's frames pile up in the socket and the next read takes them all in one call.
+/// Handing each read to another thread instead cost a wake-up and a task switch per read, and
+/// a sender that writes one frame per syscall (`fstrm_replay`) was read a frame at a time.
+#[derive(Clone)]
+struct Stages(Arc<Mutex<Pipeline>>);
+
+impl Stages {
+    fn run(&self, batch: &mut Vec<Bytes>) -> bool {
+        let Ok(mut p) = self.0.lock() else {
+            // A panic in the stages: nothing more can be taken in.
+            batch.clear();
+            return false;
+        };
+        let result = batch.drain(..).try_for_each(|f| p.frame(f));
+        p.publish();
+        if let Err(e) = result {
+            // Only when the store thread has given up (shutting down with a failing store);
+            // frames after it in this batch are not processed.
+            tracing::error!(error = %e, "store writes failing");
+        }
+        true
+    }
+
+    fn tick(&self) {
+        if let Ok(mut p) = self.0.lock() {
+            if let Err(e) = p.tick() {
+                tracing::error!(error = %e, "store writes failing");
+            }
+            p.publish();
+        }
+    }
+}
+
+impl FrameSink for Stages {
+    fn deliver(&self, batch: &mut Vec<Bytes>) -> impl Future<Output = bool> + Send {
+        std::future::ready(self.run(batch))
+    }
 }
