@@ -151,7 +151,10 @@ pub struct PrivacyFilter {
     tops: Vec<Vec<u8>>,
     /// An excluded root: every name is excluded.
     everything: bool,
-    private: Vec<Cidr>,
+    /// The private networks as (network, mask) pairs, IPv4 and IPv6 apart: two instructions a
+    /// network, where comparing their bytes ([`Cidr::contains`]) cost 4% of the stages.
+    private_v4: Vec<(u32, u32)>,
+    private_v6: Vec<(u128, u128)>,
 }
 
 impl PrivacyFilter {
@@ -165,7 +168,20 @@ impl PrivacyFilter {
             excluded
                 .extend((64..=127).map(|n| Name::from_ascii(format!("{n}.100.in-addr.arpa.")).expect("valid zone")));
         }
-        let mut filter = Self { excluded: HashMap::new(), tops: Vec::new(), everything: false, private };
+        let (mut private_v4, mut private_v6) = (Vec::new(), Vec::new());
+        for c in &private {
+            match c.addr {
+                IpAddr::V4(net) => {
+                    let mask = u32::MAX.checked_shl(32 - u32::from(c.len)).unwrap_or(0);
+                    private_v4.push((u32::from(net) & mask, mask));
+                }
+                IpAddr::V6(net) => {
+                    let mask = u128::MAX.checked_shl(128 - u32::from(c.len)).unwrap_or(0);
+                    private_v6.push((u128::from(net) & mask, mask));
+                }
+            }
+        }
+        let mut filter = Self { excluded: HashMap::new(), tops: Vec::new(), everything: false, private_v4, private_v6 };
         for zone in excluded {
             let mut key = Vec::new();
             let labels: Vec<&[u8]> = zone.iter().collect();
@@ -255,7 +271,10 @@ impl PrivacyFilter {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
-        self.private.iter().any(|c| c.contains(ip))
+        match ip {
+            IpAddr::V4(ip) => self.private_v4.iter().any(|&(net, mask)| u32::from(ip) & mask == net),
+            IpAddr::V6(ip) => self.private_v6.iter().any(|&(net, mask)| u128::from(ip) & mask == net),
+        }
     }
 
     /// Whether rdata reveals something private: an address in a private network, or a name
@@ -345,5 +364,45 @@ mod tests {
         let f = PrivacyFilter::new(&[], false, vec!["10.0.0.0/8".parse().unwrap()]);
         assert!(f.private_rdata(&RData::AAAA(AAAA("::ffff:10.1.2.3".parse().unwrap()))));
         assert!(!f.private_rdata(&RData::AAAA(AAAA("2001:db8::1".parse().unwrap()))));
+    }
+
+    /// The masks give what the prefixes say, at every prefix length, on both sides of each
+    /// network's edges.
+    #[test]
+    fn private_networks_match_as_their_prefixes() {
+        let nets = ["0.0.0.0/0", "10.0.0.0/8", "172.16.0.0/12", "192.168.1.128/25", "10.1.2.3/32", "::/0", "fc00::/7"];
+        let nets = nets.iter().map(|n| n.parse::<Cidr>().unwrap());
+        let lengths = (0..=32).map(|len| Cidr { addr: "203.0.113.77".parse().unwrap(), len });
+        let lengths = lengths.chain((0..=128).map(|len| Cidr { addr: "2001:db8:0:ff::1".parse().unwrap(), len }));
+        let probes: Vec<IpAddr> = [
+            "10.0.0.0",
+            "9.255.255.255",
+            "11.0.0.0",
+            "172.31.255.255",
+            "172.32.0.0",
+            "192.168.1.127",
+            "192.168.1.200",
+            "203.0.113.77",
+            "203.0.113.76",
+            "203.0.112.77",
+            "::",
+            "fbff::1",
+            "fc00::1",
+            "fdff:ffff::",
+            "fe00::",
+            "2001:db8:0:ff::1",
+            "2001:db8:0:ff::",
+            "2001:db8:0:fe::1",
+            "2001:db8:1:ff::1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        for cidr in nets.chain(lengths) {
+            let f = PrivacyFilter::new(&[], false, vec![cidr]);
+            for &ip in &probes {
+                assert_eq!(f.private_address(ip), cidr.contains(ip), "{cidr:?} {ip}");
+            }
+        }
     }
 }
