@@ -98,7 +98,7 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("fstrm_capture (fstrm-bin)");
-    let theirs = replay(&sock, &input, capture);
+    let (theirs, their_cpu) = replay(&sock, &input, capture);
     let cfg = dir.as_path().join("sensor.toml");
     std::fs::write(
         &cfg,
@@ -107,11 +107,14 @@ fn main() {
     .expect("config");
     let sensor =
         Command::new(&bin).args(["sensor", "-q", "-c"]).arg(&cfg).stderr(Stdio::piped()).spawn().expect("sensor");
-    let (ours, log) = replay_sensor(&sock, &input, sensor);
+    let (ours, our_cpu, log) = replay_sensor(&sock, &input, sensor);
     println!(
-        "socket: fstrm_capture {:.0} frames/s, sensor {:.0} frames/s (replay start to sensor exit); sensor says: {}",
+        "socket: fstrm_capture {:.0} frames/s ({:.2} us of CPU per frame), sensor {:.0} frames/s (replay start to sensor \
+         exit; {:.2} us of CPU per frame during the replay); sensor says: {}",
         frames as f64 / theirs.as_secs_f64(),
+        their_cpu * 1e6 / frames as f64,
         frames as f64 / ours.as_secs_f64(),
+        our_cpu * 1e6 / frames as f64,
         log.lines().find(|l| l.starts_with("sensor:")).unwrap_or("(no totals line)")
     );
 }
@@ -202,22 +205,37 @@ fn fstrm_replay(sock: &Path, input: &Path) {
     assert!(ok, "fstrm_replay failed");
 }
 
-fn replay(sock: &Path, input: &Path, mut listener: std::process::Child) -> Duration {
+/// The CPU time (user and system, all threads) a process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name (in parentheses): state is field 3, utime 14 and stime 15, in
+    // clock ticks of 1/100 s (USER_HZ on Linux).
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(14) + ticks(15)) as f64 / 100.0
+}
+
+/// Replays the input into a listener: the replay's time and the listener's CPU time in it.
+fn replay(sock: &Path, input: &Path, mut listener: std::process::Child) -> (Duration, f64) {
     wait_socket(sock);
     let start = Instant::now();
     fstrm_replay(sock, input);
     let t = start.elapsed();
+    let cpu = cpu_seconds(listener.id());
     let _ = Command::new("kill").arg(listener.id().to_string()).status();
     let _ = listener.wait();
     let _ = std::fs::remove_file(sock);
-    t
+    (t, cpu)
 }
 
-fn replay_sensor(sock: &Path, input: &Path, sensor: std::process::Child) -> (Duration, String) {
+/// [`replay`] into the sensor, timed to its exit (its final flush included), with its log.
+fn replay_sensor(sock: &Path, input: &Path, sensor: std::process::Child) -> (Duration, f64, String) {
     wait_socket(sock);
     let start = Instant::now();
     fstrm_replay(sock, input);
+    let cpu = cpu_seconds(sensor.id());
     let _ = Command::new("kill").arg(sensor.id().to_string()).status();
     let out = sensor.wait_with_output().expect("sensor");
-    (start.elapsed(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (start.elapsed(), cpu, String::from_utf8_lossy(&out.stderr).into_owned())
 }

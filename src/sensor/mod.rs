@@ -549,7 +549,8 @@ pub fn run_file(config: &SensorConfig, path: &Path, stats: Arc<SensorStats>) -> 
     Ok(totals(&stats, p.store()))
 }
 
-/// Runs the sensor until `shutdown`: listeners, pipeline thread, periodic summary line.
+/// Runs the sensor until `shutdown`: the ingest thread (listeners and stages), the store thread, a
+/// periodic summary line.
 pub async fn run(
     config: SensorConfig,
     registry: &Registry,
