@@ -270,6 +270,17 @@ mod tests {
         for name in [&odd, &idn, &n("www.example.com."), &Name::root()] {
             assert_eq!(name_from_text(&name_text(name)).unwrap().to_bytes().unwrap(), name.to_bytes().unwrap());
         }
+        // Every byte, in a label of its own and inside one: escaped as its class says, and back.
+        for b in 0..=255u8 {
+            let escaped = match b {
+                b'.' | b'\\' | b'"' | b'(' | b')' | b';' | b'@' | b'$' => format!("\\{}", b as char),
+                0x21..=0x7e => (b as char).to_string(),
+                _ => format!("\\{b:03}"),
+            };
+            let name = Name::from_labels(vec![&[b][..], &[b'a', b, b'z'][..]]).unwrap();
+            assert_eq!(name_text(&name), format!("{escaped}.a{escaped}z."), "{b}");
+            assert_eq!(name_from_text(&name_text(&name)).unwrap().to_bytes().unwrap(), name.to_bytes().unwrap(), "{b}");
+        }
         for bad in ["no.dot", "a\\03.", "a\\256.", "a..b.", "trailing\\"] {
             assert!(name_from_text(bad).is_none(), "{bad}");
         }
