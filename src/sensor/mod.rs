@@ -244,7 +244,7 @@ impl Pipeline {
     pub fn frame(&mut self, frame: Bytes) -> Result<(), StoreError> {
         self.stats.frames_in.inc();
         let generation = self.extractor.zones.generation;
-        self.process(frame, Instant::now(), true)?;
+        self.process(frame, None, true)?;
         if self.extractor.zones.generation != generation && !self.deferred.is_empty() {
             self.retry_deferred()?;
         }
@@ -254,8 +254,9 @@ impl Pipeline {
     /// Decodes, extracts and aggregates one frame (counted by type the `first` time, not when
     /// retried). A frame without `query_zone` whose server is not known yet is deferred
     /// (bounded): resolvers such as BIND log out of order, so the delegation that places it
-    /// may arrive just after it.
-    fn process(&mut self, frame: Bytes, since: Instant, first: bool) -> Result<(), StoreError> {
+    /// may arrive just after it. `since`: when a retried frame was first deferred (the clock is
+    /// read only for a frame deferred the first time, not for every frame).
+    fn process(&mut self, frame: Bytes, since: Option<Instant>, first: bool) -> Result<(), StoreError> {
         // Borrowed from the frame; from `decode` for frames the view leaves to it.
         let decoded;
         let tap = match dnstap::view(&frame) {
@@ -285,7 +286,7 @@ impl Pipeline {
             Ok(()) => self.stats.frames_kept.inc(),
             Err("no_bailiwick") if placeable_later && self.deferred.len() < DEFER_MAX => {
                 self.stats.frames_deferred.set(self.deferred.len() as i64 + 1);
-                self.deferred.push_back((since, frame));
+                self.deferred.push_back((since.unwrap_or_else(Instant::now), frame));
                 return Ok(());
             }
             Err(reason) => self.frame_drops.add(reason),
@@ -308,7 +309,7 @@ impl Pipeline {
             let generation = self.extractor.zones.generation;
             let pending = std::mem::take(&mut self.deferred);
             for (since, frame) in pending {
-                self.process(frame, since, false)?;
+                self.process(frame, Some(since), false)?;
             }
             self.stats.frames_deferred.set(self.deferred.len() as i64);
             if self.extractor.zones.generation == generation || self.deferred.is_empty() {
