@@ -4,8 +4,9 @@
 //! A connection decodes frames with the codec, drives the reader handshake and hands data
 //! frames downstream in batches to a [`FrameSink`]: a bounded channel, or the sensor's stages
 //! run in place. When downstream is slow the hand-over waits, so the connection stops reading
-//! and the kernel pushes back on the peer: nothing is dropped for lack of room. An oversized frame is counted and skipped; a protocol violation (bad
-//! control frame, data before START, wrong content type) closes that connection only.
+//! and the kernel pushes back on the peer: nothing is dropped for lack of room. An oversized
+//! frame is counted and skipped; a protocol violation (bad control frame, data before START,
+//! wrong content type) closes that connection only.
 
 use std::future::Future;
 use std::io;

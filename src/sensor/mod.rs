@@ -9,8 +9,9 @@
 //!
 //! The listeners and the stages share one thread (see `Stages` for why); a connection does
 //! not read while its frames go through the stages, so a slow pipeline pushes back on the
-//! sender through the socket. A window is flushed when it holds `window_keys` distinct RRsets or is
-//! `window_seconds` old, and on shutdown, in atomic store batches of `FLUSH_CHUNK` RRsets.
+//! sender through the socket. A window is flushed when it holds `window_keys` distinct RRsets
+//! or is `window_seconds` old, and on shutdown, in atomic store batches of `FLUSH_CHUNK`
+//! RRsets.
 
 pub mod config;
 pub mod extract;
@@ -550,8 +551,8 @@ pub fn run_file(config: &SensorConfig, path: &Path, stats: Arc<SensorStats>) -> 
     Ok(totals(&stats, p.store()))
 }
 
-/// Runs the sensor until `shutdown`: the ingest thread (listeners and stages), the store thread, a
-/// periodic summary line.
+/// Runs the sensor until `shutdown`: the ingest thread (listeners and stages), the store
+/// thread, a periodic summary line.
 pub async fn run(
     config: SensorConfig,
     registry: &Registry,
@@ -674,6 +675,10 @@ pub async fn run_on(
         tokio::spawn(crate::forward::run(f, forward_store.clone(), fstats, shutdown.clone()))
     });
     let result = ingest.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the sensor's ingest thread panicked")));
+    if result.is_err() {
+        // Nothing is taken in any more: the forwarder (and an API) stop too.
+        shutdown.cancel();
+    }
     if let Some(f) = forwarder {
         let _ = f.await;
     }
