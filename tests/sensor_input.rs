@@ -1,5 +1,5 @@
 //! The sensor's inputs: the shared captures give the same store from a file and over a socket;
-//! broken DNS inside valid frames is counted, never fatal; a sensor killed with SIGKILL under
+//! senders at once add up exactly; broken DNS inside valid frames is counted, never fatal; a sensor killed with SIGKILL under
 //! load keeps everything it had flushed, and SIGTERM flushes everything.
 
 mod tools;
@@ -86,6 +86,64 @@ fn captures_give_the_same_store_from_file_and_socket() {
         assert_eq!(in_zone.len(), 1, "{capture}: {in_zone:?}");
         assert_eq!(in_zone[0]["bailiwick"], "bank.com.");
         assert!(cof(&["rrset", "www.bank.com", "A", "com"]).is_empty(), "{capture}: bailiwick com");
+    }
+}
+
+/// Several resolvers feeding one sensor at once (two `fstrm_replay` and one `tap replay` on its
+/// unix socket, one `tap replay` over TCP, all started together): every RRset is stored with
+/// exactly four times the count one pass of the file gives, seen first and last at the same
+/// times; nothing lost, nothing counted twice.
+#[test]
+fn concurrent_senders_add_up_exactly() {
+    tools::require("fstrm_replay", "fstrm-bin");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.dnstap");
+    let mut generate = dnsledger();
+    generate.args(["tap", "generate", "--frames", "20000", "--names", "2000", "--zones", "50"]).arg(&input);
+    run(generate);
+
+    let once = dir.path().join("once");
+    std::fs::create_dir(&once).unwrap();
+    let mut cmd = dnsledger();
+    cmd.args(["sensor", "-q", "-c"]).arg(config(&once, "")).arg("--read").arg(&input);
+    run(cmd);
+
+    let many = dir.path().join("many");
+    std::fs::create_dir(&many).unwrap();
+    let sock = many.join("s.sock");
+    let tcp = SocketAddr::from(([127, 0, 0, 1], tools::free_port()));
+    let cfg = config(&many, &format!("[listen]\nunix = [\"{}\"]\ntcp = [\"{tcp}\"]", sock.display()));
+    let mut cmd = dnsledger();
+    cmd.args(["sensor", "-q", "-c"]).arg(&cfg);
+    let sensor = Proc::spawn("sensor", cmd, &many);
+    wait_for_socket(&sock);
+    let mut senders = Vec::new();
+    for _ in 0..2 {
+        let mut c = std::process::Command::new("fstrm_replay");
+        c.args(["-t", "protobuf:dnstap.Dnstap", "-u"]).arg(&sock).arg("-r").arg(&input);
+        senders.push(c);
+    }
+    let mut c = dnsledger();
+    c.args(["tap", "replay"]).arg(&input).arg("--unix").arg(&sock);
+    senders.push(c);
+    let mut c = dnsledger();
+    c.args(["tap", "replay"]).arg(&input).arg("--tcp").arg(tcp.to_string());
+    senders.push(c);
+    let children: Vec<_> = senders
+        .iter_mut()
+        .map(|c| c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap())
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success(), "a sender failed");
+    }
+    sensor.terminate();
+
+    let (a, b) = (entries(&once.join("db")), entries(&many.join("db")));
+    assert!(a.len() > 1_000, "{} RRsets", a.len());
+    assert_eq!(a.len(), b.len(), "RRsets stored once and from four senders");
+    for (a, b) in a.iter().zip(&b) {
+        assert_eq!(a.rrset, b.rrset);
+        assert_eq!((b.count, b.first, b.last), (4 * a.count, a.first, a.last), "{:?}", a.rrset);
     }
 }
 
