@@ -758,7 +758,8 @@ fn ingest(
 /// (up to a batch), runs it through the stages and only then reads again: while the stages run,
 /// the sender's frames pile up in the socket and the next read takes them all in one call.
 /// Handing each read to another thread instead cost a wake-up and a task switch per read, and
-/// a sender that writes one frame per syscall (`fstrm_replay`) was read a frame at a time.
+/// a sender that writes a frame per syscall (`fstrm_replay`) was read in smaller pieces: 6,291
+/// reads against 1,646 in 2 s of a replay (`strace -c`, docs/BENCHMARKS.md).
 #[derive(Clone)]
 struct Stages(Arc<Mutex<Pipeline>>);
 
