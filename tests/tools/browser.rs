@@ -59,6 +59,11 @@ impl Browser {
         let port = free_port();
         let mut cmd = Command::new("chromedriver");
         cmd.arg(format!("--port={port}"));
+        // Chromium's profile and scratch directories go under the test's own directory, removed
+        // with it (in /tmp they outlived every run).
+        let tmp = dir.join("browser-tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        cmd.env("TMPDIR", &tmp);
         let proc = Proc::spawn("chromedriver", cmd, dir);
         let driver: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         wait_for("chromedriver", Duration::from_secs(20), || std::net::TcpStream::connect(driver).is_ok());
