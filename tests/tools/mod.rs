@@ -134,8 +134,26 @@ pub fn run(mut cmd: Command) -> Output {
     out
 }
 
-/// Free TCP port on 127.0.0.1 (bound then released).
+/// A free TCP port on 127.0.0.1 (bound then released), below the kernel's ephemeral range: a
+/// port from that range (what binding port 0 gives) can be taken, before the test binds it, as
+/// the source port of an outgoing connection (a ClickHouse shard's to ZooKeeper: a shard then
+/// failed to start five times in a row). Ports are tried from a start that differs per process
+/// (nextest runs tests in parallel processes) and per call.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u32 = range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if low > 11_024 {
+        let span = low - 11_024;
+        let start = std::process::id().wrapping_mul(7_919).wrapping_add(CALLS.fetch_add(1, Ordering::Relaxed) * 613);
+        for i in 0..span {
+            let port = (10_000 + (start.wrapping_add(i * 101)) % span) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
