@@ -210,9 +210,21 @@ fn start_shard(work: &Path, s: &mut Shard, i: usize) {
             .arg(format!("--config-file={}", s.dir.join("config.xml").display()));
         let mut p = Proc::spawn(&format!("clickhouse{}", i + 1), cmd, work);
         let mut exited = false;
+        // Why it exited is in its error log (its stderr only says where the logs are).
+        let errors = || {
+            let log = std::fs::read_to_string(s.dir.join("log/error.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        };
         wait_for("clickhouse shard", Duration::from_secs(60), || {
             if !p.is_running() {
-                assert!(attempt < 5, "clickhouse shard {} exited {attempt} times:\n{}", i + 1, p.stderr());
+                assert!(
+                    attempt < 5,
+                    "clickhouse shard {} exited {attempt} times:\n{}\n{}",
+                    i + 1,
+                    p.stderr(),
+                    errors()
+                );
                 exited = true;
                 return true;
             }
@@ -222,7 +234,7 @@ fn start_shard(work: &Path, s: &mut Shard, i: usize) {
             s.proc = Some(p);
             return;
         }
-        eprintln!("clickhouse shard {} exited at start (attempt {attempt}):\n{}", i + 1, p.stderr());
+        eprintln!("clickhouse shard {} exited at start (attempt {attempt}):\n{}\n{}", i + 1, p.stderr(), errors());
         std::thread::sleep(Duration::from_secs(3));
     }
 }
