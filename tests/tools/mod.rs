@@ -136,9 +136,10 @@ pub fn run(mut cmd: Command) -> Output {
 
 /// A free TCP port on 127.0.0.1 (bound then released), below the kernel's ephemeral range: a
 /// port from that range (what binding port 0 gives) can be taken, before the test binds it, as
-/// the source port of an outgoing connection (a ClickHouse shard's to ZooKeeper: a shard then
-/// failed to start five times in a row). Ports are tried from a start that differs per process
-/// (nextest runs tests in parallel processes) and per call.
+/// the source port of an outgoing connection (the likely reason, not confirmed, why a
+/// ClickHouse shard once failed to start five times in a row while the others connected to
+/// ZooKeeper). Ports are tried from a start that differs per process (nextest runs tests in
+/// parallel processes) and per call.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static CALLS: AtomicU32 = AtomicU32::new(0);
