@@ -33,6 +33,16 @@ fn entries(db: &Path) -> Vec<Entry> {
     v
 }
 
+/// `dnsledger tap generate`'s frames, written to `input.dnstap` in `dir`.
+fn generated(dir: &Path, frames: u64, names: u64, zones: u64) -> std::path::PathBuf {
+    let input = dir.join("input.dnstap");
+    let mut generate = dnsledger();
+    generate.args(["tap", "generate", "--frames", &frames.to_string(), "--names", &names.to_string()]);
+    generate.args(["--zones", &zones.to_string()]).arg(&input);
+    run(generate);
+    input
+}
+
 fn data(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
 }
@@ -97,10 +107,7 @@ fn captures_give_the_same_store_from_file_and_socket() {
 fn concurrent_senders_add_up_exactly() {
     tools::require("fstrm_replay", "fstrm-bin");
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("input.dnstap");
-    let mut generate = dnsledger();
-    generate.args(["tap", "generate", "--frames", "20000", "--names", "2000", "--zones", "50"]).arg(&input);
-    run(generate);
+    let input = generated(dir.path(), 20_000, 2_000, 50);
 
     let once = dir.path().join("once");
     std::fs::create_dir(&once).unwrap();
@@ -268,10 +275,7 @@ fn stored_observations(db: &Path) -> u64 {
 #[test]
 fn sigkill_keeps_what_was_flushed_and_sigterm_flushes_all() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("load.dnstap");
-    let mut generate = dnsledger();
-    generate.args(["tap", "generate", "--frames", "300000", "--names", "50000", "--zones", "100"]).arg(&input);
-    run(generate);
+    let input = generated(dir.path(), 300_000, 50_000, 100);
 
     let sock = dir.path().join("s.sock");
     let port = tools::free_port();

@@ -97,10 +97,17 @@ impl FromStr for Cidr {
 }
 
 impl Cidr {
+    /// Whether `ip` is in the prefix (an IPv4 prefix holds only IPv4 addresses). Compared as
+    /// integers under a mask: comparing the addresses' bytes was 4% of the sensor's stages.
     pub fn contains(&self, ip: IpAddr) -> bool {
+        let len = u32::from(self.len);
         match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.len),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.len),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                (u32::from(net) ^ u32::from(ip)).checked_shr(32 - len).unwrap_or(0) == 0
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                (u128::from(net) ^ u128::from(ip)).checked_shr(128 - len).unwrap_or(0) == 0
+            }
             _ => false,
         }
     }
@@ -128,15 +135,6 @@ fn push_label(key: &mut Vec<u8>, label: &[u8]) {
     key.extend(label.iter().map(u8::to_ascii_lowercase));
 }
 
-fn prefix_eq(a: &[u8], b: &[u8], len: u8) -> bool {
-    let full = (len / 8) as usize;
-    if a[..full] != b[..full] {
-        return false;
-    }
-    let rest = len % 8;
-    rest == 0 || (a[full] ^ b[full]) & (0xffu8 << (8 - rest)) == 0
-}
-
 /// The scrub stage's filters.
 #[derive(Clone, Debug, Default)]
 pub struct PrivacyFilter {
@@ -151,10 +149,7 @@ pub struct PrivacyFilter {
     tops: Vec<Vec<u8>>,
     /// An excluded root: every name is excluded.
     everything: bool,
-    /// The private networks as (network, mask) pairs, IPv4 and IPv6 apart: two instructions a
-    /// network, where comparing their bytes ([`Cidr::contains`]) cost 4% of the stages.
-    private_v4: Vec<(u32, u32)>,
-    private_v6: Vec<(u128, u128)>,
+    private: Vec<Cidr>,
 }
 
 impl PrivacyFilter {
@@ -168,20 +163,7 @@ impl PrivacyFilter {
             excluded
                 .extend((64..=127).map(|n| Name::from_ascii(format!("{n}.100.in-addr.arpa.")).expect("valid zone")));
         }
-        let (mut private_v4, mut private_v6) = (Vec::new(), Vec::new());
-        for c in &private {
-            match c.addr {
-                IpAddr::V4(net) => {
-                    let mask = u32::MAX.checked_shl(32 - u32::from(c.len)).unwrap_or(0);
-                    private_v4.push((u32::from(net) & mask, mask));
-                }
-                IpAddr::V6(net) => {
-                    let mask = u128::MAX.checked_shl(128 - u32::from(c.len)).unwrap_or(0);
-                    private_v6.push((u128::from(net) & mask, mask));
-                }
-            }
-        }
-        let mut filter = Self { excluded: HashMap::new(), tops: Vec::new(), everything: false, private_v4, private_v6 };
+        let mut filter = Self { excluded: HashMap::new(), tops: Vec::new(), everything: false, private };
         for zone in excluded {
             let mut key = Vec::new();
             let labels: Vec<&[u8]> = zone.iter().collect();
@@ -271,10 +253,7 @@ impl PrivacyFilter {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
-        match ip {
-            IpAddr::V4(ip) => self.private_v4.iter().any(|&(net, mask)| u32::from(ip) & mask == net),
-            IpAddr::V6(ip) => self.private_v6.iter().any(|&(net, mask)| u128::from(ip) & mask == net),
-        }
+        self.private.iter().any(|c| c.contains(ip))
     }
 
     /// Whether rdata reveals something private: an address in a private network, or a name
@@ -366,10 +345,10 @@ mod tests {
         assert!(!f.private_rdata(&RData::AAAA(AAAA("2001:db8::1".parse().unwrap()))));
     }
 
-    /// The masks give what the prefixes say, at every prefix length, on both sides of each
-    /// network's edges.
+    /// `contains` gives what the prefix says bit by bit, at every prefix length, on both sides
+    /// of each network's edges.
     #[test]
-    fn private_networks_match_as_their_prefixes() {
+    fn prefixes_hold_the_addresses_that_share_their_bits() {
         let nets = ["0.0.0.0/0", "10.0.0.0/8", "172.16.0.0/12", "192.168.1.128/25", "10.1.2.3/32", "::/0", "fc00::/7"];
         let nets = nets.iter().map(|n| n.parse::<Cidr>().unwrap());
         let lengths = (0..=32).map(|len| Cidr { addr: "203.0.113.77".parse().unwrap(), len });
@@ -398,10 +377,17 @@ mod tests {
         .iter()
         .map(|a| a.parse().unwrap())
         .collect();
+        let bytes = |a: IpAddr| match a {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        let bit = |b: &[u8], i: usize| b[i / 8] >> (7 - i % 8) & 1;
         for cidr in nets.chain(lengths) {
-            let f = PrivacyFilter::new(&[], false, vec![cidr]);
             for &ip in &probes {
-                assert_eq!(f.private_address(ip), cidr.contains(ip), "{cidr:?} {ip}");
+                let (net, addr) = (bytes(cidr.addr), bytes(ip));
+                let shares =
+                    net.len() == addr.len() && (0..usize::from(cidr.len)).all(|i| bit(&net, i) == bit(&addr, i));
+                assert_eq!(cidr.contains(ip), shares, "{cidr:?} {ip}");
             }
         }
     }

@@ -639,10 +639,10 @@ pub async fn run_on(
     }
     let forward_store = p.store().clone();
     let ingest = {
-        let (stages, stats, shutdown) = (Stages(Arc::new(Mutex::new(p))), stats.clone(), shutdown.clone());
+        let (stages, shutdown) = (Stages(Arc::new(Mutex::new(p))), shutdown.clone());
         let (done, result) = tokio::sync::oneshot::channel();
         std::thread::Builder::new().name("sensor-ingest".into()).spawn(move || {
-            let _ = done.send(ingest(listeners, lconfig, lstats, stages, feed, shutdown, &stats));
+            let _ = done.send(ingest(listeners, lconfig, lstats, stages, feed, shutdown));
         })?;
         result
     };
@@ -694,7 +694,6 @@ fn ingest(
     stages: Stages,
     feed: Option<mpsc::Receiver<Vec<Bytes>>>,
     shutdown: CancellationToken,
-    stats: &SensorStats,
 ) -> anyhow::Result<Totals> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -750,7 +749,7 @@ fn ingest(
     if panicked {
         anyhow::bail!("the sensor's stages panicked (what they had aggregated was written)");
     }
-    Ok(totals(stats, p.store()))
+    Ok(totals(&p.stats, p.store()))
 }
 
 /// The stages, run by each connection on the frames it has read (all connections share the
