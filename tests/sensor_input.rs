@@ -154,6 +154,39 @@ fn concurrent_senders_add_up_exactly() {
     }
 }
 
+/// The window's bounds (distinct RRsets, bytes) decide when windows are written, never what is
+/// stored: one window for everything, windows of 500 RRsets and windows of 1 MiB give the same
+/// RRsets with the same counts, first and last seen.
+#[test]
+fn window_bounds_change_when_windows_are_written_not_what_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generated(dir.path(), 100_000, 60_000, 100);
+    let stored = |extra: &str| {
+        let db = tempfile::tempdir().unwrap();
+        let cfg = SensorConfig::parse(&format!("db = \"{}\"\n[aggregate]\n{extra}", db.path().display())).unwrap();
+        let stats = Arc::new(SensorStats::default());
+        let mut p = Pipeline::new(&cfg, Store::open(&cfg.db).unwrap(), stats.clone());
+        for f in dnsledger::framestream::FileReader::open(&input, dnsledger::framestream::DNSTAP_CONTENT_TYPE).unwrap()
+        {
+            p.frame(f.unwrap()).unwrap();
+        }
+        p.finish().unwrap();
+        let mut v: Vec<_> =
+            p.store().all(false).map(|e| e.unwrap()).map(|e| (e.rrset, e.count, e.first, e.last)).collect();
+        v.sort();
+        (v, stats.flushes.get())
+    };
+    let (one, flushes) = stored("window_keys = 4000000000\nwindow_mb = 65536");
+    assert_eq!(flushes, 1);
+    assert!(one.len() > 10_000, "{} RRsets", one.len());
+    for extra in ["window_keys = 500", "window_keys = 4000000000\nwindow_mb = 1"] {
+        let (v, flushes) = stored(extra);
+        // Several MiB of distinct RRsets: several windows either way.
+        assert!(flushes > 2, "{extra}: {flushes} flushes");
+        assert!(v == one, "{extra}: stored differently");
+    }
+}
+
 /// A RESOLVER_RESPONSE from 192.0.2.53 for zone example.com. carrying `wire`.
 fn frame(wire: Vec<u8>) -> Bytes {
     frame_in("example.com.", wire)

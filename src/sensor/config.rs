@@ -85,6 +85,7 @@ struct RawStore {
 struct RawAggregate {
     window_seconds: Option<u64>,
     window_keys: Option<usize>,
+    window_mb: Option<u64>,
     outbox: Option<bool>,
 }
 
@@ -106,6 +107,8 @@ pub struct SensorConfig {
     pub private_networks: Vec<Cidr>,
     pub window: Duration,
     pub window_keys: usize,
+    /// The most bytes a window's records may take, MiB.
+    pub window_mb: u64,
     pub outbox: bool,
     pub compression: bool,
     /// sled's page cache, MiB.
@@ -189,9 +192,13 @@ impl SensorConfig {
             err("aggregate.window_seconds", format!("{window_seconds}: between 1 and 3600"));
         }
         let window_keys = raw.aggregate.window_keys.unwrap_or(50_000);
-        // The store thread orders a window by u32 positions.
         if window_keys == 0 || window_keys > u32::MAX as usize {
             err("aggregate.window_keys", format!("{window_keys}: between 1 and {}", u32::MAX));
+        }
+        // A window addresses its records in at most 2^20 chunks of 1 MiB (src/sensor/window.rs).
+        let window_mb = raw.aggregate.window_mb.unwrap_or(64);
+        if window_mb == 0 || window_mb > 65_536 {
+            err("aggregate.window_mb", format!("{window_mb}: between 1 and 65536"));
         }
         let compression = raw.store.compression.unwrap_or(false);
         if compression && !cfg!(feature = "compression") {
@@ -257,6 +264,7 @@ impl SensorConfig {
             private_networks,
             window: Duration::from_secs(window_seconds),
             window_keys,
+            window_mb,
             outbox: raw.aggregate.outbox.unwrap_or(false) || forward.is_some(),
             compression,
             cache_mb,
@@ -289,6 +297,7 @@ mod tests {
             [aggregate]
             window_seconds = 0
             window_keys = 4294967296
+            window_mb = 0
             "#,
         )
         .unwrap_err();
@@ -300,10 +309,11 @@ mod tests {
             "privacy.private_networks[0]",
             "aggregate.window_seconds",
             "aggregate.window_keys",
+            "aggregate.window_mb",
         ] {
             assert!(text.contains(key), "{key} missing from:\n{text}");
         }
-        assert_eq!(errs.len(), 6, "{text}");
+        assert_eq!(errs.len(), 7, "{text}");
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! The listeners and the stages share one thread (see `Stages` for why); a connection does
 //! not read while its frames go through the stages, so a slow pipeline pushes back on the
 //! sender through the socket. A window is flushed when it holds `window_keys` distinct RRsets
-//! or is `window_seconds` old, and on shutdown, in atomic store batches of `FLUSH_CHUNK`
-//! RRsets.
+//! or `window_mb` of them, or is `window_seconds` old, and on shutdown, in atomic store batches
+//! of `FLUSH_CHUNK` RRsets.
 
 pub mod config;
 pub mod extract;
@@ -196,6 +196,7 @@ pub struct Pipeline {
     opened: Instant,
     window_age: Duration,
     window_keys: usize,
+    window_bytes: usize,
     store: Store,
     flusher: Flusher,
     stats: Arc<SensorStats>,
@@ -230,6 +231,7 @@ impl Pipeline {
             opened: Instant::now(),
             window_age: config.window,
             window_keys: config.window_keys,
+            window_bytes: usize::try_from(config.window_mb << 20).unwrap_or(usize::MAX),
             flusher: Flusher::start(store.clone(), config.outbox, stats.clone()),
             store,
             stats,
@@ -298,7 +300,7 @@ impl Pipeline {
             self.window.add(o.kind, &o.rrset, o.time);
         }
         self.stats.window_keys.set(self.window.len() as i64);
-        if self.window.len() >= self.window_keys {
+        if self.window.len() >= self.window_keys || self.window.bytes() >= self.window_bytes || self.window.full() {
             self.flush()?;
         }
         Ok(())
@@ -379,7 +381,7 @@ impl Pipeline {
 /// closing, after 5 attempts the error is returned and what was not written is lost with the
 /// process, as an unflushed window would be.
 struct Flusher {
-    tx: Option<std::sync::mpsc::SyncSender<Vec<window::Entry>>>,
+    tx: Option<std::sync::mpsc::SyncSender<window::Taken>>,
     thread: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
     closing: Arc<std::sync::atomic::AtomicBool>,
     store: Store,
@@ -389,7 +391,7 @@ struct Flusher {
 
 impl Flusher {
     fn start(store: Store, outbox: bool, stats: Arc<SensorStats>) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<window::Entry>>(0);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<window::Taken>(0);
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
             let (store, stats, closing) = (store.clone(), stats.clone(), closing.clone());
@@ -407,7 +409,7 @@ impl Flusher {
         Self { tx: Some(tx), thread: Some(thread), closing, store, outbox, stats }
     }
 
-    fn send(&mut self, entries: Vec<window::Entry>) -> Result<(), StoreError> {
+    fn send(&mut self, entries: window::Taken) -> Result<(), StoreError> {
         match &self.tx {
             Some(tx) => match tx.send(entries) {
                 Ok(()) => Ok(()),
@@ -441,7 +443,7 @@ impl Drop for Flusher {
 /// `pool`: deltas kept from window to window, decoded into ([`window::delta_into`]).
 fn write_window(
     store: &Store,
-    entries: &[window::Entry],
+    entries: &window::Taken,
     pool: &mut Vec<Delta>,
     outbox: bool,
     stats: &SensorStats,
@@ -454,23 +456,22 @@ fn write_window(
     // up to the rdata digest (ties keep the window's order): 28 bytes per entry, read off the
     // encoded entries (decoding them twice took a fifth of this thread).
     let mut key = Vec::with_capacity(256);
-    let mut order: Vec<([u8; SORT_PREFIX], u32)> = entries
+    let mut order: Vec<([u8; SORT_PREFIX], u64)> = entries
         .iter()
-        .enumerate()
-        .map(|(i, (encoded, _))| {
+        .map(|(place, e)| {
             key.clear();
-            window::key_start(encoded, &mut key);
+            window::key_start(e.key, &mut key);
             let mut prefix = [0u8; SORT_PREFIX];
             let n = key.len().min(SORT_PREFIX);
             prefix[..n].copy_from_slice(&key[..n]);
-            (prefix, i as u32)
+            (prefix, place)
         })
         .collect();
     order.sort_unstable();
     for part in order.chunks(FLUSH_CHUNK) {
         // Decoded a chunk at a time: only the batch being written is in owned form.
-        for (n, (_, i)) in part.iter().enumerate() {
-            let e = &entries[*i as usize];
+        for (n, (_, place)) in part.iter().enumerate() {
+            let e = entries.get(*place);
             match pool.get_mut(n) {
                 Some(d) => window::delta_into(e, d),
                 None => pool.push(window::delta(e)),
