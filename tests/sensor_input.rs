@@ -474,6 +474,44 @@ fn referral_keeps_only_glue_for_its_own_name_servers() {
     assert_eq!(stats.rrsets_dropped.get("referral_additional"), 2, "{:?}", stats.rrsets_dropped.snapshot());
 }
 
+/// A RESOLVER_RESPONSE from `server`, with `query_zone` only when given.
+fn frame_from(server: [u8; 4], zone: Option<&str>, wire: Vec<u8>) -> Bytes {
+    let mut ev = dnsledger::dnstap::decode(frame_in("example.com.", wire)).unwrap();
+    ev.message.response_address = Some(IpAddr::from(server));
+    ev.message.query_zone = zone.map(|z| Name::from_ascii(z).unwrap());
+    Bytes::from(encode(&ev))
+}
+
+/// A referral to bank.com. at ns1.bank.com. with `glue` for it.
+fn bank_referral(glue: [u8; 4]) -> Vec<u8> {
+    let mut m = vec![0x12, 0x34, 0x80, 0x00, 0, 1, 0, 0, 0, 1, 0, 1];
+    m.extend(name(&[b"www", b"bank", b"com"]));
+    m.extend_from_slice(&[0, 1, 0, 1]);
+    m.extend(record(&[b"bank", b"com"], 2, &name(&[b"ns1", b"bank", b"com"])));
+    m.extend(record(&[b"ns1", b"bank", b"com"], 1, &glue));
+    m
+}
+
+/// The sensor skips referrals it has learned from already; one that repeats the delegation
+/// with another glue address still teaches that address. Answers without `query_zone` from
+/// both addresses are placed in bank.com.
+#[test]
+fn a_referral_seen_again_with_other_glue_still_teaches_it() {
+    let com = [192, 0, 2, 53];
+    let frames = [
+        frame_from(com, Some("com."), bank_referral([198, 51, 100, 53])),
+        frame_from(com, Some("com."), bank_referral([198, 51, 100, 53])),
+        frame_from(com, Some("com."), bank_referral([198, 51, 100, 54])),
+        frame_from([198, 51, 100, 53], None, answer(&[b"www", b"bank", b"com"], 1, &[192, 0, 2, 80])),
+        frame_from([198, 51, 100, 54], None, answer(&[b"mail", b"bank", b"com"], 1, &[192, 0, 2, 25])),
+    ];
+    let (rows, stats, _) = pipeline_rows(frames.into_iter(), "[privacy]\nprivate_networks = []");
+    let answers: Vec<(&str, &str)> =
+        rows.iter().filter(|r| r.1 == 1 && r.0 != "ns1.bank.com.").map(|r| (r.0.as_str(), r.2.as_str())).collect();
+    assert_eq!(answers, [("mail.bank.com.", "bank.com."), ("www.bank.com.", "bank.com.")]);
+    assert_eq!(stats.frames_dropped.get("no_bailiwick"), 0);
+}
+
 /// Names are stored as they were on the wire: an IDN label stays in its `xn--` form (as
 /// DNSDB and dnsdbq have it; hickory's `Display` would give Unicode) and bytes outside
 /// printable ASCII are written `\DDD` in decimal (RFC 1035 5.1; hickory writes octal), in

@@ -5,6 +5,7 @@
 //! in seconds. It has no field that could hold a client or resolver address, a port, a DNS id
 //! or an EDNS option, so nothing downstream can leak them.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use hickory_proto::rr::RData;
@@ -83,7 +84,15 @@ pub struct Extractor {
     /// instructions (malloc and free). A `Cell` because the stages read the message through
     /// `&self`.
     spare: std::cell::Cell<Vec<Observation>>,
+    /// Delegations learned from referrals (zone, server name and the glue taken, in wire
+    /// form): a referral seen again teaches nothing, and building its names to find that out
+    /// was a tenth of the stages' instructions. Bounded: emptied when full.
+    learned: HashSet<Box<[u8]>, foldhash::quality::SeedableRandomState>,
+    learned_key: Vec<u8>,
 }
+
+/// At most this many delegations are remembered as learned.
+const LEARNED_MAX: usize = 16_384;
 
 /// At most this many spare observations are kept, each of at most `KEEP_RRSET_BYTES` of
 /// strings (also the bound on the store thread's reused deltas).
@@ -119,6 +128,8 @@ impl Extractor {
             targets: Vec::new(),
             groups: Vec::new(),
             spare: Default::default(),
+            learned: HashSet::with_hasher(super::window::seeded()),
+            learned_key: Vec::new(),
         }
     }
 
@@ -377,6 +388,9 @@ impl Extractor {
     }
 
     /// From an accepted referral: child zone -> its name servers, and glue addresses -> zone.
+    /// A delegation already learned in full is skipped: learning it again changes nothing
+    /// (the maps only grow, and addresses answered for a server name since are mapped by
+    /// `ZoneMap::learn_address`), so one that hit a bound (`zones.full`) is not remembered.
     fn learn_delegations(&mut self, msg: &Response, bailiwick: &[u8]) {
         for ns in msg.authorities().iter().filter(|r| r.rtype == NS) {
             let zone = msg.bytes(ns.owner);
@@ -385,17 +399,39 @@ impl Extractor {
             }
             let Rd::Name(target) = ns.rdata else { continue };
             let target = msg.bytes(target);
-            let (Some(zone_name), Some(target_name)) = (to_name(zone), to_name(target)) else { continue };
-            let target_name = target_name.to_lowercase();
-            self.zones.add_server_name(&target_name, &zone_name);
             // Only glue inside the bailiwick, as stored.
-            if !in_zone(bailiwick, target) {
+            let glue = in_zone(bailiwick, target);
+            let key = &mut self.learned_key;
+            key.clear();
+            key.extend_from_slice(zone);
+            key.extend(target.iter().map(u8::to_ascii_lowercase));
+            for g in msg.additionals().iter().filter(|r| glue && msg.bytes(r.owner).eq_ignore_ascii_case(target)) {
+                // Tagged with their family: four IPv4 addresses are not one IPv6 address.
+                match g.rdata.address() {
+                    Some(IpAddr::V4(a)) => key.extend([4].iter().chain(&a.octets())),
+                    Some(IpAddr::V6(a)) => key.extend([6].iter().chain(&a.octets())),
+                    None => {}
+                }
+            }
+            if self.learned.contains(key.as_slice()) {
                 continue;
             }
-            for glue in msg.additionals().iter().filter(|r| msg.bytes(r.owner).eq_ignore_ascii_case(target)) {
-                if let Some(addr) = glue.rdata.address() {
-                    self.zones.add(addr, zone_name.clone());
+            let (Some(zone_name), Some(target_name)) = (to_name(zone), to_name(target)) else { continue };
+            let full = self.zones.full;
+            let target_name = target_name.to_lowercase();
+            self.zones.add_server_name(&target_name, &zone_name);
+            if glue {
+                for g in msg.additionals().iter().filter(|r| msg.bytes(r.owner).eq_ignore_ascii_case(target)) {
+                    if let Some(addr) = g.rdata.address() {
+                        self.zones.add(addr, zone_name.clone());
+                    }
                 }
+            }
+            if self.zones.full == full {
+                if self.learned.len() >= LEARNED_MAX {
+                    self.learned.clear();
+                }
+                self.learned.insert(self.learned_key.as_slice().into());
             }
         }
     }

@@ -91,7 +91,7 @@ impl Default for Window {
 }
 
 /// foldhash's state, seeded from the system's randomness.
-fn seeded() -> SeedableRandomState {
+pub(crate) fn seeded() -> SeedableRandomState {
     static SHARED: std::sync::OnceLock<SharedSeed> = std::sync::OnceLock::new();
     let random = || std::collections::hash_map::RandomState::new().hash_one(0u64);
     SeedableRandomState::with_seed(random(), SHARED.get_or_init(|| SharedSeed::from_u64(random())))

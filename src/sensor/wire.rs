@@ -16,7 +16,7 @@ use hickory_proto::op::{Message, MessageType};
 use hickory_proto::rr::{Name, RData, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, Restrict};
 
-use crate::dns::{push_ipv4, push_wire_name, quoted, rdata_text};
+use crate::dns::{push_ipv4, push_ipv6, push_wire_name, quoted, rdata_text};
 
 /// Bytes in [`Response`]'s arena: a name in wire format without compression (ending with the
 /// root label), or TXT rdata as on the wire.
@@ -383,9 +383,7 @@ impl Response {
         use std::fmt::Write as _;
         match *rd {
             Rd::A(a) => push_ipv4(a, s),
-            Rd::Aaaa(a) => {
-                let _ = write!(s, "{}", Ipv6Addr::from(a));
-            }
+            Rd::Aaaa(a) => push_ipv6(a, s),
             Rd::Name(n) => push_wire_name(self.bytes(n), s),
             Rd::Mx(preference, n) => {
                 let _ = write!(s, "{preference} ");
