@@ -1,6 +1,8 @@
 //! The sensor's inputs: the shared captures give the same store from a file and over a socket;
-//! senders at once add up exactly; broken DNS inside valid frames is counted, never fatal; a sensor killed with SIGKILL under
-//! load keeps everything it had flushed, and SIGTERM flushes everything.
+//! senders at once add up exactly; broken DNS inside valid frames is counted, never fatal; a
+//! sensor killed with SIGKILL under load keeps everything it had flushed, and SIGTERM flushes
+//! everything; window bounds change when windows are written, not what is stored; referrals
+//! teach delegations (and repeated ones with new glue still do).
 
 mod tools;
 
