@@ -55,7 +55,7 @@ fn main() {
     }
     // 2. The stages alone: one window for the whole input, flushed once at the end.
     let db = dir.as_path().join("stages");
-    let cfg_stages = config(&db, "[aggregate]\nwindow_seconds = 3600\nwindow_keys = 100000000\n");
+    let cfg_stages = config(&db, "[aggregate]\nwindow_seconds = 3600\nwindow_keys = 100000000\nwindow_mb = 65536\n");
     let stats = Arc::new(SensorStats::default());
     let mut p = Pipeline::new(
         &cfg_stages,

@@ -298,35 +298,48 @@ mod tests {
     use hickory_proto::rr::rdata::TXT;
     use std::net::Ipv6Addr;
 
-    /// Every address made of groups from a set of edge values (zero runs of every length at
-    /// every place, leading-zero widths, IPv4-mapped and -compatible forms) and random ones:
-    /// what `Ipv6Addr`'s `Display` writes.
+    fn std_and_ours(groups: [u16; 8]) -> (String, String) {
+        let a = Ipv6Addr::from(groups);
+        let mut s = String::from("x");
+        push_ipv6(a.octets(), &mut s);
+        (s, format!("x{a}"))
+    }
+
+    /// Every pattern of zero and non-zero groups (zero runs of every length at every place),
+    /// with non-zero groups of every hex width: what `Ipv6Addr`'s `Display` writes.
     #[test]
     fn ipv6_is_written_as_std_writes_it() {
-        let values = [0u16, 1, 0xf, 0x10, 0xff, 0x100, 0xfff, 0x1000, 0xffff, 0xabcd];
-        let check = |groups: [u16; 8]| {
-            let a = Ipv6Addr::from(groups);
-            let mut s = String::from("x");
-            push_ipv6(a.octets(), &mut s);
-            assert_eq!(s, format!("x{a}"), "{groups:x?}");
-        };
-        // Each group 0 or not, in every combination, with the non-zero values varied.
+        let values = [1u16, 0xf, 0x10, 0xff, 0x100, 0xfff, 0x1000, 0xffff, 0xabcd];
         for mask in 0u32..256 {
             for v in 0..values.len() {
-                check(std::array::from_fn(
-                    |i| if mask >> i & 1 == 1 { values[(v + i) % values.len()].max(1) } else { 0 },
-                ));
+                let groups =
+                    std::array::from_fn(|i| if mask >> i & 1 == 1 { values[(v + i) % values.len()] } else { 0 });
+                let (ours, std) = std_and_ours(groups);
+                assert_eq!(ours, std, "{groups:x?}");
             }
         }
-        let mut x: u64 = 7;
-        for _ in 0..100_000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let r = x;
-            let mut groups: [u16; 8] = std::array::from_fn(|i| values[(r >> (i * 4)) as usize % values.len()]);
-            if r >> 60 == 0 {
-                groups[..6].copy_from_slice(&[0, 0, 0, 0, 0, 0xffff]);
+    }
+
+    proptest::proptest! {
+        /// Any groups, zeros and all-ones frequent, IPv4-mapped and -compatible forms among
+        /// them: what `Ipv6Addr`'s `Display` writes.
+        #[test]
+        fn any_ipv6_is_written_as_std_writes_it(
+            groups in proptest::array::uniform8(proptest::prop_oneof![
+                proptest::strategy::Just(0u16),
+                proptest::strategy::Just(0xffff),
+                proptest::arbitrary::any::<u16>(),
+            ]),
+            prefix in 0u8..4,
+        ) {
+            let mut groups = groups;
+            match prefix {
+                0 => groups[..6].copy_from_slice(&[0, 0, 0, 0, 0, 0xffff]),
+                1 => groups[..6].copy_from_slice(&[0; 6]),
+                _ => {}
             }
-            check(groups);
+            let (ours, std) = std_and_ours(groups);
+            proptest::prop_assert_eq!(ours, std);
         }
     }
 

@@ -21,6 +21,9 @@ pub const DATA_FRAME_DEFAULT: usize = 1 << 20;
 /// The data frame limit may never be configured below 128 KiB: large DNS responses over TCP
 /// (up to 64 KiB each, two per dnstap message) must always fit.
 pub const DATA_FRAME_MIN_LIMIT: usize = 128 * 1024;
+/// ... nor above 64 MiB, hundreds of times what a dnstap message needs (the sensor's window
+/// keeps an RRset's text with a `u32` length; src/sensor/window.rs).
+pub const DATA_FRAME_MAX_LIMIT: usize = 64 << 20;
 /// The content type of dnstap payloads.
 pub const DNSTAP_CONTENT_TYPE: &[u8] = b"protobuf:dnstap.Dnstap";
 

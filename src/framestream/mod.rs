@@ -10,7 +10,8 @@ pub mod listener;
 pub mod writer;
 
 pub use codec::{
-    ControlFrame, ControlType, DATA_FRAME_DEFAULT, DATA_FRAME_MIN_LIMIT, DNSTAP_CONTENT_TYPE, Frame, FrameCodec,
+    ControlFrame, ControlType, DATA_FRAME_DEFAULT, DATA_FRAME_MAX_LIMIT, DATA_FRAME_MIN_LIMIT, DNSTAP_CONTENT_TYPE,
+    Frame, FrameCodec,
 };
 pub use error::{FileError, FrameError, HandshakeError};
 pub use file::{FileReader, FileWriter};

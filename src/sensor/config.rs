@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::filter::{Cidr, PRIVATE_NETWORKS};
 use super::zones::IANA_ROOT_SERVERS;
 use crate::forward::ForwardConfig;
-use crate::framestream::DATA_FRAME_MIN_LIMIT;
+use crate::framestream::{DATA_FRAME_MAX_LIMIT, DATA_FRAME_MIN_LIMIT};
 
 /// The file as written; also the `[sensor]` table of `resolver.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +155,9 @@ impl SensorConfig {
         if max_frame < DATA_FRAME_MIN_LIMIT {
             err("listen.max_frame", format!("{max_frame} is below the minimum {DATA_FRAME_MIN_LIMIT}"));
         }
+        if max_frame > DATA_FRAME_MAX_LIMIT {
+            err("listen.max_frame", format!("{max_frame} is above the maximum {DATA_FRAME_MAX_LIMIT}"));
+        }
         let max_connections = raw.listen.max_connections.unwrap_or(512);
         if max_connections == 0 {
             err("listen.max_connections", "must be at least 1".into());
@@ -192,13 +195,14 @@ impl SensorConfig {
             err("aggregate.window_seconds", format!("{window_seconds}: between 1 and 3600"));
         }
         let window_keys = raw.aggregate.window_keys.unwrap_or(50_000);
+        // A bound, not a size to allocate: past u32::MAX RRsets memory runs out first.
         if window_keys == 0 || window_keys > u32::MAX as usize {
             err("aggregate.window_keys", format!("{window_keys}: between 1 and {}", u32::MAX));
         }
         // A window addresses its records in at most 2^20 chunks of 1 MiB (src/sensor/window.rs).
         let window_mb = raw.aggregate.window_mb.unwrap_or(64);
-        if window_mb == 0 || window_mb > 65_536 {
-            err("aggregate.window_mb", format!("{window_mb}: between 1 and 65536"));
+        if window_mb == 0 || window_mb > super::window::MAX_WINDOW_MB {
+            err("aggregate.window_mb", format!("{window_mb}: between 1 and {}", super::window::MAX_WINDOW_MB));
         }
         let compression = raw.store.compression.unwrap_or(false);
         if compression && !cfg!(feature = "compression") {
@@ -321,6 +325,13 @@ mod tests {
     fn compression_needs_the_feature() {
         let errs = SensorConfig::parse("[store]\ncompression = true\n").unwrap_err();
         assert!(errs[0].starts_with("store.compression:"), "{errs:?}");
+    }
+
+    #[test]
+    fn frame_limit_has_a_ceiling() {
+        let errs = SensorConfig::parse("[listen]\nmax_frame = 67108865\n").unwrap_err();
+        assert!(errs[0].starts_with("listen.max_frame:") && errs[0].contains("above"), "{errs:?}");
+        assert_eq!(SensorConfig::parse("[listen]\nmax_frame = 67108864\n").unwrap().max_frame, 64 << 20);
     }
 
     #[test]

@@ -86,13 +86,20 @@ pub struct Extractor {
     spare: std::cell::Cell<Vec<Observation>>,
     /// Delegations learned from referrals (zone, server name and the glue taken, in wire
     /// form): a referral seen again teaches nothing, and building its names to find that out
-    /// was a tenth of the stages' instructions. Bounded: emptied when full.
+    /// was a tenth of the stages' instructions. Bounded in entries and bytes: emptied when
+    /// full.
     learned: HashSet<Box<[u8]>, foldhash::quality::SeedableRandomState>,
+    learned_bytes: usize,
     learned_key: Vec<u8>,
 }
 
-/// At most this many delegations are remembered as learned.
+/// At most this many delegations are remembered as learned ...
 const LEARNED_MAX: usize = 16_384;
+/// ... in at most this many bytes of keys ...
+const LEARNED_BYTES: usize = 2 << 20;
+/// ... each at most this long (a referral with more glue for one server, as a hostile one may
+/// send, is learned every time instead).
+const LEARNED_KEY_MAX: usize = 1024;
 
 /// At most this many spare observations are kept, each of at most `KEEP_RRSET_BYTES` of
 /// strings (also the bound on the store thread's reused deltas).
@@ -129,6 +136,7 @@ impl Extractor {
             groups: Vec::new(),
             spare: Default::default(),
             learned: HashSet::with_hasher(super::window::seeded()),
+            learned_bytes: 0,
             learned_key: Vec::new(),
         }
     }
@@ -391,6 +399,8 @@ impl Extractor {
     /// A delegation already learned in full is skipped: learning it again changes nothing
     /// (the maps only grow, and addresses answered for a server name since are mapped by
     /// `ZoneMap::learn_address`), so one that hit a bound (`zones.full`) is not remembered.
+    /// The one difference: `zones.full` (not exported) no longer counts again an address that
+    /// `learn_address` could not map for a delegation learned before.
     fn learn_delegations(&mut self, msg: &Response, bailiwick: &[u8]) {
         for ns in msg.authorities().iter().filter(|r| r.rtype == NS) {
             let zone = msg.bytes(ns.owner);
@@ -405,12 +415,14 @@ impl Extractor {
             key.clear();
             key.extend_from_slice(zone);
             key.extend(target.iter().map(u8::to_ascii_lowercase));
-            for g in msg.additionals().iter().filter(|r| glue && msg.bytes(r.owner).eq_ignore_ascii_case(target)) {
-                // Tagged with their family: four IPv4 addresses are not one IPv6 address.
-                match g.rdata.address() {
-                    Some(IpAddr::V4(a)) => key.extend([4].iter().chain(&a.octets())),
-                    Some(IpAddr::V6(a)) => key.extend([6].iter().chain(&a.octets())),
-                    None => {}
+            if glue {
+                for g in msg.additionals().iter().filter(|r| msg.bytes(r.owner).eq_ignore_ascii_case(target)) {
+                    // Tagged with their family: four IPv4 addresses are not one IPv6 address.
+                    match g.rdata.address() {
+                        Some(IpAddr::V4(a)) => key.extend([4].iter().chain(&a.octets())),
+                        Some(IpAddr::V6(a)) => key.extend([6].iter().chain(&a.octets())),
+                        None => {}
+                    }
                 }
             }
             if self.learned.contains(key.as_slice()) {
@@ -427,11 +439,14 @@ impl Extractor {
                     }
                 }
             }
-            if self.zones.full == full {
-                if self.learned.len() >= LEARNED_MAX {
+            let n = self.learned_key.len();
+            if self.zones.full == full && n <= LEARNED_KEY_MAX {
+                if self.learned.len() >= LEARNED_MAX || self.learned_bytes + n > LEARNED_BYTES {
                     self.learned.clear();
+                    self.learned_bytes = 0;
                 }
                 self.learned.insert(self.learned_key.as_slice().into());
+                self.learned_bytes += n;
             }
         }
     }
@@ -467,5 +482,124 @@ pub(crate) fn address_of(data: &RData) -> Option<IpAddr> {
         RData::A(a) => Some(IpAddr::V4(a.0)),
         RData::AAAA(a) => Some(IpAddr::V6(a.0)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use bytes::Bytes;
+    use hickory_proto::rr::Name;
+
+    use super::*;
+    use crate::dnstap::{DnstapEvent, DnstapMessage, MessageType, SocketFamily, SocketProtocol, Timestamp, encode};
+
+    fn wire_name(labels: &[&str]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for l in labels {
+            v.push(l.len() as u8);
+            v.extend_from_slice(l.as_bytes());
+        }
+        v.push(0);
+        v
+    }
+
+    fn rr(owner: &[u8], rtype: u16, rdata: &[u8]) -> Vec<u8> {
+        let mut m = owner.to_vec();
+        m.extend_from_slice(&rtype.to_be_bytes());
+        m.extend_from_slice(&[0, 1, 0, 0, 0x0e, 0x10]);
+        m.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        m.extend_from_slice(rdata);
+        m
+    }
+
+    /// A referral from a `test.` server: `zones` child zones `zN.test.`, all at `NS.test.`,
+    /// with `copies` copies of `glue` for it.
+    fn referral(first_zone: usize, zones: usize, ns: &str, glue: [u8; 4], copies: usize) -> Bytes {
+        referral_padded(first_zone, zones, ns, glue, copies, 0)
+    }
+
+    /// [`referral`] with `pad` more labels of 60 bytes in each child zone's name.
+    fn referral_padded(first_zone: usize, zones: usize, ns: &str, glue: [u8; 4], copies: usize, pad: usize) -> Bytes {
+        let ns = wire_name(&[ns, "test"]);
+        let mut m = vec![0x12, 0x34, 0x80, 0x00, 0, 1, 0, 0];
+        m.extend_from_slice(&(zones as u16).to_be_bytes());
+        m.extend_from_slice(&(copies as u16).to_be_bytes());
+        m.extend(wire_name(&["www", "z0", "test"]));
+        m.extend_from_slice(&[0, 1, 0, 1]);
+        for z in first_zone..first_zone + zones {
+            let (first, filler) = (format!("z{z}"), "x".repeat(60));
+            let labels: Vec<&str> = std::iter::once(first.as_str())
+                .chain(std::iter::repeat_n(filler.as_str(), pad))
+                .chain(["test"])
+                .collect();
+            m.extend(rr(&wire_name(&labels), 2, &ns));
+        }
+        for _ in 0..copies {
+            m.extend(rr(&ns, 1, &glue));
+        }
+        let t = Timestamp { sec: 1_767_225_600, nsec: 0 };
+        let message = DnstapMessage {
+            kind: MessageType::ResolverResponse,
+            socket_family: Some(SocketFamily::Inet),
+            socket_protocol: Some(SocketProtocol::Udp),
+            query_address: None,
+            response_address: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53))),
+            query_port: None,
+            response_port: Some(53),
+            query_time: Some(t),
+            response_time: Some(t),
+            query_zone: Some(Name::from_ascii("test.").unwrap()),
+            query_message: None,
+            response_message: Some(Bytes::from(m)),
+        };
+        Bytes::from(encode(&DnstapEvent { identity: None, version: None, message }))
+    }
+
+    fn learn(x: &mut Extractor, frame: &Bytes) {
+        let tap = crate::dnstap::view(frame).unwrap().unwrap();
+        x.extract(&tap, &mut Vec::new(), &mut Tally::default()).unwrap();
+    }
+
+    /// What is remembered of learned referrals stays within its bounds: a referral whose
+    /// glue makes a long key (as a hostile server may send) is not remembered, and many small
+    /// ones are forgotten in bulk once the entries or bytes run out. Each is still learned.
+    #[test]
+    fn learned_referrals_stay_within_their_bounds() {
+        let mut x = Extractor::new(
+            ExtractConfig { auth_responses: false, negative: false },
+            PrivacyFilter::new(&[], false, Vec::new()),
+            ZoneMap::new(1_000_000),
+        );
+        // 250 copies of the glue: keys of about 1,270 bytes each, past LEARNED_KEY_MAX.
+        for i in 0..20u8 {
+            learn(&mut x, &referral(0, 2, "ns", [198, 51, 100, i], 250));
+        }
+        assert!(x.learned.is_empty(), "{} remembered", x.learned.len());
+        assert_eq!(x.zones.zones_of(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 19))).len(), 2);
+        // 40,000 small delegations, 20 per server (within the zone map's bounds): the set
+        // fills to its entries' bound, is emptied and fills again; then 40,000 with long zone
+        // names: to its bytes' bound.
+        for pad in [0, 2] {
+            x.learned.clear();
+            x.learned_bytes = 0;
+            let (mut most, mut most_bytes) = (0, 0);
+            for i in 0..2_000 {
+                let glue = [203, pad as u8, (i >> 8) as u8, i as u8];
+                learn(&mut x, &referral_padded(i * 20, 20, &format!("ns{i}-{pad}"), glue, 1, pad));
+                assert!(x.learned.len() <= LEARNED_MAX && x.learned_bytes <= LEARNED_BYTES);
+                assert_eq!(x.learned_bytes, x.learned.iter().map(|k| k.len()).sum::<usize>());
+                (most, most_bytes) = (most.max(x.learned.len()), most_bytes.max(x.learned_bytes));
+            }
+            if pad == 0 {
+                assert!(most > LEARNED_MAX - 20, "{most}");
+            } else {
+                assert!(most_bytes > LEARNED_BYTES - 20 * 200 && most < LEARNED_MAX, "{most} {most_bytes}");
+            }
+            assert!(x.learned.len() < most, "emptied when full");
+            // Every delegation learned, remembered or not.
+            assert_eq!(x.zones.zones_of(IpAddr::V4(Ipv4Addr::new(203, pad as u8, 7, 207))).len(), 20);
+        }
     }
 }

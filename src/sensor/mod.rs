@@ -453,7 +453,7 @@ fn write_window(
     // of a window larger than FLUSH_CHUNK covers a narrow key range: forwarding batches
     // compress to ~10 bytes per summary instead of ~17 (docs/BENCHMARKS.md, "Forwarding"),
     // and a merge's entries arrive nearly sorted. The order is kept as a prefix of each key
-    // up to the rdata digest (ties keep the window's order): 28 bytes per entry, read off the
+    // up to the rdata digest (ties keep the window's order): 32 bytes per entry with its place, read off the
     // encoded entries (decoding them twice took a fifth of this thread).
     let mut key = Vec::with_capacity(256);
     let mut order: Vec<([u8; SORT_PREFIX], u64)> = entries

@@ -5,14 +5,18 @@
 //! length-prefixed) instead of its owned strings, and the strings are not allocated one by
 //! one: each is a *record* written after the one before into chunks of [`CHUNK`] bytes,
 //! `[hash u64][first u64][last u64][count u64][key length u32][key]`, all little-endian. An
-//! open-addressing table of `u64` slots finds them: each slot holds the record's place and 24
+//! open-addressing table of `u64` slots finds them: each slot holds the record's place and 23
 //! bits of its key's hash, so a probe rejects another key without reading its record, and a
 //! repeat costs one read of the table and one of its record, where a map of boxed keys read
 //! its bucket, then the key behind a pointer (the window is large and its reads miss the
-//! caches: the map's lookups were a fifth of the ingest thread's time, docs/BENCHMARKS.md). A
-//! record takes its key's length and 36 bytes, the table 16 bytes per record at most (it
-//! doubles at half full), with no allocator overhead per record. The store thread gets the
-//! chunks ([`Taken`]) and reads the records where they lie.
+//! caches: with a large window the map's lookups were a quarter of the ingest thread's
+//! samples, docs/BENCHMARKS.md). A record takes its key's length and 36 bytes, with no
+//! allocator overhead; the table 16 to 32 bytes per record (it doubles when half full, and
+//! keeps its size from window to window). The store thread gets the chunks ([`Taken`]) and
+//! reads the records where they lie.
+//!
+//! A key's length is a `u32`: a key is an RRset of one frame in presentation format (a few
+//! times the frame's size at most), and frames are at most `DATA_FRAME_MAX_LIMIT` (64 MiB).
 
 use std::hash::BuildHasher;
 
@@ -32,15 +36,20 @@ pub struct Agg {
 /// Records are written into chunks of this many bytes; a record larger than that gets a chunk
 /// of its own.
 const CHUNK: usize = 1 << 20;
-/// A slot: the hash's tag in the top 24 bits (its top bit always set, so that no slot in use
+/// A slot: the hash's tag in the top 24 bits (23 of the hash and a top bit always set, so that no slot in use
 /// is 0), the chunk's number in the next [`CHUNK_BITS`], the record's offset in the chunk in
 /// the low [`OFF_BITS`].
 const OFF_BITS: u32 = 20;
 const CHUNK_BITS: u32 = 20;
 const TAG_SHIFT: u32 = OFF_BITS + CHUNK_BITS;
-/// The most chunks a window may have. [`Window::full`] says when it is near; the pipeline
-/// flushes long before, at `window_mb` (at most 65,536 MiB: about 2 chunks per MiB at worst).
+/// The most chunks a window may have. Two chunks in a row hold more than [`CHUNK`] bytes
+/// between them, so a window has at most two chunks per MiB of records, and one frame adds at
+/// most one per RRset (fewer than 65,536): the pipeline flushes at `window_mb`, at most
+/// [`MAX_WINDOW_MB`], long before [`Window::full`] (a backstop) is reached.
 const MAX_CHUNKS: usize = 1 << CHUNK_BITS;
+/// The largest `aggregate.window_mb`.
+pub const MAX_WINDOW_MB: u64 = 65_536;
+const _: () = assert!(2 * MAX_WINDOW_MB as usize + 2 * 65_536 < MAX_CHUNKS);
 /// A record's header: hash, first, last, count, key length.
 const HEADER: usize = 36;
 
@@ -359,7 +368,7 @@ mod tests {
         }
     }
 
-    /// 30,000 distinct RRsets seen 1 to 4 times in a scrambled order, through many doublings
+    /// 75,000 observations drawn from 30,000 RRsets (most seen a few times), through many doublings
     /// of the table; some records fill most of a chunk, some are larger than one. Every count,
     /// first and last seen is the one a plain map of the RRsets gives.
     #[test]
