@@ -216,6 +216,28 @@ mod tests {
     use crate::dnstap::decode;
     use crate::framestream::{DNSTAP_CONTENT_TYPE, FileReader};
 
+    proptest::proptest! {
+        /// A varint reads as prost reads it (value and bytes taken, or an error): any bytes,
+        /// and prost's encoding of any value, with anything after it.
+        #[test]
+        fn varints_read_as_prost_reads_them(
+            raw in proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..16),
+            v in proptest::arbitrary::any::<u64>(),
+            tail in proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..9),
+        ) {
+            let mut encoded = Vec::new();
+            prost::encoding::encode_varint(v, &mut encoded);
+            encoded.extend_from_slice(&tail);
+            for bytes in [&raw, &encoded] {
+                let mut f = Fields { buf: bytes, at: 0 };
+                let ours = f.varint().map(|x| (x, f.at));
+                let mut b = &bytes[..];
+                let theirs = prost::encoding::decode_varint(&mut b).ok().map(|x| (x, bytes.len() - b.len()));
+                proptest::prop_assert_eq!(ours, theirs, "{:x?}", bytes);
+            }
+        }
+    }
+
     /// The view gives what `decode` gives, the same error first, or leaves the frame to it: on
     /// the captures and generated frames, unusual hand-made ones, and 30 mutations of each.
     #[test]
