@@ -196,6 +196,11 @@ fn frame(wire: Vec<u8>) -> Bytes {
 
 /// A RESOLVER_RESPONSE from 192.0.2.53 for `zone` carrying `wire`.
 fn frame_in(zone: &str, wire: Vec<u8>) -> Bytes {
+    frame_from([192, 0, 2, 53], Some(zone), wire)
+}
+
+/// A RESOLVER_RESPONSE from `server`, with `query_zone` only when given.
+fn frame_from(server: [u8; 4], zone: Option<&str>, wire: Vec<u8>) -> Bytes {
     let t = Timestamp { sec: 1_767_225_600, nsec: 0 };
     let ev = DnstapEvent {
         identity: None,
@@ -205,12 +210,12 @@ fn frame_in(zone: &str, wire: Vec<u8>) -> Bytes {
             socket_family: Some(SocketFamily::Inet),
             socket_protocol: Some(SocketProtocol::Udp),
             query_address: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
-            response_address: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53))),
+            response_address: Some(IpAddr::from(server)),
             query_port: Some(5353),
             response_port: Some(53),
             query_time: Some(t),
             response_time: Some(t),
-            query_zone: Some(Name::from_ascii(zone).unwrap()),
+            query_zone: zone.map(|z| Name::from_ascii(z).unwrap()),
             query_message: None,
             response_message: Some(Bytes::from(wire)),
         },
@@ -474,14 +479,6 @@ fn referral_keeps_only_glue_for_its_own_name_servers() {
     let rows: Vec<(String, u16)> = rows.into_iter().map(|r| (r.0, r.1)).collect();
     assert_eq!(rows, [("bank.com.".to_string(), 2), ("ns1.bank.com.".to_string(), 1)]);
     assert_eq!(stats.rrsets_dropped.get("referral_additional"), 2, "{:?}", stats.rrsets_dropped.snapshot());
-}
-
-/// A RESOLVER_RESPONSE from `server`, with `query_zone` only when given.
-fn frame_from(server: [u8; 4], zone: Option<&str>, wire: Vec<u8>) -> Bytes {
-    let mut ev = dnsledger::dnstap::decode(frame_in("example.com.", wire)).unwrap();
-    ev.message.response_address = Some(IpAddr::from(server));
-    ev.message.query_zone = zone.map(|z| Name::from_ascii(z).unwrap());
-    Bytes::from(encode(&ev))
 }
 
 /// A referral to bank.com. at ns1.bank.com. with `glue` for it.

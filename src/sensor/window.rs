@@ -68,9 +68,19 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
+/// The chunk and offset of a slot's record (or of a place [`Taken::iter`] gave).
+fn place(slot: u64) -> (usize, usize) {
+    ((slot >> OFF_BITS) as usize & (MAX_CHUNKS - 1), slot as usize & ((1 << OFF_BITS) - 1))
+}
+
+/// The length of the key of the record at `off` of `chunk`.
+fn key_len(chunk: &[u8], off: usize) -> usize {
+    u32::from_le_bytes(chunk[off + 32..off + 36].try_into().expect("4 bytes")) as usize
+}
+
 /// The record at `off` of `chunk`, and the offset of the next one.
 fn record(chunk: &[u8], off: usize) -> (Entry<'_>, usize) {
-    let n = u32::from_le_bytes(chunk[off + 32..off + 36].try_into().expect("4 bytes")) as usize;
+    let n = key_len(chunk, off);
     let agg = Agg { first: u64_at(chunk, off + 8), last: u64_at(chunk, off + 16), count: u64_at(chunk, off + 24) };
     let start = off + HEADER;
     (Entry { key: &chunk[start..start + n], agg }, start + n)
@@ -172,10 +182,9 @@ impl Window {
         for p in &self.pending_at {
             let s = self.slots[p.hash as usize & mask];
             if s >> TAG_SHIFT == tag(p.hash) {
-                let chunk = &self.chunks[(s >> OFF_BITS) as usize & (MAX_CHUNKS - 1)];
-                let off = s as usize & ((1 << OFF_BITS) - 1);
-                let n = u32::from_le_bytes(chunk[off + 32..off + 36].try_into().expect("4 bytes")) as usize;
-                sink = sink.wrapping_add(u64::from(chunk[off + HEADER + n.saturating_sub(1)]));
+                let (c, off) = place(s);
+                let chunk = &self.chunks[c];
+                sink = sink.wrapping_add(u64::from(chunk[off + HEADER + key_len(chunk, off).saturating_sub(1)]));
             }
         }
         std::hint::black_box(sink);
@@ -186,8 +195,8 @@ impl Window {
         if let Some(i) = self.find(key, hash) {
             // A repeat: its aggregate, in place.
             let s = self.slots[i];
-            let chunk = &mut self.chunks[(s >> OFF_BITS) as usize & (MAX_CHUNKS - 1)];
-            let off = s as usize & ((1 << OFF_BITS) - 1);
+            let (c, off) = place(s);
+            let chunk = &mut self.chunks[c];
             let first = u64_at(chunk, off + 8).min(time);
             let last = u64_at(chunk, off + 16).max(time);
             let count = u64_at(chunk, off + 24) + 1;
@@ -199,13 +208,13 @@ impl Window {
         if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
-        let place = self.append(key, hash, time);
+        let at = self.append(key, hash, time);
         let mask = self.slots.len() - 1;
         let mut i = hash as usize & mask;
         while self.slots[i] != 0 {
             i = (i + 1) & mask;
         }
-        self.slots[i] = tag(hash) << TAG_SHIFT | place;
+        self.slots[i] = tag(hash) << TAG_SHIFT | at;
         self.len += 1;
     }
 
@@ -222,8 +231,8 @@ impl Window {
                 return None;
             }
             if s >> TAG_SHIFT == tag {
-                let chunk = &self.chunks[(s >> OFF_BITS) as usize & (MAX_CHUNKS - 1)];
-                let (e, _) = record(chunk, s as usize & ((1 << OFF_BITS) - 1));
+                let (c, off) = place(s);
+                let (e, _) = record(&self.chunks[c], off);
                 if e.key == key {
                     return Some(i);
                 }
@@ -331,8 +340,9 @@ impl Taken {
     }
 
     /// The entry at a place [`Taken::iter`] gave.
-    pub fn get(&self, place: u64) -> Entry<'_> {
-        record(&self.chunks[(place >> OFF_BITS) as usize], place as usize & ((1 << OFF_BITS) - 1)).0
+    pub fn get(&self, at: u64) -> Entry<'_> {
+        let (c, off) = place(at);
+        record(&self.chunks[c], off).0
     }
 }
 
