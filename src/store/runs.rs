@@ -260,10 +260,10 @@ impl Entries {
     }
 }
 
-/// A block, as stored: `format(1) length(4)` and, compressed with zstd, `count(4)` and the
-/// entries in key order, each `shared(2) rest length(2) rest value length(4) value` where the
-/// key is the first `shared` bytes of the key before it (0 for the first) and `rest`
-/// ([`BLOCK_ZSTD_PREFIX`]). Blocks of the first format ([`BLOCK_ZSTD`]) hold `count(4)`,
+/// A block, as stored: `format(1) length(4)` and, compressed with zstd
+/// ([`BLOCK_ZSTD_PREFIX`]) or LZ4 ([`BLOCK_LZ4_PREFIX`]), `count(4)` and the entries in key
+/// order, each `shared(2) rest length(2) rest value length(4) value` where the key is the first
+/// `shared` bytes of the key before it (0 for the first) and `rest`. Blocks of the first format ([`BLOCK_ZSTD`]) hold `count(4)`,
 /// `count` offsets (4 each, from the end of the offsets) and entries `key length(2) key value
 /// length(4) value`.
 ///
@@ -277,30 +277,39 @@ struct Block {
 }
 
 thread_local! {
-    /// zstd's contexts, made once per thread: making one costs as much as compressing a block.
+    /// zstd's contexts, made once per thread (making one costs as much as compressing a block),
+    /// and the buffer blocks are compressed into.
     static ZSTD: std::cell::RefCell<(zstd::block::Compressor, zstd::block::Decompressor, Vec<u8>)> =
         std::cell::RefCell::new((zstd::block::Compressor::new(), zstd::block::Decompressor::new(), Vec::new()));
 }
 
 fn pack(raw: &[u8], codec: Codec) -> Result<Vec<u8>, StoreError> {
-    if codec == Codec::Lz4 {
-        let mut out = vec![0u8; 5 + lz4_flex::block::get_maximum_output_size(raw.len())];
-        out[0] = BLOCK_LZ4_PREFIX;
-        out[1..5].copy_from_slice(&(raw.len() as u32).to_be_bytes());
-        // Into a buffer of the bound's size this cannot fail.
-        let n =
-            lz4_flex::block::compress_into(raw, &mut out[5..]).map_err(|e| StoreError::Backend(format!("lz4: {e}")))?;
-        out.truncate(5 + n);
-        return Ok(out);
-    }
     ZSTD.with_borrow_mut(|(c, _, scratch)| {
-        scratch.clear();
-        scratch.reserve(zstd::zstd_safe::compress_bound(raw.len()));
-        // Into a buffer of the bound's size this fails only when zstd cannot allocate.
-        let n =
-            c.compress_to_buffer(raw, scratch, BLOCK_LEVEL).map_err(|e| StoreError::Backend(format!("zstd: {e}")))?;
+        // Into the thread's scratch, then copied out at its size: a block waits in memory
+        // until its batch is written, and the bound is twice what zstd usually needs.
+        let (format, n) = match codec {
+            Codec::Lz4 => {
+                let bound = lz4_flex::block::get_maximum_output_size(raw.len());
+                if scratch.len() < bound {
+                    scratch.resize(bound, 0);
+                }
+                // Into a buffer of the bound's size this cannot fail.
+                let n = lz4_flex::block::compress_into(raw, scratch)
+                    .map_err(|e| StoreError::Backend(format!("lz4: {e}")))?;
+                (BLOCK_LZ4_PREFIX, n)
+            }
+            Codec::Zstd => {
+                scratch.clear();
+                scratch.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+                // Into a buffer of the bound's size this fails only when zstd cannot allocate.
+                let n = c
+                    .compress_to_buffer(raw, scratch, BLOCK_LEVEL)
+                    .map_err(|e| StoreError::Backend(format!("zstd: {e}")))?;
+                (BLOCK_ZSTD_PREFIX, n)
+            }
+        };
         let mut out = Vec::with_capacity(5 + n);
-        out.push(BLOCK_ZSTD_PREFIX);
+        out.push(format);
         out.extend_from_slice(&(raw.len() as u32).to_be_bytes());
         out.extend_from_slice(&scratch[..n]);
         Ok(out)
