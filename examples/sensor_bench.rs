@@ -67,6 +67,7 @@ fn main() {
         p.frame(f.expect("frame")).expect("pipeline");
     }
     let stages = start.elapsed();
+    p.publish();
     let keys = stats.window_keys.get();
     if stages_only {
         println!("stages only: {:.0} frames/s, {keys} RRsets in the window", frames as f64 / stages.as_secs_f64());

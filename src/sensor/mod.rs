@@ -201,7 +201,11 @@ pub struct Pipeline {
     flusher: Flusher,
     stats: Arc<SensorStats>,
     scratch: Vec<Observation>,
-    /// Per-frame counts, published to `stats` once per batch ([`Pipeline::publish`]).
+    /// Per-frame counts, published to `stats` once per batch ([`Pipeline::publish`]): an
+    /// atomic add per frame and counter cost more than the window's lookup of a repeat.
+    frames: u64,
+    kept: u64,
+    observed: u64,
     types: Tally,
     frame_drops: Tally,
     rrset_drops: Tally,
@@ -236,6 +240,9 @@ impl Pipeline {
             store,
             stats,
             scratch: Vec::new(),
+            frames: 0,
+            kept: 0,
+            observed: 0,
             types: Tally::default(),
             frame_drops: Tally::default(),
             rrset_drops: Tally::default(),
@@ -245,7 +252,7 @@ impl Pipeline {
 
     /// Runs one frame through the stages into the open window.
     pub fn frame(&mut self, frame: Bytes) -> Result<(), StoreError> {
-        self.stats.frames_in.inc();
+        self.frames += 1;
         let generation = self.extractor.zones.generation;
         self.process(frame, None, true)?;
         if self.extractor.zones.generation != generation && !self.deferred.is_empty() {
@@ -286,7 +293,7 @@ impl Pipeline {
         let result = self.extractor.extract(&tap, &mut self.scratch, &mut self.rrset_drops);
         let placeable_later = tap.query_zone.is_none();
         match result {
-            Ok(()) => self.stats.frames_kept.inc(),
+            Ok(()) => self.kept += 1,
             Err("no_bailiwick") if placeable_later && self.deferred.len() < DEFER_MAX => {
                 self.stats.frames_deferred.set(self.deferred.len() as i64 + 1);
                 self.deferred.push_back((since.unwrap_or_else(Instant::now), frame));
@@ -294,12 +301,11 @@ impl Pipeline {
             }
             Err(reason) => self.frame_drops.add(reason),
         }
-        self.stats.rrsets_observed.add(self.scratch.len() as u64);
+        self.observed += self.scratch.len() as u64;
         // Handed back to the extractor at the next frame.
         for o in &self.scratch {
             self.window.add(o.kind, &o.rrset, o.time);
         }
-        self.stats.window_keys.set(self.window.len() as i64);
         if self.window.len() >= self.window_keys || self.window.bytes() >= self.window_bytes || self.window.full() {
             self.flush()?;
         }
@@ -362,8 +368,16 @@ impl Pipeline {
         self.flusher.close()
     }
 
-    /// Adds the per-reason counts gathered since the last call to the shared stats.
+    /// Adds the counts gathered since the last call to the shared stats, and sets the window gauge.
     pub fn publish(&mut self) {
+        for (n, counter) in [
+            (&mut self.frames, &self.stats.frames_in),
+            (&mut self.kept, &self.stats.frames_kept),
+            (&mut self.observed, &self.stats.rrsets_observed),
+        ] {
+            counter.add(std::mem::take(n));
+        }
+        self.stats.window_keys.set(self.window.len() as i64);
         self.types.publish(&self.stats.frames_by_type);
         self.frame_drops.publish(&self.stats.frames_dropped);
         self.rrset_drops.publish(&self.stats.rrsets_dropped);
