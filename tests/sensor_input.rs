@@ -531,3 +531,23 @@ fn names_are_stored_as_sent() {
         ]
     );
 }
+
+#[test]
+fn the_roots_own_rrsets_and_a_tlds_are_stored() {
+    // Their store keys are shorter than most (5 bytes for the root's): the flush orders a
+    // window on the first 24 bytes of each key.
+    let frames = [
+        frame_in(".", answer(&[], 2, &name(&[b"a", b"root-servers", b"net"]))),
+        frame_in(".", answer(&[b"com"], 2, &name(&[b"a", b"gtld-servers", b"net"]))),
+        frame_in(".", answer(&[], 2, &name(&[b"a", b"root-servers", b"net"]))),
+    ];
+    let (rows, stats, _) = pipeline_rows(frames.into_iter(), "");
+    assert_eq!(
+        rows,
+        [
+            (".".to_string(), 2, ".".to_string(), vec!["a.root-servers.net.".to_string()]),
+            ("com.".to_string(), 2, ".".to_string(), vec!["a.gtld-servers.net.".to_string()]),
+        ]
+    );
+    assert_eq!(stats.observations_flushed.get(), 3);
+}

@@ -201,8 +201,8 @@ pub struct Pipeline {
     flusher: Flusher,
     stats: Arc<SensorStats>,
     scratch: Vec<Observation>,
-    /// Per-frame counts, published to `stats` once per batch ([`Pipeline::publish`]): an
-    /// atomic add per frame and counter cost more than the window's lookup of a repeat.
+    /// Per-frame counts, published to `stats` once per batch ([`Pipeline::publish`]) instead
+    /// of three atomic adds per frame (1% of the stages' instructions).
     frames: u64,
     kept: u64,
     observed: u64,
@@ -479,8 +479,11 @@ fn write_window(
             let (mut high, mut low) = ([0u8; 16], [0u8; 8]);
             let n = key.len().min(16);
             high[..n].copy_from_slice(&key[..n]);
-            let m = key.len().clamp(16, 24) - 16;
-            low[..m].copy_from_slice(&key[16..16 + m]);
+            // (A key may be shorter than 16 bytes: the root's RRsets have 5.)
+            if let Some(rest) = key.get(16..) {
+                let m = rest.len().min(8);
+                low[..m].copy_from_slice(&rest[..m]);
+            }
             (u128::from_be_bytes(high), u64::from_be_bytes(low), place)
         })
         .collect();

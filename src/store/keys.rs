@@ -93,8 +93,8 @@ fn reverse_name_into(out: &mut Vec<u8>, name: &str) {
         return;
     }
     // Label ends, right to left, found left to right (an escaped dot is not a boundary). The
-    // first 16 in place: a table for the most a name can have (127 labels, 2 KiB) was cleared
-    // for every key, 1% of the sensor's store thread.
+    // first 16 in place: a 256-entry table (2 KiB) cleared for every key was 1% of the
+    // sensor's store thread.
     let mut inline = [0usize; 16];
     let mut spilled = Vec::new();
     let (mut n, mut i) = (0, 0);

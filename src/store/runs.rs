@@ -41,9 +41,9 @@ const BLOCK_LZ4_PREFIX: u8 = 3;
 
 /// How a run's blocks are compressed. A merge's fresh run is compacted (rewritten) once
 /// `fan_in` of its size exist, so it is written with LZ4, about twice zstd's speed at 2.1x
-/// against 3.1x on these blocks; what compaction writes, which stays, with zstd. The store's
-/// extra bytes are bounded by the fresh runs, at most `fan_in - 1` merges' worth
-/// (docs/BENCHMARKS.md, twelfth session).
+/// against 3.1x on these blocks; what compaction writes, which stays, with zstd. The extra
+/// bytes are those of the fresh runs not yet compacted: up to `fan_in - 1` per size class,
+/// more while compaction lags (docs/BENCHMARKS.md, twelfth session).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Codec {
     Zstd,
@@ -1298,6 +1298,7 @@ mod tests {
         for codec in [Codec::Zstd, Codec::Lz4] {
             let block =
                 |n: u32, parts: &[Vec<u8>]| pack(&[n.to_be_bytes().to_vec(), parts.concat()].concat(), codec).unwrap();
+            let good_raw = [2u32.to_be_bytes().to_vec(), entry(0, b"abc", b"1"), entry(2, b"d", b"22")].concat();
             let good = block(2, &[entry(0, b"abc", b"1"), entry(2, b"d", b"22")]);
             assert_eq!(read_all(&[good]), [(b"abc".to_vec(), b"1".to_vec()), (b"abd".to_vec(), b"22".to_vec())]);
             for (why, b) in [
@@ -1324,7 +1325,15 @@ mod tests {
             }
             let mut unknown = block(1, &[entry(0, b"abc", b"1")]);
             unknown[0] = 4;
-            assert!(unpack(&unknown).is_none(), "an unknown format");
+            assert!(unpack(&unknown).is_none(), "{codec:?}: an unknown format");
+            // A length field that is not the block's: one more or less, or over the most a
+            // block may hold.
+            let raw = good_raw.len() as u32;
+            for len in [raw - 1, raw + 1, MAX_BLOCK as u32 + 1] {
+                let mut lying = block(2, &[entry(0, b"abc", b"1"), entry(2, b"d", b"22")]);
+                lying[1..5].copy_from_slice(&len.to_be_bytes());
+                assert!(unpack(&lying).is_none(), "{codec:?}: length {len} for {raw} bytes");
+            }
         }
         // Long keys that share most of their bytes: the writer seals a block once its keys,
         // whole, pass the budget, and every block reads back.
