@@ -91,14 +91,17 @@ fn main() {
     }
     let merge = start.elapsed();
     let cpu = cpu_secs() - cpu;
+    let (runs, run_bytes) = collector.runs();
     println!(
         "collector merge: {:.0} summaries/s ({} batches, {:.1}s, one sync per batch), {} RRsets; \
-         CPU {cpu:.2} s (all threads) = {:.0} summaries per CPU second",
+         CPU {cpu:.2} s (all threads) = {:.0} summaries per CPU second; {:.1} MB on disk ({runs} runs of {:.1} MB)",
         summaries as f64 / merge.as_secs_f64(),
         decoded.len(),
         merge.as_secs_f64(),
         collector.len(),
-        summaries as f64 / cpu
+        summaries as f64 / cpu,
+        collector.size_on_disk().expect("size") as f64 / 1e6,
+        run_bytes as f64 / 1e6
     );
 }
 
