@@ -366,7 +366,7 @@ impl Pipeline {
         self.flusher.close()
     }
 
-    /// Adds the counts gathered since the last call to the shared stats, and sets the window gauge.
+    /// Adds the counts gathered since the last call to the shared stats; sets the window gauge.
     pub fn publish(&mut self) {
         for (n, counter) in [
             (&mut self.frames, &self.stats.frames_in),
@@ -389,9 +389,10 @@ impl Pipeline {
 /// The thread that writes windows to the store, in order, in atomic batches of
 /// `FLUSH_CHUNK` RRsets. A window is handed over only when the thread is free (a rendezvous,
 /// not a queue): at most two windows are in memory, the one aggregating and the one being
-/// written (a queued third cost ~40 MiB of peak RSS on 1M names, at no gain in speed). A failed batch is retried (every second) until it succeeds; once
-/// closing, after 5 attempts the error is returned and what was not written is lost with the
-/// process, as an unflushed window would be.
+/// written (a queued third cost ~40 MiB of peak RSS on 1M names, at no gain in speed). A
+/// failed batch is retried (every second) until it succeeds; once closing, after 5 attempts
+/// the error is returned and what was not written is lost with the process, as an unflushed
+/// window would be.
 struct Flusher {
     tx: Option<std::sync::mpsc::SyncSender<window::Taken>>,
     thread: Option<std::thread::JoinHandle<Result<(), StoreError>>>,

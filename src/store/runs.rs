@@ -38,17 +38,6 @@ const BLOCK_ZSTD: u8 = 1;
 const BLOCK_ZSTD_PREFIX: u8 = 2;
 /// ... or the same entries compressed with LZ4 ([`Codec::Lz4`]).
 const BLOCK_LZ4_PREFIX: u8 = 3;
-
-/// How a run's blocks are compressed. A merge's fresh run is compacted (rewritten) once
-/// `fan_in` of its size exist, so it is written with LZ4, about twice zstd's speed at 2.1x
-/// against 3.1x on these blocks; what compaction writes, which stays, with zstd. The extra
-/// bytes are those of the fresh runs not yet compacted: up to `fan_in - 1` per size class,
-/// more while compaction lags (docs/BENCHMARKS.md, twelfth session).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Codec {
-    Zstd,
-    Lz4,
-}
 /// A block is also sealed once its keys, whole, pass this many bytes, so that reading one
 /// (which rebuilds them) costs a bounded amount whatever the keys share; a stored block whose
 /// keys come to more than this and one more key is refused as corrupt.
@@ -263,9 +252,9 @@ impl Entries {
 /// A block, as stored: `format(1) length(4)` and, compressed with zstd
 /// ([`BLOCK_ZSTD_PREFIX`]) or LZ4 ([`BLOCK_LZ4_PREFIX`]), `count(4)` and the entries in key
 /// order, each `shared(2) rest length(2) rest value length(4) value` where the key is the first
-/// `shared` bytes of the key before it (0 for the first) and `rest`. Blocks of the first format ([`BLOCK_ZSTD`]) hold `count(4)`,
-/// `count` offsets (4 each, from the end of the offsets) and entries `key length(2) key value
-/// length(4) value`.
+/// `shared` bytes of the key before it (0 for the first) and `rest`. Blocks of the first format
+/// ([`BLOCK_ZSTD`]) hold `count(4)`, `count` offsets (4 each, from the end of the offsets) and
+/// entries `key length(2) key value length(4) value`.
 ///
 /// Read, it is decompressed and indexed at once: keys whole in `keys`, values in `data`.
 #[derive(Default)]
@@ -283,10 +272,21 @@ thread_local! {
         std::cell::RefCell::new((zstd::block::Compressor::new(), zstd::block::Decompressor::new(), Vec::new()));
 }
 
+/// How a run's blocks are compressed. A merge's fresh run is compacted (rewritten) once
+/// `fan_in` of its size exist, so it is written with LZ4, about twice zstd's speed at 2.1x
+/// against 3.1x on these blocks; what compaction writes, which stays, with zstd. The extra
+/// bytes are those of the fresh runs not yet compacted: up to `fan_in - 1` per size class,
+/// more while compaction lags (docs/BENCHMARKS.md, twelfth session).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    Zstd,
+    Lz4,
+}
+
 fn pack(raw: &[u8], codec: Codec) -> Result<Vec<u8>, StoreError> {
     ZSTD.with_borrow_mut(|(c, _, scratch)| {
         // Into the thread's scratch, then copied out at its size: a block waits in memory
-        // until its batch is written, and the bound is twice what zstd usually needs.
+        // until its batch is written, and the bound is well above what a block takes.
         let (format, n) = match codec {
             Codec::Lz4 => {
                 let bound = lz4_flex::block::get_maximum_output_size(raw.len());
