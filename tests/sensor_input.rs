@@ -463,24 +463,6 @@ fn record(owner: &[&[u8]], rtype: u16, rdata: &[u8]) -> Vec<u8> {
     m
 }
 
-/// In a referral only the delegation and the addresses of the servers it names are data; an
-/// unrelated address record slipped into the additional section (a poisoning attempt shaped
-/// like glue) is not.
-#[test]
-fn referral_keeps_only_glue_for_its_own_name_servers() {
-    let mut m = vec![0x12, 0x34, 0x80, 0x00, 0, 1, 0, 0, 0, 1, 0, 3];
-    m.extend(name(&[b"www", b"bank", b"com"]));
-    m.extend_from_slice(&[0, 1, 0, 1]);
-    m.extend(record(&[b"bank", b"com"], 2, &name(&[b"ns1", b"bank", b"com"])));
-    m.extend(record(&[b"ns1", b"bank", b"com"], 1, &[198, 51, 100, 53]));
-    m.extend(record(&[b"www", b"bank", b"com"], 1, &[6, 6, 6, 6]));
-    m.extend(record(&[b"bank", b"com"], 16, b"\x05hello"));
-    let (rows, stats, _) = pipeline_rows(std::iter::once(frame_in("com.", m)), "[privacy]\nprivate_networks = []");
-    let rows: Vec<(String, u16)> = rows.into_iter().map(|r| (r.0, r.1)).collect();
-    assert_eq!(rows, [("bank.com.".to_string(), 2), ("ns1.bank.com.".to_string(), 1)]);
-    assert_eq!(stats.rrsets_dropped.get("referral_additional"), 2, "{:?}", stats.rrsets_dropped.snapshot());
-}
-
 /// A referral to bank.com. at ns1.bank.com. with `glue` for it.
 fn bank_referral(glue: [u8; 4]) -> Vec<u8> {
     let mut m = vec![0x12, 0x34, 0x80, 0x00, 0, 1, 0, 0, 0, 1, 0, 1];
@@ -489,6 +471,22 @@ fn bank_referral(glue: [u8; 4]) -> Vec<u8> {
     m.extend(record(&[b"bank", b"com"], 2, &name(&[b"ns1", b"bank", b"com"])));
     m.extend(record(&[b"ns1", b"bank", b"com"], 1, &glue));
     m
+}
+
+/// In a referral only the delegation and the addresses of the servers it names are data; an
+/// unrelated address record slipped into the additional section (a poisoning attempt shaped
+/// like glue) is not.
+#[test]
+fn referral_keeps_only_glue_for_its_own_name_servers() {
+    let mut m = bank_referral([198, 51, 100, 53]);
+    // Two more additional records.
+    m[11] = 3;
+    m.extend(record(&[b"www", b"bank", b"com"], 1, &[6, 6, 6, 6]));
+    m.extend(record(&[b"bank", b"com"], 16, b"\x05hello"));
+    let (rows, stats, _) = pipeline_rows(std::iter::once(frame_in("com.", m)), "[privacy]\nprivate_networks = []");
+    let rows: Vec<(String, u16)> = rows.into_iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(rows, [("bank.com.".to_string(), 2), ("ns1.bank.com.".to_string(), 1)]);
+    assert_eq!(stats.rrsets_dropped.get("referral_additional"), 2, "{:?}", stats.rrsets_dropped.snapshot());
 }
 
 /// The sensor skips referrals it has learned from already; one that repeats the delegation

@@ -1299,7 +1299,7 @@ mod tests {
             let block =
                 |n: u32, parts: &[Vec<u8>]| pack(&[n.to_be_bytes().to_vec(), parts.concat()].concat(), codec).unwrap();
             let good_raw = [2u32.to_be_bytes().to_vec(), entry(0, b"abc", b"1"), entry(2, b"d", b"22")].concat();
-            let good = block(2, &[entry(0, b"abc", b"1"), entry(2, b"d", b"22")]);
+            let good = pack(&good_raw, codec).unwrap();
             assert_eq!(read_all(&[good]), [(b"abc".to_vec(), b"1".to_vec()), (b"abd".to_vec(), b"22".to_vec())]);
             for (why, b) in [
                 ("shares more than the key before has", block(2, &[entry(0, b"abc", b"1"), entry(4, b"d", b"")])),
@@ -1330,7 +1330,7 @@ mod tests {
             // block may hold.
             let raw = good_raw.len() as u32;
             for len in [raw - 1, raw + 1, MAX_BLOCK as u32 + 1] {
-                let mut lying = block(2, &[entry(0, b"abc", b"1"), entry(2, b"d", b"22")]);
+                let mut lying = pack(&good_raw, codec).unwrap();
                 lying[1..5].copy_from_slice(&len.to_be_bytes());
                 assert!(unpack(&lying).is_none(), "{codec:?}: length {len} for {raw} bytes");
             }
