@@ -189,6 +189,65 @@ fn window_bounds_change_when_windows_are_written_not_what_is_stored() {
     }
 }
 
+/// Windows that fill up (the sensor under load) are merged without compaction, up to a bound on
+/// the store's runs; once a window is flushed by age instead (the load has eased), the store
+/// thread compacts in the background. What is stored is the same as with one window.
+#[test]
+fn compaction_waits_while_windows_fill_up_and_catches_up_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generated(dir.path(), 100_000, 60_000, 100);
+    let frames: Vec<Bytes> =
+        dnsledger::framestream::FileReader::open(&input, dnsledger::framestream::DNSTAP_CONTENT_TYPE)
+            .unwrap()
+            .map(|f| f.unwrap())
+            .collect();
+    let stored = |p: &Pipeline| {
+        let mut v: Vec<_> =
+            p.store().all(false).map(|e| e.unwrap()).map(|e| (e.rrset, e.count, e.first, e.last)).collect();
+        v.sort();
+        v
+    };
+    let open = |extra: &str| {
+        let db = tempfile::tempdir().unwrap();
+        let cfg = SensorConfig::parse(&format!("db = \"{}\"\n[aggregate]\n{extra}", db.path().display())).unwrap();
+        let stats = Arc::new(SensorStats::default());
+        (Pipeline::new(&cfg, Store::open(&cfg.db).unwrap(), stats.clone()), stats, db)
+    };
+    let (mut one, _, _one_db) = open("window_keys = 4000000000\nwindow_mb = 65536");
+    for f in &frames {
+        one.frame(f.clone()).unwrap();
+    }
+    one.finish().unwrap();
+
+    let (mut p, stats, _db) = open("window_keys = 1000\nwindow_seconds = 1");
+    let mut rest = frames.iter();
+    // Fourteen full windows written: one run each, none compacted.
+    for f in rest.by_ref() {
+        p.frame(f.clone()).unwrap();
+        if stats.flushes.get() == 14 {
+            break;
+        }
+    }
+    assert_eq!(p.store().runs().0, 14);
+    // Past 16 runs, merges under load compact as they go: the runs stay bounded.
+    let mut most = 0;
+    for f in rest.by_ref().take(20_000) {
+        p.frame(f.clone()).unwrap();
+        most = most.max(p.store().runs().0);
+    }
+    assert!(stats.flushes.get() > 20, "{} windows", stats.flushes.get());
+    assert!(most <= 16, "{most} runs");
+    // The load eases: a window flushed by age, then compaction until no size class is full.
+    std::thread::sleep(Duration::from_millis(1_100));
+    p.tick().unwrap();
+    wait_for("compaction to catch up", Duration::from_secs(60), || p.store().runs().0 < 8);
+    for f in rest {
+        p.frame(f.clone()).unwrap();
+    }
+    p.finish().unwrap();
+    assert!(stored(&p) == stored(&one), "stored differently");
+}
+
 /// A RESOLVER_RESPONSE from 192.0.2.53 for zone example.com. carrying `wire`.
 fn frame(wire: Vec<u8>) -> Bytes {
     frame_in("example.com.", wire)

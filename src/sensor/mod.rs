@@ -217,8 +217,17 @@ const DEFER_MAX: usize = 10_000;
 const DEFER_AGE: Duration = Duration::from_secs(5);
 /// RRsets per store merge: each is one sorted run (`store/runs.rs`) and one sync, so the
 /// default window (50,000) is one merge; a larger window is split to bound the memory of a
-/// merge (its RRsets decoded, their run entries).
+/// merge (its RRsets decoded, their run entries), into parts of equal size up to an eighth
+/// more than this ([`merge_part`]).
 const FLUSH_CHUNK: usize = 50_000;
+
+/// The size of the parts a window of `n` RRsets is merged in. A window is taken once it has
+/// reached its bound, so it holds a few RRsets more (those of the frame that reached it): split
+/// at exactly `FLUSH_CHUNK`, each window would add a run of a few entries and a sync.
+fn merge_part(n: usize) -> usize {
+    let parts = n.div_ceil(FLUSH_CHUNK + FLUSH_CHUNK / 8).max(1);
+    n.div_ceil(parts).max(1)
+}
 
 impl Pipeline {
     pub fn new(config: &SensorConfig, store: Store, stats: Arc<SensorStats>) -> Self {
@@ -305,7 +314,7 @@ impl Pipeline {
             self.window.add(o.kind, &o.rrset, o.time);
         }
         if self.window.len() >= self.window_keys || self.window.bytes() >= self.window_bytes || self.window.full() {
-            self.flush()?;
+            self.flush(true)?;
         }
         Ok(())
     }
@@ -339,7 +348,7 @@ impl Pipeline {
         self.publish();
         self.expire_deferred(DEFER_AGE);
         if !self.window.is_empty() && self.opened.elapsed() >= self.window_age {
-            self.flush()?;
+            self.flush(false)?;
         }
         Ok(())
     }
@@ -347,14 +356,15 @@ impl Pipeline {
     /// Hands the open window to the flusher thread and opens a new one. The flusher writes it
     /// while the stages go on (the two cores overlap); at most one more window waits for it, so
     /// a slow store holds the pipeline back, and with it the senders. Errors are retried there.
-    pub fn flush(&mut self) -> Result<(), StoreError> {
+    /// `full`: the window reached its size bound (the sensor is under load), not its age.
+    fn flush(&mut self, full: bool) -> Result<(), StoreError> {
         self.opened = Instant::now();
         if self.window.is_empty() {
             return Ok(());
         }
         let entries = self.window.take();
         self.stats.window_keys.set(0);
-        self.flusher.send(entries)
+        self.flusher.send(Handed { entries, full })
     }
 
     /// End of input: what still has no bailiwick is dropped, the window written, and this
@@ -362,7 +372,7 @@ impl Pipeline {
     pub fn finish(&mut self) -> Result<(), StoreError> {
         self.expire_deferred(Duration::ZERO);
         self.publish();
-        self.flush()?;
+        self.flush(false)?;
         self.flusher.close()
     }
 
@@ -393,8 +403,14 @@ impl Pipeline {
 /// failed batch is retried (every second) until it succeeds; once closing, after 5 attempts
 /// the error is returned and what was not written is lost with the process, as an unflushed
 /// window would be.
+///
+/// Compaction yields to what comes in: windows are merged with [`Store::merge_under_load`],
+/// which leaves compaction for later (up to a bound on the runs, past which merges compact as
+/// they go). Once a window comes that did not fill up (the load has eased: it was flushed by
+/// age or at the end), the thread compacts in steps of [`IDLE_COMPACT_STEP`] entries until none
+/// is due, taking the next window between two steps.
 struct Flusher {
-    tx: Option<std::sync::mpsc::SyncSender<window::Taken>>,
+    tx: Option<std::sync::mpsc::SyncSender<Handed>>,
     thread: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
     closing: Arc<std::sync::atomic::AtomicBool>,
     store: Store,
@@ -402,18 +418,49 @@ struct Flusher {
     stats: Arc<SensorStats>,
 }
 
+/// A window handed to the flusher thread.
+struct Handed {
+    entries: window::Taken,
+    /// It reached its size bound.
+    full: bool,
+}
+
+/// Entries of runs the flusher thread compacts between two looks for a window, when the load
+/// has eased: about 50 ms of this machine's core (docs/BENCHMARKS.md), the longest a window
+/// then waits for it.
+const IDLE_COMPACT_STEP: u64 = 100_000;
+
 impl Flusher {
     fn start(store: Store, outbox: bool, stats: Arc<SensorStats>) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<window::Taken>(0);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Handed>(0);
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
             let (store, stats, closing) = (store.clone(), stats.clone(), closing.clone());
             std::thread::Builder::new()
                 .name("sensor-flush".into())
                 .spawn(move || {
+                    use std::sync::mpsc::TryRecvError;
                     let mut pool = Vec::new();
-                    for entries in rx {
-                        write_window(&store, &entries, &mut pool, outbox, &stats, &closing)?;
+                    // Compaction left by merges under load, or by an earlier run of the sensor.
+                    let mut catch_up = true;
+                    loop {
+                        let w = if catch_up && !closing.load(std::sync::atomic::Ordering::Relaxed) {
+                            match rx.try_recv() {
+                                Ok(w) => w,
+                                Err(TryRecvError::Empty) => {
+                                    catch_up = store.compact_step(IDLE_COMPACT_STEP);
+                                    continue;
+                                }
+                                Err(TryRecvError::Disconnected) => break,
+                            }
+                        } else {
+                            match rx.recv() {
+                                Ok(w) => w,
+                                Err(_) => break,
+                            }
+                        };
+                        write_window(&store, &w.entries, &mut pool, outbox, &stats, &closing)?;
+                        catch_up = !w.full;
                     }
                     Ok(())
                 })
@@ -422,15 +469,15 @@ impl Flusher {
         Self { tx: Some(tx), thread: Some(thread), closing, store, outbox, stats }
     }
 
-    fn send(&mut self, entries: window::Taken) -> Result<(), StoreError> {
+    fn send(&mut self, w: Handed) -> Result<(), StoreError> {
         match &self.tx {
-            Some(tx) => match tx.send(entries) {
+            Some(tx) => match tx.send(w) {
                 Ok(()) => Ok(()),
                 // The thread has given up (only when closing): report why.
                 Err(std::sync::mpsc::SendError(_)) => self.close(),
             },
             // After close: write synchronously.
-            None => write_window(&self.store, &entries, &mut Vec::new(), self.outbox, &self.stats, &self.closing),
+            None => write_window(&self.store, &w.entries, &mut Vec::new(), self.outbox, &self.stats, &self.closing),
         }
     }
 
@@ -489,7 +536,7 @@ fn write_window(
         })
         .collect();
     order.sort_unstable();
-    for part in order.chunks(FLUSH_CHUNK) {
+    for part in order.chunks(merge_part(order.len())) {
         // Decoded a chunk at a time: only the batch being written is in owned form.
         for (n, (_, _, place)) in part.iter().enumerate() {
             let e = entries.get(*place);
@@ -499,7 +546,7 @@ fn write_window(
             }
         }
         let chunk = &pool[..part.len()];
-        let st = retry("store write", stats, closing, || store.merge(chunk, outbox))?;
+        let st = retry("store write", stats, closing, || store.merge_under_load(chunk, outbox))?;
         // Applied: from here on only the sync is retried, never the merge.
         retry("store sync", stats, closing, || store.sync())?;
         stats.keys_new.add(st.new_keys);
@@ -814,5 +861,24 @@ impl Stages {
 impl FrameSink for Stages {
     fn deliver(&self, batch: &mut Vec<Bytes>) -> impl Future<Output = bool> + Send {
         std::future::ready(self.run(batch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_just_past_its_bound_is_one_merge_and_a_larger_one_equal_parts() {
+        for n in [1, 49_999, 50_000, 50_003, 56_250] {
+            assert_eq!(merge_part(n), n);
+        }
+        for n in [56_251, 100_000, 200_003, 1_000_000] {
+            let part = merge_part(n);
+            assert!(part <= FLUSH_CHUNK + FLUSH_CHUNK / 8, "{n}: {part}");
+            // The last part is as large as the others, within one per part.
+            let parts = n.div_ceil(part);
+            assert!(n - part * (parts - 1) + parts >= part, "{n}: {part}");
+        }
     }
 }

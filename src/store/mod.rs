@@ -480,7 +480,30 @@ impl Store {
     /// index entries for RRsets seen for the first time; with `outbox`, the deltas are also
     /// queued for the next hop. One atomic batch; [`Store::sync`] makes it durable.
     pub fn merge(&self, deltas: &[Delta], outbox: bool) -> Result<MergeStats, StoreError> {
-        self.merge_with(deltas, outbox, sled::Batch::default(), None)
+        self.merge_with(deltas, outbox, sled::Batch::default(), None, false)
+    }
+
+    /// [`Store::merge`] for a writer that compacts when it has time (the sensor's store
+    /// thread, between windows once the load eases): the merge leaves compaction for
+    /// [`Store::compact_step`] while the store has fewer than 16 runs per 4 of fan-in, and
+    /// compacts as `merge` does past that. Under load the writer's CPU goes to what comes in,
+    /// and a compaction done later takes all the runs of a size class at once, rewriting each
+    /// entry once where compacting `fan_in` at a time rewrites it once per size class.
+    pub fn merge_under_load(&self, deltas: &[Delta], outbox: bool) -> Result<MergeStats, StoreError> {
+        self.merge_with(deltas, outbox, sled::Batch::default(), None, true)
+    }
+
+    /// Compacts, reading at most about `budget` entries of runs (a step, so that a merge waiting
+    /// for it waits little). Returns whether more compaction is due. A failure is counted and
+    /// logged here, and pauses compaction for a minute (`runs::Runs::compact`).
+    pub fn compact_step(&self, budget: u64) -> bool {
+        let _merging = self.merge_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = self.runs.compact(&self.t, Some(budget)) {
+            self.runs.compaction_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %e, "store: compaction failed");
+            return false;
+        }
+        self.runs.compaction_due()
     }
 
     /// Applies a sender's batch exactly once. A batch covers the sender's outbox entries
@@ -531,7 +554,7 @@ impl Store {
         } else {
             deltas
         };
-        Ok(Applied::Merged(self.merge_with(deltas, outbox, batch, Some((sender, trust_sensors)))?))
+        Ok(Applied::Merged(self.merge_with(deltas, outbox, batch, Some((sender, trust_sensors)), false)?))
     }
 
     /// The (stream, last sequence) applied from each sender.
@@ -655,6 +678,7 @@ impl Store {
         outbox: bool,
         mut batch: sled::Batch,
         contributors: Option<(&str, bool)>,
+        under_load: bool,
     ) -> Result<MergeStats, StoreError> {
         let mut merging = self.merge_lock.lock().unwrap_or_else(|e| e.into_inner());
         let entries = &mut *merging;
@@ -794,8 +818,10 @@ impl Store {
         // (each entry is rewritten once per size class), never a long stall of this merge.
         // The merge is applied: a failed compaction must not fail it (its caller would merge
         // again and count twice). Its inputs stay as they are; its output is deleted and
-        // compaction pauses for a minute (`runs::Runs::compact`).
-        if let Err(e) = self.runs.compact(&self.t, Some(COMPACT_PER_ENTRY * written + 50_000)) {
+        // compaction pauses for a minute (`runs::Runs::compact`). Under load, left for
+        // `compact_step` while the runs are few enough.
+        if under_load && self.runs.may_defer() {
+        } else if let Err(e) = self.runs.compact(&self.t, Some(COMPACT_PER_ENTRY * written + 50_000)) {
             self.runs.compaction_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(error = %e, "store: compaction failed; tried again at the next merge");
         }
@@ -1375,7 +1401,7 @@ mod tests {
         };
         type Model = std::collections::BTreeMap<u64, (u64, u64, u64)>;
         let mut model = Model::new();
-        let mut merge_some = |s: &Store, model: &mut Model, merges: usize| {
+        let mut merge_some = |s: &Store, model: &mut Model, merges: usize, under_load: bool| {
             for _ in 0..merges {
                 let mut picked: std::collections::BTreeMap<u64, Delta> = Default::default();
                 while picked.len() < 2_000 {
@@ -1389,7 +1415,11 @@ mod tests {
                     *e = (e.0.min(d.first), e.1.max(d.last), e.2 + d.count);
                 }
                 let deltas: Vec<Delta> = picked.into_values().collect();
-                s.merge(&deltas, false).unwrap();
+                if under_load {
+                    s.merge_under_load(&deltas, false).unwrap();
+                } else {
+                    s.merge(&deltas, false).unwrap();
+                }
             }
         };
         let check = |s: &Store, model: &Model| {
@@ -1409,15 +1439,41 @@ mod tests {
         };
         {
             let s = Store::open(dir.path()).unwrap();
-            merge_some(&s, &mut model, 60);
+            merge_some(&s, &mut model, 60, false);
             assert!(s.runs().0 < 20, "runs are merged: {:?}", s.runs());
             check(&s, &model);
             s.sync().unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         check(&s, &model);
-        merge_some(&s, &mut model, 10);
+        merge_some(&s, &mut model, 10, false);
         check(&s, &model);
+        // Under load, merges leave compaction for later up to 16 runs (fan-in 4) ...
+        let start = s.runs().0;
+        assert!(start < 16, "{start} runs");
+        merge_some(&s, &mut model, 15 - start, true);
+        assert_eq!(s.runs().0, 15);
+        check(&s, &model);
+        // ... and past that compact as `merge` does: the runs stay bounded.
+        let mut most = 0;
+        for _ in 0..20 {
+            merge_some(&s, &mut model, 1, true);
+            most = most.max(s.runs().0);
+        }
+        assert!(most <= 16, "{most} runs");
+        check(&s, &model);
+        // Once the load eases, steps catch up until no size class is full.
+        merge_some(&s, &mut model, 15 - s.runs().0, true);
+        let mut steps = 0;
+        while s.compact_step(5_000) {
+            steps += 1;
+        }
+        assert!(steps > 1, "{steps} steps");
+        assert!(!s.runs.compaction_due());
+        assert!(s.runs().0 < 12, "{:?}", s.runs());
+        check(&s, &model);
+        drop(s);
+        check(&Store::open(dir.path()).unwrap(), &model);
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub fn valid_fan_in(n: usize) -> bool {
 /// Past this many runs per unit of fan-in a compaction finishes at once, whatever its budget
 /// (32 runs at a fan-in of 4).
 const MAX_RUNS_PER_FAN_IN: usize = 8;
+/// A merge under load leaves compaction for later ([`Runs::may_defer`]) while the store has
+/// fewer than this many runs per unit of fan-in (16 at a fan-in of 4): half the bound above,
+/// so that deferring never brings on the stall of a compaction finished at once.
+const DEFER_RUNS_PER_FAN_IN: usize = MAX_RUNS_PER_FAN_IN / 2;
 /// A compaction's output goes to sled in batches of about this many bytes ...
 const COMPACT_BATCH_BYTES: usize = 1 << 20;
 /// ... and is flushed every this many: sled holds what it has not written in memory.
@@ -710,6 +714,22 @@ impl Runs {
         *live = Arc::new(runs);
     }
 
+    /// Whether a merge under load may leave compaction for later: fewer than
+    /// [`DEFER_RUNS_PER_FAN_IN`] times the fan-in runs.
+    pub fn may_defer(&self) -> bool {
+        self.snapshot().len() < DEFER_RUNS_PER_FAN_IN * self.fan_in.load(Ordering::Relaxed)
+    }
+
+    /// Whether [`Runs::compact`] has work: a compaction under way or a full size class (and
+    /// none paused after a failure).
+    pub fn compaction_due(&self) -> bool {
+        if self.paused_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| std::time::Instant::now() < t) {
+            return false;
+        }
+        self.compaction.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+            || full_class(&self.snapshot(), self.fan_in.load(Ordering::Relaxed)).is_some()
+    }
+
     /// Merges runs while some size class has the fan-in's worth of them, reading at most `budget`
     /// entries of them (`None`: until no class is full) so that the merge that calls it stays
     /// quick; a compaction left unfinished goes on at the next call (its inputs stay readable
@@ -729,10 +749,7 @@ impl Runs {
         loop {
             if state.is_none() {
                 let runs = self.snapshot();
-                let mut classes: Vec<u32> = runs.iter().map(|r| r.class(fan_in)).collect();
-                classes.sort_unstable();
-                let full = classes.windows(fan_in).find(|w| w[0] == w[fan_in - 1]).map(|w| w[0]);
-                let Some(class) = full else { break };
+                let Some(class) = full_class(&runs, fan_in) else { break };
                 let inputs: Vec<Arc<Run>> = runs.iter().filter(|r| r.class(fan_in) == class).cloned().collect();
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 match Compaction::start(t, id, inputs) {
@@ -903,6 +920,14 @@ impl Runs {
         let runs = self.snapshot();
         (runs.len(), runs.iter().map(|r| r.bytes).sum())
     }
+}
+
+/// The smallest size class with at least `fan_in` runs. A compaction takes all the runs of
+/// its class: more than `fan_in` after merges under load left it for later.
+fn full_class(runs: &[Arc<Run>], fan_in: usize) -> Option<u32> {
+    let mut classes: Vec<u32> = runs.iter().map(|r| r.class(fan_in)).collect();
+    classes.sort_unstable();
+    classes.windows(fan_in).find(|w| w[0] == w[fan_in - 1]).map(|w| w[0])
 }
 
 /// Deletes the blocks of run `id` and its `Mcompacting` / `Mgarbage` marks.
