@@ -78,6 +78,7 @@ struct RawPrivacy {
 struct RawStore {
     compression: Option<bool>,
     cache_mb: Option<u64>,
+    compact_when_idle: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +114,8 @@ pub struct SensorConfig {
     pub compression: bool,
     /// sled's page cache, MiB.
     pub cache_mb: u64,
+    /// Merges leave compaction for when the load eases (`Store::merge_under_load`).
+    pub compact_when_idle: bool,
     /// Forward the outbox to a collector or relay (implies the outbox).
     pub forward: Option<ForwardConfig>,
     pub metrics: Option<SocketAddr>,
@@ -272,6 +275,7 @@ impl SensorConfig {
             outbox: raw.aggregate.outbox.unwrap_or(false) || forward.is_some(),
             compression,
             cache_mb,
+            compact_when_idle: raw.store.compact_when_idle.unwrap_or(false),
             forward,
             metrics,
             api,

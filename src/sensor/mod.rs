@@ -243,7 +243,7 @@ impl Pipeline {
             window_age: config.window,
             window_keys: config.window_keys,
             window_bytes: usize::try_from(config.window_mb << 20).unwrap_or(usize::MAX),
-            flusher: Flusher::start(store.clone(), config.outbox, stats.clone()),
+            flusher: Flusher::start(store.clone(), config.outbox, config.compact_when_idle, stats.clone()),
             store,
             stats,
             scratch: Vec::new(),
@@ -404,17 +404,19 @@ impl Pipeline {
 /// the error is returned and what was not written is lost with the process, as an unflushed
 /// window would be.
 ///
-/// Compaction yields to what comes in: windows are merged with [`Store::merge_under_load`],
-/// which leaves compaction for later (up to a bound on the runs, past which merges compact as
-/// they go). Once a window comes that did not fill up (the load has eased: it was flushed by
-/// age or at the end), the thread compacts in steps of [`IDLE_COMPACT_STEP`] entries until none
-/// is due, taking the next window between two steps.
+/// With `[store] compact_when_idle`, compaction yields to what comes in: windows are merged
+/// with [`Store::merge_under_load`], which leaves compaction for later (up to a bound on the
+/// runs, past which merges compact as they go). Once a window comes that did not fill up (the
+/// load has eased: it was flushed by age or at the end), the thread compacts in steps of
+/// [`IDLE_COMPACT_STEP`] entries until none is due, taking the next window between two steps.
+/// Off by default: it costs memory (docs/BENCHMARKS.md, thirteenth session).
 struct Flusher {
     tx: Option<std::sync::mpsc::SyncSender<Handed>>,
     thread: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
     closing: Arc<std::sync::atomic::AtomicBool>,
     store: Store,
     outbox: bool,
+    when_idle: bool,
     stats: Arc<SensorStats>,
 }
 
@@ -431,7 +433,7 @@ struct Handed {
 const IDLE_COMPACT_STEP: u64 = 100_000;
 
 impl Flusher {
-    fn start(store: Store, outbox: bool, stats: Arc<SensorStats>) -> Self {
+    fn start(store: Store, outbox: bool, when_idle: bool, stats: Arc<SensorStats>) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Handed>(0);
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
@@ -442,7 +444,7 @@ impl Flusher {
                     use std::sync::mpsc::TryRecvError;
                     let mut pool = Vec::new();
                     // Compaction left by merges under load, or by an earlier run of the sensor.
-                    let mut catch_up = true;
+                    let mut catch_up = when_idle;
                     loop {
                         let w = if catch_up && !closing.load(std::sync::atomic::Ordering::Relaxed) {
                             match rx.try_recv() {
@@ -459,14 +461,14 @@ impl Flusher {
                                 Err(_) => break,
                             }
                         };
-                        write_window(&store, &w.entries, &mut pool, outbox, &stats, &closing)?;
-                        catch_up = !w.full;
+                        write_window(&store, &w.entries, &mut pool, outbox, when_idle, &stats, &closing)?;
+                        catch_up = when_idle && !w.full;
                     }
                     Ok(())
                 })
                 .expect("spawn the flush thread")
         };
-        Self { tx: Some(tx), thread: Some(thread), closing, store, outbox, stats }
+        Self { tx: Some(tx), thread: Some(thread), closing, store, outbox, when_idle, stats }
     }
 
     fn send(&mut self, w: Handed) -> Result<(), StoreError> {
@@ -477,7 +479,15 @@ impl Flusher {
                 Err(std::sync::mpsc::SendError(_)) => self.close(),
             },
             // After close: write synchronously.
-            None => write_window(&self.store, &w.entries, &mut Vec::new(), self.outbox, &self.stats, &self.closing),
+            None => write_window(
+                &self.store,
+                &w.entries,
+                &mut Vec::new(),
+                self.outbox,
+                self.when_idle,
+                &self.stats,
+                &self.closing,
+            ),
         }
     }
 
@@ -501,11 +511,13 @@ impl Drop for Flusher {
 }
 
 /// `pool`: deltas kept from window to window, decoded into ([`window::delta_into`]).
+/// `when_idle`: merged with [`Store::merge_under_load`].
 fn write_window(
     store: &Store,
     entries: &window::Taken,
     pool: &mut Vec<Delta>,
     outbox: bool,
+    when_idle: bool,
     stats: &SensorStats,
     closing: &std::sync::atomic::AtomicBool,
 ) -> Result<(), StoreError> {
@@ -546,7 +558,9 @@ fn write_window(
             }
         }
         let chunk = &pool[..part.len()];
-        let st = retry("store write", stats, closing, || store.merge_under_load(chunk, outbox))?;
+        let st = retry("store write", stats, closing, || {
+            if when_idle { store.merge_under_load(chunk, outbox) } else { store.merge(chunk, outbox) }
+        })?;
         // Applied: from here on only the sync is retried, never the merge.
         retry("store sync", stats, closing, || store.sync())?;
         stats.keys_new.add(st.new_keys);
