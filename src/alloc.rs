@@ -10,6 +10,14 @@
 //! against glibc; [`configure`] turns both off (161 MiB against glibc's 151-188 on 200,000
 //! names), but at 1M RRsets it still peaks at 283 MiB against glibc's 246, past the
 //! sensor's memory goal: hence a feature, off by default.
+//!
+//! With glibc, [`configure`] fixes the size from which an allocation gets a mapping of its own
+//! at 128 KiB (`M_MMAP_THRESHOLD`). glibc starts there but raises it to the size of each
+//! mapped block freed, up to 32 MiB, and from then on serves blocks of a few hundred KiB
+//! (sled's nodes hold the store's 16 KiB blocks, several to a node) from its heap, where
+//! the small allocations living between them keep the freed space from going back: the
+//! sensor peaked at 244-261 MiB at 1M RRsets, and at 175-184 MiB with the threshold fixed
+//! (docs/BENCHMARKS.md, thirteenth session), for about 6% more CPU.
 
 /// mimalloc for every binary that links this crate (the CLI, examples, tests).
 #[cfg(feature = "mimalloc")]
@@ -23,10 +31,21 @@ const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 /// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (mimalloc.h); default 1000 (ms, options.c).
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Freed memory goes back to the system at once, arenas are committed as used. Call once,
-/// first thing in `main`. An environment setting (`MIMALLOC_PURGE_DELAY`,
-/// `MIMALLOC_ARENA_EAGER_COMMIT`) is left as it is.
+/// glibc: allocations from this size up get their own mapping, given back when freed.
+#[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 128 << 10;
+
+/// mimalloc: freed memory goes back to the system at once, arenas are committed as used.
+/// glibc: the mapping threshold is fixed ([`MMAP_THRESHOLD`]). Call once, first thing in
+/// `main`. An environment setting (`MIMALLOC_PURGE_DELAY`, `MIMALLOC_ARENA_EAGER_COMMIT`,
+/// glibc's `MALLOC_MMAP_THRESHOLD_`) is left as it is.
 pub fn configure() {
+    #[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: mallopt sets one of malloc's parameters under malloc's own lock; valid at
+        // any time. M_MMAP_THRESHOLD takes a size up to 32 MiB on 64-bit glibc.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
+    }
     #[cfg(feature = "mimalloc")]
     for (option, env) in [(PURGE_DELAY, "MIMALLOC_PURGE_DELAY"), (ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT")] {
         if std::env::var_os(env).is_none() {
@@ -56,5 +75,27 @@ mod tests {
         assert_eq!((get(PURGE_DELAY), get(ARENA_EAGER_COMMIT)), (1000, 2));
         configure();
         assert_eq!((get(PURGE_DELAY), get(ARENA_EAGER_COMMIT)), (0, 0));
+    }
+}
+
+#[cfg(all(test, not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
+mod glibc_tests {
+    use super::*;
+
+    /// After a large mapped block is freed (which raises glibc's own threshold to its size),
+    /// a 256 KiB allocation still gets a mapping of its own.
+    #[test]
+    fn blocks_of_a_few_hundred_kib_stay_mapped() {
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+            return;
+        }
+        configure();
+        drop(std::hint::black_box(vec![1u8; 4 << 20]));
+        // SAFETY: mallinfo2 reads malloc's statistics.
+        let mapped = || unsafe { libc::mallinfo2() }.hblkhd;
+        let before = mapped();
+        let block = std::hint::black_box(vec![1u8; 256 << 10]);
+        assert!(mapped() >= before + (256 << 10), "{} -> {} bytes mapped", before, mapped());
+        drop(block);
     }
 }
