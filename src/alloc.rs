@@ -36,7 +36,7 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const MMAP_THRESHOLD: libc::c_int = 128 << 10;
 
 /// mimalloc: freed memory goes back to the system at once, arenas are committed as used.
-/// glibc: the mapping threshold is fixed ([`MMAP_THRESHOLD`]). Call once, first thing in
+/// glibc: the mapping threshold is fixed at 128 KiB. Call once, first thing in
 /// `main`. An environment setting (`MIMALLOC_PURGE_DELAY`, `MIMALLOC_ARENA_EAGER_COMMIT`,
 /// glibc's `MALLOC_MMAP_THRESHOLD_`) is left as it is.
 pub fn configure() {

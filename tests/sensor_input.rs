@@ -189,10 +189,10 @@ fn window_bounds_change_when_windows_are_written_not_what_is_stored() {
     }
 }
 
-/// With `compact_when_idle`, windows that fill up (the sensor under load) are merged without
-/// compaction, up to a bound on the store's runs; once a window is flushed by age instead (the
-/// load has eased), the store thread compacts in the background. What is stored is the same
-/// as with one window.
+/// Windows that fill up (the sensor under load) are merged without compaction, up to a bound on
+/// the store's runs; once a window is flushed by age instead (the load has eased), the store
+/// thread compacts in the background (`compact_when_idle`, the default). What is stored is the
+/// same as with one window.
 #[test]
 fn compaction_waits_while_windows_fill_up_and_catches_up_after() {
     let dir = tempfile::tempdir().unwrap();
@@ -220,7 +220,7 @@ fn compaction_waits_while_windows_fill_up_and_catches_up_after() {
     }
     one.finish().unwrap();
 
-    let (mut p, stats, _db) = open("window_keys = 1000\nwindow_seconds = 1\n[store]\ncompact_when_idle = true");
+    let (mut p, stats, _db) = open("window_keys = 1000\nwindow_seconds = 1");
     let mut rest = frames.iter();
     // Fourteen full windows written: one run each, none compacted.
     for f in rest.by_ref() {

@@ -275,7 +275,7 @@ impl SensorConfig {
             outbox: raw.aggregate.outbox.unwrap_or(false) || forward.is_some(),
             compression,
             cache_mb,
-            compact_when_idle: raw.store.compact_when_idle.unwrap_or(false),
+            compact_when_idle: raw.store.compact_when_idle.unwrap_or(true),
             forward,
             metrics,
             api,

@@ -404,12 +404,12 @@ impl Pipeline {
 /// the error is returned and what was not written is lost with the process, as an unflushed
 /// window would be.
 ///
-/// With `[store] compact_when_idle`, compaction yields to what comes in: windows are merged
-/// with [`Store::merge_under_load`], which leaves compaction for later (up to a bound on the
-/// runs, past which merges compact as they go). Once a window comes that did not fill up (the
-/// load has eased: it was flushed by age or at the end), the thread compacts in steps of
-/// [`IDLE_COMPACT_STEP`] entries until none is due, taking the next window between two steps.
-/// Off by default: it costs memory (docs/BENCHMARKS.md, thirteenth session).
+/// With `[store] compact_when_idle` (the default), compaction yields to what comes in: windows
+/// are merged with [`Store::merge_under_load`], which leaves compaction for later (up to a
+/// bound on the runs, past which merges compact as they go). Once a window comes that did not
+/// fill up (the load has eased: it was flushed by age or at the end), the thread compacts in
+/// steps of [`IDLE_COMPACT_STEP`] entries until none is due, taking the next window between
+/// two steps. Without it, every merge compacts a step (`Store::merge`).
 struct Flusher {
     tx: Option<std::sync::mpsc::SyncSender<Handed>>,
     thread: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
