@@ -33,6 +33,7 @@ use dnsledger::store::Store;
 
 fn main() {
     dnsledger::alloc::configure();
+    dnsledger::alloc::sensor_heap();
     let mut args = std::env::args().skip(1);
     let frames: u64 = args.next().map(|a| a.parse().expect("FRAMES")).unwrap_or(2_000_000);
     let names: u64 = args.next().map(|a| a.parse().expect("NAMES")).unwrap_or(200_000);

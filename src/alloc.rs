@@ -11,13 +11,14 @@
 //! names), but at 1M RRsets it still peaks at 283 MiB against glibc's 246, past the
 //! sensor's memory goal: hence a feature, off by default.
 //!
-//! With glibc, [`configure`] fixes the size from which an allocation gets a mapping of its own
-//! at 128 KiB (`M_MMAP_THRESHOLD`). glibc starts there but raises it to the size of each
+//! For the sensor, [`sensor_heap`] fixes glibc's size from which an allocation gets a mapping
+//! of its own at 128 KiB (`M_MMAP_THRESHOLD`). glibc starts there but raises it to the size of each
 //! mapped block freed, up to 32 MiB, and from then on serves blocks of a few hundred KiB
 //! (sled's nodes hold the store's 16 KiB blocks, several to a node) from its heap, where
 //! the small allocations living between them keep the freed space from going back: the
 //! sensor peaked at 244-261 MiB at 1M RRsets, and at 175-184 MiB with the threshold fixed
-//! (docs/BENCHMARKS.md, thirteenth session), for about 6% more CPU.
+//! (docs/BENCHMARKS.md, thirteenth session), for about 6% more CPU. Not for the other
+//! roles: the collector's merges took 20% more CPU with it.
 
 /// mimalloc for every binary that links this crate (the CLI, examples, tests).
 #[cfg(feature = "mimalloc")]
@@ -35,17 +36,22 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 #[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: libc::c_int = 128 << 10;
 
-/// mimalloc: freed memory goes back to the system at once, arenas are committed as used.
-/// glibc: the mapping threshold is fixed at 128 KiB. Call once, first thing in
-/// `main`. An environment setting (`MIMALLOC_PURGE_DELAY`, `MIMALLOC_ARENA_EAGER_COMMIT`,
-/// glibc's `MALLOC_MMAP_THRESHOLD_`) is left as it is.
-pub fn configure() {
+/// glibc (the default build): the mapping threshold fixed at 128 KiB, for the sensor's
+/// process (its memory bound). Call before the sensor starts; glibc's `MALLOC_MMAP_THRESHOLD_`
+/// in the environment is left as it is. Nothing with mimalloc.
+pub fn sensor_heap() {
     #[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
         // SAFETY: mallopt sets one of malloc's parameters under malloc's own lock; valid at
         // any time. M_MMAP_THRESHOLD takes a size up to 32 MiB on 64-bit glibc.
         unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
     }
+}
+
+/// mimalloc: freed memory goes back to the system at once, arenas are committed as used.
+/// Call once, first thing in `main`. An environment setting (`MIMALLOC_PURGE_DELAY`,
+/// `MIMALLOC_ARENA_EAGER_COMMIT`) is left as it is.
+pub fn configure() {
     #[cfg(feature = "mimalloc")]
     for (option, env) in [(PURGE_DELAY, "MIMALLOC_PURGE_DELAY"), (ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT")] {
         if std::env::var_os(env).is_none() {
@@ -89,7 +95,7 @@ mod glibc_tests {
         if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
             return;
         }
-        configure();
+        sensor_heap();
         drop(std::hint::black_box(vec![1u8; 4 << 20]));
         // SAFETY: mallinfo2 reads malloc's statistics.
         let mapped = || unsafe { libc::mallinfo2() }.hblkhd;

@@ -820,6 +820,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     dnsledger::alloc::configure();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Sensor(_)) {
+        dnsledger::alloc::sensor_heap();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DNSLEDGER_LOG")
