@@ -407,9 +407,10 @@ impl Pipeline {
 /// With `[store] compact_when_idle` (the default), compaction yields to what comes in: windows
 /// are merged with [`Store::merge_under_load`], which leaves compaction for later (up to a
 /// bound on the runs, past which merges compact as they go). Once a window comes that did not
-/// fill up (the load has eased: it was flushed by age or at the end), the thread compacts in
-/// steps of [`IDLE_COMPACT_STEP`] entries until none is due, taking the next window between
-/// two steps. Without it, every merge compacts a step (`Store::merge`).
+/// fill up (the load has eased: it was flushed by age), the thread compacts in steps of
+/// [`IDLE_COMPACT_STEP`] entries until none is due, taking the next window between two steps;
+/// not once closing (the last window), nor while a window waits. Without it, every merge
+/// compacts a step (`Store::merge`).
 struct Flusher {
     tx: Option<std::sync::mpsc::SyncSender<Handed>>,
     thread: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
@@ -522,7 +523,7 @@ fn write_window(
     closing: &std::sync::atomic::AtomicBool,
 ) -> Result<(), StoreError> {
     // Written in store-key order, so that each outbox entry (5,000 summaries) and each merge
-    // of a window larger than FLUSH_CHUNK covers a narrow key range: forwarding batches
+    // of a window split in parts (`merge_part`) covers a narrow key range: forwarding batches
     // compress to ~10 bytes per summary instead of ~17 (docs/BENCHMARKS.md, "Forwarding"),
     // and a merge's entries arrive nearly sorted. The order is kept as a prefix of each key
     // up to the rdata digest, its first 24 bytes (ties keep the window's order): 32 bytes per

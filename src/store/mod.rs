@@ -820,8 +820,8 @@ impl Store {
         // again and count twice). Its inputs stay as they are; its output is deleted and
         // compaction pauses for a minute (`runs::Runs::compact`). Under load, left for
         // `compact_step` while the runs are few enough.
-        if under_load && self.runs.may_defer() {
-        } else if let Err(e) = self.runs.compact(&self.t, Some(COMPACT_PER_ENTRY * written + 50_000)) {
+        let deferred = under_load && self.runs.may_defer();
+        if !deferred && let Err(e) = self.runs.compact(&self.t, Some(COMPACT_PER_ENTRY * written + 50_000)) {
             self.runs.compaction_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(error = %e, "store: compaction failed; tried again at the next merge");
         }
