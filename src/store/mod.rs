@@ -494,16 +494,27 @@ impl Store {
     }
 
     /// Compacts, reading at most about `budget` entries of runs (a step, so that a merge waiting
-    /// for it waits little). Returns whether more compaction is due. A failure is counted and
-    /// logged here, and pauses compaction for a minute (`runs::Runs::compact`).
+    /// for it waits little). Returns whether more compaction is due (`Store::compact_counted`
+    /// on a failure).
     pub fn compact_step(&self, budget: u64) -> bool {
         let _merging = self.merge_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = self.runs.compact(&self.t, Some(budget)) {
-            self.runs.compaction_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(error = %e, "store: compaction failed");
-            return false;
+        self.compact_counted(budget) && self.runs.compaction_due()
+    }
+
+    /// `runs::Runs::compact` with at most about `budget` entries read; under the merge lock. A
+    /// failure is counted and logged, not returned: it follows an applied merge, which must not
+    /// fail (its caller would merge again and count twice). The failed compaction's inputs stay
+    /// as they are, its output is deleted and compaction pauses for a minute. Whether it
+    /// succeeded.
+    fn compact_counted(&self, budget: u64) -> bool {
+        match self.runs.compact(&self.t, Some(budget)) {
+            Ok(()) => true,
+            Err(e) => {
+                self.runs.compaction_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(error = %e, "store: compaction failed; tried again later");
+                false
+            }
         }
-        self.runs.compaction_due()
     }
 
     /// Applies a sender's batch exactly once. A batch covers the sender's outbox entries
@@ -816,14 +827,9 @@ impl Store {
         }
         // Compaction a step at a time, in proportion to what was written: enough to keep up
         // (each entry is rewritten once per size class), never a long stall of this merge.
-        // The merge is applied: a failed compaction must not fail it (its caller would merge
-        // again and count twice). Its inputs stay as they are; its output is deleted and
-        // compaction pauses for a minute (`runs::Runs::compact`). Under load, left for
-        // `compact_step` while the runs are few enough.
-        let deferred = under_load && self.runs.may_defer();
-        if !deferred && let Err(e) = self.runs.compact(&self.t, Some(COMPACT_PER_ENTRY * written + 50_000)) {
-            self.runs.compaction_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(error = %e, "store: compaction failed; tried again at the next merge");
+        // Under load, left for `compact_step` while the runs are few enough.
+        if !(under_load && self.runs.may_defer()) {
+            self.compact_counted(COMPACT_PER_ENTRY * written + 50_000);
         }
         Ok(stats)
     }
