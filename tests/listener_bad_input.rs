@@ -227,6 +227,64 @@ async fn two_hundred_concurrent_connections_all_delivered() {
     h.task.await.unwrap();
 }
 
+/// A sink that copies each frame and drops it at once, as the sensor's stages do: the
+/// connection's read buffer is then its own again.
+#[derive(Clone, Default)]
+struct Copying(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl listener::FrameSink for Copying {
+    fn deliver(&self, batch: &mut Vec<Bytes>) -> impl std::future::Future<Output = bool> + Send {
+        self.0.lock().unwrap().extend(batch.drain(..).map(|f| f.to_vec()));
+        std::future::ready(true)
+    }
+}
+
+/// Frames of every size, cut anywhere by small reads, and frames larger than the read buffer
+/// arrive whole and in order, whether downstream keeps them (a channel) or drops them at once
+/// (the stages, which leave the buffer to be reused).
+#[tokio::test]
+async fn frames_cut_anywhere_arrive_whole_whatever_their_size() {
+    let sizes: Vec<usize> = (0..3000u64)
+        .map(|i| match i % 500 {
+            0 => 300_000,
+            250 => 5_000,
+            _ => 1 + (i.wrapping_mul(2_654_435_761) % 1_500) as usize,
+        })
+        .collect();
+    let payload = |i: usize, n: usize| -> Vec<u8> { (0..n).map(|j| (i * 31 + j * 7) as u8).collect() };
+    let mut stream = started(DNSTAP_CONTENT_TYPE);
+    for (i, &n) in sizes.iter().enumerate() {
+        stream.extend(data(&payload(i, n)));
+    }
+    stream.extend(control(ControlType::Stop, None));
+    let config = ListenerConfig { read_buffer: 1024, batch_frames: 7, ..Default::default() };
+
+    // Kept downstream.
+    let mut h = start(config.clone(), 4).await;
+    let writer = raw(h.addr, &stream, true);
+    let (frames, _) = tokio::join!(collect(&mut h.rx, sizes.len()), writer);
+    // Dropped at once.
+    let l = Listener::bind(&Endpoint::Tcp { addr: "127.0.0.1:0".parse().unwrap(), tls: None }).await.unwrap();
+    let addr = l.tcp_addr().unwrap();
+    let (sink, stats, shutdown) = (Copying::default(), Arc::new(ListenerStats::default()), CancellationToken::new());
+    let task = tokio::spawn(listener::run(l, Arc::new(config), sink.clone(), stats.clone(), shutdown.clone()));
+    drop(raw(addr, &stream, true).await);
+    wait_for_counter("finished", || stats.streams_finished.get(), 1).await;
+    let copied = std::mem::take(&mut *sink.0.lock().unwrap());
+
+    for got in [frames.iter().map(|f| f.to_vec()).collect::<Vec<_>>(), copied] {
+        assert_eq!(got.len(), sizes.len());
+        for (i, (frame, &n)) in got.iter().zip(&sizes).enumerate() {
+            assert!(frame == &payload(i, n), "frame {i} ({n} bytes) differs");
+        }
+    }
+    assert_eq!(stats.frames_dropped.total() + h.stats.frames_dropped.total(), 0);
+    for (shutdown, task) in [(h.shutdown, h.task), (shutdown, task)] {
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn slow_downstream_means_backpressure_not_loss() {
     // One-batch channel and a consumer that sleeps before reading anything.

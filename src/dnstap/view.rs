@@ -57,6 +57,12 @@ impl<'a> Fields<'a> {
     }
 
     fn varint(&mut self) -> Option<u64> {
+        // Keys, lengths and types: nearly all varints of a frame are one byte.
+        let first = *self.buf.get(self.at)?;
+        if first < 0x80 {
+            self.at += 1;
+            return Some(u64::from(first));
+        }
         let mut value = 0u64;
         for i in 0..10 {
             let b = *self.buf.get(self.at)?;

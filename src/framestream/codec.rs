@@ -204,8 +204,11 @@ impl Decoder for FrameCodec {
             self.skipping -= n;
             return Ok(Some(Frame::Oversized { len: len as u32 }));
         }
+        // No `reserve` for the rest of the frame: the caller makes room. Frames split off
+        // earlier share the buffer until they are dropped, so a reserve here would allocate a
+        // new buffer for every read that ends inside a frame (the listener hands its frames
+        // over first and then reuses the buffer).
         if src.len() < 4 + len {
-            src.reserve(4 + len - src.len());
             return Ok(None);
         }
         src.advance(4);

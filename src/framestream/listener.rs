@@ -428,8 +428,16 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(config.read_buffer);
+        // Room for the next read. The frames decoded share the buffer until they are dropped:
+        // handed over first, they leave it to this connection alone, and `reserve` moves what
+        // is left of a frame cut short to its front instead of allocating a new buffer (which,
+        // past glibc's mapping threshold, was mapped and faulted in anew for every read).
+        let room = config.read_buffer / 4;
+        if buf.capacity() - buf.len() < room {
+            if !deliver(&mut batch, out, stats).await {
+                return Ok(());
+            }
+            buf.reserve(config.read_buffer.saturating_sub(buf.len()).max(room));
         }
         if !batch.is_empty() {
             // Senders such as fstrm_replay write one frame per syscall: keep reading what is

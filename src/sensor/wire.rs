@@ -447,7 +447,9 @@ pub(crate) fn in_zone(zone: &[u8], name: &[u8]) -> bool {
     let mut p = 0;
     while name.len() - p >= zone.len() {
         if name.len() - p == zone.len() {
-            return name[p..].eq_ignore_ascii_case(zone);
+            // Names are mostly lower-cased already: compared whole first.
+            let tail = &name[p..];
+            return tail == zone || tail.eq_ignore_ascii_case(zone);
         }
         p += 1 + usize::from(name[p]);
     }
