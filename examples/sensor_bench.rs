@@ -127,7 +127,7 @@ fn main() {
 fn full_pipeline(dir: &Path, input: &Path, frames: u64) {
     // 1. Full pipeline, default configuration.
     let db = dir.join("full");
-    // BENCH_WINDOW_KEYS: another window bound for this phase (the default is 50,000).
+    // BENCH_WINDOW_KEYS: another window bound for this phase (the default is 200,000).
     let window = std::env::var("BENCH_WINDOW_KEYS").map(|k| format!("[aggregate]\nwindow_keys = {k}\n"));
     let cfg_full = config(&db, window.as_deref().unwrap_or(""));
     println!("window_keys {}, sled cache {} MiB", cfg_full.window_keys, cfg_full.cache_mb);

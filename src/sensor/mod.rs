@@ -215,10 +215,10 @@ pub struct Pipeline {
 /// At most this many frames wait for a delegation, for at most `DEFER_AGE`.
 const DEFER_MAX: usize = 10_000;
 const DEFER_AGE: Duration = Duration::from_secs(5);
-/// RRsets per store merge: each is one sorted run (`store/runs.rs`) and one sync, so the
-/// default window (50,000) is one merge; a larger window is split to bound the memory of a
-/// merge (its RRsets decoded, their run entries), into parts of equal size up to an eighth
-/// more than this ([`merge_part`]).
+/// RRsets per store merge: each is one sorted run (`store/runs.rs`) and one sync. A larger
+/// window (the default holds 200,000) is split to bound the memory of a merge (its RRsets
+/// decoded, their run entries), into parts of equal size up to an eighth more than this
+/// ([`merge_part`]).
 const FLUSH_CHUNK: usize = 50_000;
 
 /// The size of the parts a window of `n` RRsets is merged in. A window is taken once it has
