@@ -56,13 +56,20 @@ impl<'a> Fields<'a> {
         self.at < self.buf.len()
     }
 
+    /// Keys, lengths and types: nearly all varints of a frame are one byte, read in place; the
+    /// others out of line.
+    #[inline(always)]
     fn varint(&mut self) -> Option<u64> {
-        // Keys, lengths and types: nearly all varints of a frame are one byte.
         let first = *self.buf.get(self.at)?;
         if first < 0x80 {
             self.at += 1;
             return Some(u64::from(first));
         }
+        self.long_varint()
+    }
+
+    #[inline(never)]
+    fn long_varint(&mut self) -> Option<u64> {
         let mut value = 0u64;
         for i in 0..10 {
             let b = *self.buf.get(self.at)?;

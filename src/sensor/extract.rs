@@ -91,6 +91,8 @@ pub struct Extractor {
     learned: HashSet<Box<[u8]>, foldhash::quality::SeedableRandomState>,
     learned_bytes: usize,
     learned_key: Vec<u8>,
+    /// The bailiwick of the message at hand, in presentation format.
+    bailiwick_text: String,
 }
 
 /// At most this many delegations are remembered as learned ...
@@ -138,6 +140,7 @@ impl Extractor {
             learned: HashSet::with_hasher(super::window::seeded()),
             learned_bytes: 0,
             learned_key: Vec::new(),
+            bailiwick_text: String::new(),
         }
     }
 
@@ -243,8 +246,8 @@ impl Extractor {
         if self.filter.excluded_wire(zone) {
             return Err("excluded_zone");
         }
-        let mut bailiwick_text = String::with_capacity(zone.len() + 1);
-        push_wire_name(zone, &mut bailiwick_text);
+        self.bailiwick_text.clear();
+        push_wire_name(zone, &mut self.bailiwick_text);
 
         let before = out.len();
         if referral {
@@ -268,7 +271,7 @@ impl Extractor {
                         _ => None,
                     }));
                 }
-                self.push(msg, Kind::Positive, first.owner, rtype, &bailiwick_text, members(), time, out, drops);
+                self.push(msg, Kind::Positive, first.owner, rtype, &self.bailiwick_text, members(), time, out, drops);
             }
             group(msg.additionals().iter(), msg, &mut self.groups);
             for g in 0..self.groups.len() {
@@ -285,7 +288,7 @@ impl Extractor {
                     continue;
                 }
                 let members = msg.additionals().iter().filter(|r| r.rtype == rtype && msg.bytes(r.owner) == owner);
-                self.push(msg, Kind::Positive, first.owner, rtype, &bailiwick_text, members, time, out, drops);
+                self.push(msg, Kind::Positive, first.owner, rtype, &self.bailiwick_text, members, time, out, drops);
             }
             self.learn_delegations(msg, zone);
             return Ok(());
@@ -311,7 +314,7 @@ impl Extractor {
                 continue;
             }
             let members = records().filter(|r| r.rtype == rtype && msg.bytes(r.owner) == owner);
-            self.push(msg, Kind::Positive, first.owner, rtype, &bailiwick_text, members, time, out, drops);
+            self.push(msg, Kind::Positive, first.owner, rtype, &self.bailiwick_text, members, time, out, drops);
         }
         if negative
             && answers == 0
@@ -322,7 +325,7 @@ impl Extractor {
                 drops.add("out_of_bailiwick");
             } else if self.config.negative {
                 let kind = if rcode == NXDOMAIN { Kind::NxDomain } else { Kind::NoData };
-                self.push(msg, kind, qname, qtype, &bailiwick_text, soa, time, out, drops);
+                self.push(msg, kind, qname, qtype, &self.bailiwick_text, soa, time, out, drops);
             } else {
                 drops.add("negative");
             }
