@@ -250,6 +250,15 @@ impl Response {
     /// compression pointer to a place before the labels that led to it (so no loops), the
     /// labels it reaches lying before them too.
     fn name(&mut self, msg: &[u8], pos: usize, lower: bool) -> Option<(Span, usize)> {
+        // An owner name is nearly always a pointer to the question's name, read already
+        // (lower-cased, at 12): its span again. Read through the pointer, it would be the same
+        // name under the same rules (the question lies before any record).
+        if lower
+            && let Some((question, _)) = self.question
+            && msg.get(pos..pos + 2) == Some(&[0xc0, 12])
+        {
+            return Some((question, pos + 2));
+        }
         let start = self.bytes.len();
         let (mut p, mut labels_start, mut limit, mut after) = (pos, pos, usize::MAX, None);
         let mut total = 1;
