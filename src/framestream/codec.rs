@@ -205,9 +205,9 @@ impl Decoder for FrameCodec {
             return Ok(Some(Frame::Oversized { len: len as u32 }));
         }
         // No `reserve` for the rest of the frame: the caller makes room. Frames split off
-        // earlier share the buffer until they are dropped, so a reserve here would allocate a
-        // new buffer for every read that ends inside a frame (the listener hands its frames
-        // over first and then reuses the buffer).
+        // earlier share the buffer until they are dropped, so a reserve here, when the rest
+        // does not fit, would allocate a new buffer while they are still held (the listener
+        // hands its frames over first and then reuses the buffer).
         if src.len() < 4 + len {
             return Ok(None);
         }

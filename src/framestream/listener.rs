@@ -429,9 +429,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         // Room for the next read. The frames decoded share the buffer until they are dropped:
-        // handed over first, they leave it to this connection alone, and `reserve` moves what
-        // is left of a frame cut short to its front instead of allocating a new buffer (which,
-        // past glibc's mapping threshold, was mapped and faulted in anew for every read).
+        // handed over first, they leave it to this connection alone, and `reserve` can move
+        // what is left of a frame cut short to its front instead of allocating a new buffer
+        // (which, past glibc's mapping threshold, is mapped and faulted in anew).
         let room = config.read_buffer / 4;
         if buf.capacity() - buf.len() < room {
             if !deliver(&mut batch, out, stats).await {

@@ -93,9 +93,9 @@ struct RawAggregate {
 /// RRsets a window holds unless configured (`aggregate.window_keys`). Under load a window
 /// fills by this bound, and a larger one merges more repeats before the store sees them: over
 /// the benchmark's 2M frames (260,113 RRsets) 200,000 sent the store 348k RRsets against
-/// 50,000's 638k and took the store thread's CPU from 2.1 to 0.9 s, for about 110 bytes of
-/// memory per RRset, twice (the window aggregating and the one being written): 173 -> 210 MiB
-/// peak at 1M RRsets (docs/BENCHMARKS.md).
+/// 50,000's 638k and took the store thread's CPU from 2.1 to 1.0 s, for about 110 bytes of
+/// memory per RRset, twice (the window aggregating and the one being written): 172-175 ->
+/// 211-212 MiB peak at 1M RRsets (docs/BENCHMARKS.md).
 pub const DEFAULT_WINDOW_KEYS: usize = 200_000;
 
 /// The validated sensor configuration.
