@@ -438,6 +438,13 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(());
             }
             buf.reserve(config.read_buffer.saturating_sub(buf.len()).max(room));
+            if buf.capacity() > 4 * config.read_buffer && buf.len() <= config.read_buffer / 2 {
+                // Grown for a large frame that is out of it now: back to its size, not kept
+                // for the rest of the connection.
+                let mut small = BytesMut::with_capacity(config.read_buffer);
+                small.extend_from_slice(&buf);
+                buf = small;
+            }
         }
         if !batch.is_empty() {
             // Senders such as fstrm_replay write one frame per syscall: keep reading what is

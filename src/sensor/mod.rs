@@ -303,6 +303,9 @@ impl Pipeline {
             Ok(()) => self.kept += 1,
             Err("no_bailiwick") if placeable_later && self.deferred.len() < DEFER_MAX => {
                 self.stats.frames_deferred.set(self.deferred.len() as i64 + 1);
+                // A copy the first time: the frame shares its connection's read buffer, which
+                // could not be reused while the frame waits.
+                let frame = if since.is_none() { Bytes::copy_from_slice(&frame) } else { frame };
                 self.deferred.push_back((since.unwrap_or_else(Instant::now), frame));
                 return Ok(());
             }
