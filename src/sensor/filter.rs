@@ -147,6 +147,9 @@ pub struct PrivacyFilter {
     /// The top labels of the excluded zones (`arpa`, `local`, ...), lower case: a name under
     /// any other top-level domain is not excluded, known without hashing anything.
     tops: Vec<Vec<u8>>,
+    /// By length (31 for 31 and longer), the first letters of `tops` (a bit each, case
+    /// folded): most top labels are ruled out by these two bytes.
+    top_first: [u32; 32],
     /// An excluded root: every name is excluded.
     everything: bool,
     private: Vec<Cidr>,
@@ -163,7 +166,8 @@ impl PrivacyFilter {
             excluded
                 .extend((64..=127).map(|n| Name::from_ascii(format!("{n}.100.in-addr.arpa.")).expect("valid zone")));
         }
-        let mut filter = Self { excluded: HashMap::new(), tops: Vec::new(), everything: false, private };
+        let mut filter =
+            Self { excluded: HashMap::new(), tops: Vec::new(), top_first: [0; 32], everything: false, private };
         for zone in excluded {
             let mut key = Vec::new();
             let labels: Vec<&[u8]> = zone.iter().collect();
@@ -171,6 +175,9 @@ impl PrivacyFilter {
             if let Some(top) = labels.last().map(|l| l.to_ascii_lowercase())
                 && !filter.tops.contains(&top)
             {
+                if let Some(&first) = top.first() {
+                    filter.top_first[top.len().min(31)] |= 1 << (first & 31);
+                }
                 filter.tops.push(top);
             }
             for (i, label) in labels.iter().rev().enumerate() {
@@ -193,8 +200,18 @@ impl PrivacyFilter {
         if self.everything {
             return true;
         }
-        // Where each label starts (a name of at most 255 bytes has at most 127 labels); most
-        // names are known not to be excluded by their top label alone.
+        // Most names are known not to be excluded by their top label alone: found first,
+        // without keeping where the others start.
+        let (mut top, mut p) = (None, 0);
+        while let Some(&len) = wire.get(p).filter(|&&len| len != 0) {
+            top = Some(p);
+            p += 1 + usize::from(len);
+        }
+        let Some(top) = top.and_then(|at| wire.get(at + 1..at + 1 + usize::from(wire[at]))) else { return false };
+        if !self.is_top(top) {
+            return false;
+        }
+        // Where each label starts (a name of at most 255 bytes has at most 127 labels).
         let mut starts = [0u8; 128];
         let mut n = 0;
         let mut p = 0;
@@ -207,10 +224,14 @@ impl PrivacyFilter {
             let at = usize::from(starts[i]);
             wire.get(at + 1..at + 1 + usize::from(wire[at])).unwrap_or_default()
         };
-        if n == 0 || !self.tops.iter().any(|t| t.eq_ignore_ascii_case(label(n - 1))) {
-            return false;
-        }
         self.excluded_labels((0..n).rev().map(label))
+    }
+
+    /// Whether `label` is the top label of an excluded zone.
+    fn is_top(&self, label: &[u8]) -> bool {
+        let Some(&first) = label.first() else { return false };
+        self.top_first[label.len().min(31)] >> (first & 31) & 1 != 0
+            && self.tops.iter().any(|t| t.eq_ignore_ascii_case(label))
     }
 
     /// The walk of [`Self::excluded_name`], over the labels right to left.
@@ -219,7 +240,7 @@ impl PrivacyFilter {
             return true;
         }
         let Some(top) = right_to_left.next() else { return false };
-        if !self.tops.iter().any(|t| t.eq_ignore_ascii_case(top)) {
+        if !self.is_top(top) {
             return false;
         }
         let mut key = Vec::with_capacity(256);
@@ -335,6 +356,27 @@ mod tests {
         assert!(all.excluded_name(&Name::from_ascii("www.example.com.").unwrap()) && all.excluded_name(&Name::root()));
         let none = PrivacyFilter::new(&[], false, vec![]);
         assert!(!none.excluded_name(&Name::from_ascii("x.localhost.").unwrap()));
+        // Top labels are told apart by more than their length and first letter, and long ones
+        // (sharing a slot of the first-letter filter) too.
+        let long = "a".repeat(40);
+        let f = PrivacyFilter::new(&[Name::from_ascii(format!("corp.{long}.")).unwrap()], true, vec![]);
+        for (name, excluded) in [
+            ("x.Local.".to_string(), true),
+            ("x.locax.".to_string(), false),
+            ("x.lOCAX.".to_string(), false),
+            (format!("x.corp.{}.", long.to_uppercase()), true),
+            (format!("x.corp.{}b.", &long[1..]), false),
+            (format!("x.corp.{long}a."), false),
+        ] {
+            let name = Name::from_ascii(&name).unwrap();
+            let mut wire = Vec::new();
+            for label in name.iter() {
+                wire.push(label.len() as u8);
+                wire.extend_from_slice(label);
+            }
+            wire.push(0);
+            assert_eq!((f.excluded_name(&name), f.excluded_wire(&wire)), (excluded, excluded), "{name}");
+        }
     }
 
     #[test]
