@@ -231,17 +231,22 @@ mod tests {
 
     proptest::proptest! {
         /// A varint reads as prost reads it (value and bytes taken, or an error): any bytes,
-        /// and prost's encoding of any value, with anything after it.
+        /// and prost's encoding of any value (of any length: shifted right), with anything
+        /// after it.
         #[test]
         fn varints_read_as_prost_reads_them(
             raw in proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..16),
             v in proptest::arbitrary::any::<u64>(),
+            shift in 0u32..64,
             tail in proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..9),
         ) {
             let mut encoded = Vec::new();
             prost::encoding::encode_varint(v, &mut encoded);
             encoded.extend_from_slice(&tail);
-            for bytes in [&raw, &encoded] {
+            let mut shorter = Vec::new();
+            prost::encoding::encode_varint(v >> shift, &mut shorter);
+            shorter.extend_from_slice(&tail);
+            for bytes in [&raw, &encoded, &shorter] {
                 let mut f = Fields { buf: bytes, at: 0 };
                 let ours = f.varint().map(|x| (x, f.at));
                 let mut b = &bytes[..];
