@@ -359,7 +359,8 @@ impl Response {
     /// Appends a name in wire format (checked: a dnstap `query_zone`), lower-cased.
     pub fn push_wire(&mut self, wire: &[u8]) -> Span {
         let start = self.bytes.len();
-        self.bytes.extend(wire.iter().map(u8::to_ascii_lowercase));
+        self.bytes.extend_from_slice(wire);
+        self.bytes[start..].make_ascii_lowercase();
         Span { start: start as u32, len: wire.len() as u32 }
     }
 
