@@ -281,6 +281,10 @@ async fn frames_cut_anywhere_arrive_whole_whatever_their_size() {
         }
     }
     assert_eq!(stats.frames_dropped.total() + h.stats.frames_dropped.total(), 0);
+    // The buffer grown for each of the six large frames went back to its size after it.
+    for shrunk in [stats.buffers_shrunk.get(), h.stats.buffers_shrunk.get()] {
+        assert!(shrunk >= 6, "{shrunk} shrinks");
+    }
     for (shutdown, task) in [(h.shutdown, h.task), (shutdown, task)] {
         shutdown.cancel();
         task.await.unwrap();

@@ -113,6 +113,8 @@ pub struct ListenerStats {
     pub bytes_received: Counter,
     /// Data frames dropped, by reason (oversized, truncated at disconnect).
     pub frames_dropped: ReasonCounter,
+    /// Read buffers grown for a large frame and shrunk back once it was out of them.
+    pub buffers_shrunk: Counter,
 }
 
 impl Metrics for ListenerStats {
@@ -166,6 +168,13 @@ impl Metrics for ListenerStats {
             "Data frames dropped, by reason.",
             "reason",
             &self.frames_dropped,
+        );
+        write_metric(
+            out,
+            &format!("{p}_buffers_shrunk_total"),
+            "counter",
+            "Read buffers grown for a large frame and shrunk back after it.",
+            self.buffers_shrunk.get(),
         );
     }
 }
@@ -372,6 +381,8 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut codec = FrameCodec::new(config.max_frame);
     let mut handshake = ReaderHandshake::new(&config.content_type);
     let mut buf = BytesMut::with_capacity(config.read_buffer);
+    // Whether `buf` has grown past twice its size (for a large frame).
+    let mut grown = false;
     let mut batch: Vec<Bytes> = Vec::new();
     loop {
         // Decode everything already buffered.
@@ -428,6 +439,16 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
+        if grown && buf.len() <= config.read_buffer / 2 {
+            // Grown for a large frame that is out of it now: back to its size, not kept for
+            // the rest of the connection. The frames decoded keep the large one until they
+            // are dropped.
+            let mut small = BytesMut::with_capacity(config.read_buffer);
+            small.extend_from_slice(&buf);
+            buf = small;
+            grown = false;
+            stats.buffers_shrunk.inc();
+        }
         // Room for the next read. The frames decoded share the buffer until they are dropped:
         // handed over first, they leave it to this connection alone, and `reserve` can move
         // what is left of a frame cut short to its front instead of allocating a new buffer
@@ -438,13 +459,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(());
             }
             buf.reserve(config.read_buffer.saturating_sub(buf.len()).max(room));
-            if buf.capacity() > 4 * config.read_buffer && buf.len() <= config.read_buffer / 2 {
-                // Grown for a large frame that is out of it now: back to its size, not kept
-                // for the rest of the connection.
-                let mut small = BytesMut::with_capacity(config.read_buffer);
-                small.extend_from_slice(&buf);
-                buf = small;
-            }
+            grown |= buf.capacity() > 2 * config.read_buffer;
         }
         if !batch.is_empty() {
             // Senders such as fstrm_replay write one frame per syscall: keep reading what is
