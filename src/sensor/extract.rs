@@ -558,6 +558,12 @@ mod tests {
         for _ in 0..copies {
             m.extend(rr(&ns, 1, &glue));
         }
+        resolver_response(m, "test.")
+    }
+
+    /// A RESOLVER_RESPONSE frame of DNS message `m` from the `test.` server 192.0.2.53, with
+    /// `zone` as its `query_zone`.
+    fn resolver_response(m: Vec<u8>, zone: &str) -> Bytes {
         let t = Timestamp { sec: 1_767_225_600, nsec: 0 };
         let message = DnstapMessage {
             kind: MessageType::ResolverResponse,
@@ -569,11 +575,20 @@ mod tests {
             response_port: Some(53),
             query_time: Some(t),
             response_time: Some(t),
-            query_zone: Some(Name::from_ascii("test.").unwrap()),
+            query_zone: Some(Name::from_ascii(zone).unwrap()),
             query_message: None,
             response_message: Some(Bytes::from(m)),
         };
         Bytes::from(encode(&DnstapEvent { identity: None, version: None, message }))
+    }
+
+    /// An extractor with no privacy filter and a zone map of at most `servers`.
+    fn extractor(servers: usize) -> Extractor {
+        Extractor::new(
+            ExtractConfig { auth_responses: false, negative: false },
+            PrivacyFilter::new(&[], false, Vec::new()),
+            ZoneMap::new(servers),
+        )
     }
 
     /// An authoritative answer for `www.zN.test.` from `zN.Test.` (its `query_zone`).
@@ -583,33 +598,14 @@ mod tests {
         m.extend_from_slice(&owner);
         m.extend_from_slice(&[0, 1, 0, 1]);
         m.extend(rr(&owner, 1, &[192, 0, 2, 1]));
-        let t = Timestamp { sec: 1_767_225_600, nsec: 0 };
-        let message = DnstapMessage {
-            kind: MessageType::ResolverResponse,
-            socket_family: None,
-            socket_protocol: None,
-            query_address: None,
-            response_address: None,
-            query_port: None,
-            response_port: None,
-            query_time: Some(t),
-            response_time: Some(t),
-            query_zone: Some(Name::from_ascii(format!("z{zone}.Test.")).unwrap()),
-            query_message: None,
-            response_message: Some(Bytes::from(m)),
-        };
-        Bytes::from(encode(&DnstapEvent { identity: None, version: None, message }))
+        resolver_response(m, &format!("z{zone}.Test."))
     }
 
     /// Bailiwicks kept as text stay within their bound, and each frame's RRsets get their
     /// own, lower-cased, whether written anew or found again.
     #[test]
     fn bailiwicks_kept_as_text_are_bounded_and_right() {
-        let mut x = Extractor::new(
-            ExtractConfig { auth_responses: false, negative: false },
-            PrivacyFilter::new(&[], false, Vec::new()),
-            ZoneMap::new(1_000),
-        );
+        let mut x = extractor(1_000);
         let mut out = Vec::new();
         for zone in (0..BAILIWICKS_MAX + 500).chain(0..600).chain(BAILIWICKS_MAX..BAILIWICKS_MAX + 10) {
             let frame = answer(zone);
@@ -635,11 +631,7 @@ mod tests {
     /// ones are forgotten in bulk once the entries or bytes run out. Each is still learned.
     #[test]
     fn learned_referrals_stay_within_their_bounds() {
-        let mut x = Extractor::new(
-            ExtractConfig { auth_responses: false, negative: false },
-            PrivacyFilter::new(&[], false, Vec::new()),
-            ZoneMap::new(1_000_000),
-        );
+        let mut x = extractor(1_000_000);
         // 250 copies of the glue: keys of about 1,270 bytes each, past LEARNED_KEY_MAX.
         for i in 0..20u8 {
             learn(&mut x, &referral(0, 2, "ns", [198, 51, 100, i], 250));
