@@ -107,22 +107,46 @@ pub(crate) fn push_wire_name(wire: &[u8], out: &mut String) {
 
 /// One label and its dot, escaped as [`push_name`] says.
 fn push_label(label: &[u8], out: &mut String) {
+    escape_label(label, |b| out.push(char::from(b)));
+    out.push('.');
+}
+
+/// [`push_label`] into bytes.
+pub(crate) fn push_label_bytes(label: &[u8], out: &mut Vec<u8>) {
+    escape_label(label, |b| out.push(b));
+    out.push(b'.');
+}
+
+/// [`push_wire_name`] into bytes.
+pub(crate) fn push_wire_name_bytes(wire: &[u8], out: &mut Vec<u8>) {
+    let mut labels = 0;
+    for label in crate::sensor::wire::labels(wire) {
+        labels += 1;
+        push_label_bytes(label, out);
+    }
+    if labels == 0 {
+        out.push(b'.');
+    }
+}
+
+/// The label's characters as [`push_name`] writes them (all ASCII), one at a time.
+#[inline(always)]
+fn escape_label(label: &[u8], mut push: impl FnMut(u8)) {
     for &b in label {
         match b {
             b'.' | b'\\' | b'"' | b'(' | b')' | b';' | b'@' | b'$' => {
-                out.push('\\');
-                out.push(b as char);
+                push(b'\\');
+                push(b);
             }
-            0x21..=0x7e => out.push(b as char),
+            0x21..=0x7e => push(b),
             _ => {
-                out.push('\\');
-                out.push((b'0' + b / 100) as char);
-                out.push((b'0' + b / 10 % 10) as char);
-                out.push((b'0' + b % 10) as char);
+                push(b'\\');
+                push(b'0' + b / 100);
+                push(b'0' + b / 10 % 10);
+                push(b'0' + b % 10);
             }
         }
     }
-    out.push('.');
 }
 
 /// Reads back a name written by [`push_name`] (absolute; `\DDD` decimal, `\c` for any other

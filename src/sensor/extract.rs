@@ -3,9 +3,12 @@
 //!
 //! What leaves this module is an [`Observation`]: owner, type, bailiwick, rdata set and a time
 //! in seconds. It has no field that could hold a client or resolver address, a port, a DNS id
-//! or an EDNS option, so nothing downstream can leak them.
+//! or an EDNS option, so nothing downstream can leak them. Its owner and bailiwick stay in
+//! wire format, lower-cased: the window counts repeats by them as they are, and only the
+//! RRsets it hands to the store are written as text (a name in wire format and its
+//! presentation text determine each other, so the window counts the same RRsets either way).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use hickory_proto::rr::RData;
@@ -38,6 +41,36 @@ impl Rrset {
     }
 }
 
+/// An RRset as the stages leave it: [`Rrset`] with its owner and bailiwick in wire format
+/// (uncompressed, lower-cased, ending with the root label). Writing names as text was a
+/// tenth of the stages' time; the store thread writes those of each distinct RRset of a
+/// window instead ([`WireRrset::to_rrset`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WireRrset {
+    pub owner: Vec<u8>,
+    pub rrtype: u16,
+    pub bailiwick: Vec<u8>,
+    pub rdata: Vec<String>,
+}
+
+impl WireRrset {
+    /// The RRset with its names in presentation format.
+    pub fn to_rrset(&self) -> Rrset {
+        let (mut rrname, mut bailiwick) = (String::new(), String::new());
+        push_wire_name(&self.owner, &mut rrname);
+        push_wire_name(&self.bailiwick, &mut bailiwick);
+        Rrset { rrname, rrtype: self.rrtype, bailiwick, rdata: self.rdata.clone() }
+    }
+
+    /// The heap memory it holds (capacities): what keeping it for reuse costs.
+    pub fn heap_bytes(&self) -> usize {
+        self.owner.capacity()
+            + self.bailiwick.capacity()
+            + self.rdata.capacity() * std::mem::size_of::<String>()
+            + self.rdata.iter().map(String::capacity).sum::<usize>()
+    }
+}
+
 /// Whether an observation is data or the proof that there is none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -52,7 +85,7 @@ pub enum Kind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {
     pub kind: Kind,
-    pub rrset: Rrset,
+    pub rrset: WireRrset,
     /// Seconds since the epoch: the response time of the frame.
     pub time: u64,
 }
@@ -91,15 +124,7 @@ pub struct Extractor {
     learned: HashSet<Box<[u8]>, foldhash::quality::SeedableRandomState>,
     learned_bytes: usize,
     learned_key: Vec<u8>,
-    /// The bailiwick of the message at hand, in presentation format.
-    bailiwick_text: String,
-    /// Bailiwicks in presentation format by their wire form: the same few zones answer most
-    /// frames, and writing one as text was 5% of the stages' instructions. Emptied when full.
-    bailiwicks: HashMap<Box<[u8]>, Box<str>, foldhash::quality::SeedableRandomState>,
 }
-
-/// At most this many bailiwicks are kept as text.
-const BAILIWICKS_MAX: usize = 4096;
 
 /// At most this many delegations are remembered as learned ...
 const LEARNED_MAX: usize = 16_384;
@@ -146,8 +171,6 @@ impl Extractor {
             learned: HashSet::with_hasher(super::window::seeded()),
             learned_bytes: 0,
             learned_key: Vec::new(),
-            bailiwick_text: String::new(),
-            bailiwicks: HashMap::with_hasher(super::window::seeded()),
         }
     }
 
@@ -253,17 +276,6 @@ impl Extractor {
         if self.filter.excluded_wire(zone) {
             return Err("excluded_zone");
         }
-        self.bailiwick_text.clear();
-        match self.bailiwicks.get(zone) {
-            Some(text) => self.bailiwick_text.push_str(text),
-            None => {
-                push_wire_name(zone, &mut self.bailiwick_text);
-                if self.bailiwicks.len() >= BAILIWICKS_MAX {
-                    self.bailiwicks.clear();
-                }
-                self.bailiwicks.insert(zone.into(), self.bailiwick_text.as_str().into());
-            }
-        }
 
         let before = out.len();
         if referral {
@@ -287,7 +299,7 @@ impl Extractor {
                         _ => None,
                     }));
                 }
-                self.push(msg, Kind::Positive, first.owner, rtype, &self.bailiwick_text, members(), time, out, drops);
+                self.push(msg, Kind::Positive, first.owner, rtype, zone, members(), time, out, drops);
             }
             group(msg.additionals().iter(), msg, &mut self.groups);
             for g in 0..self.groups.len() {
@@ -304,7 +316,7 @@ impl Extractor {
                     continue;
                 }
                 let members = msg.additionals().iter().filter(|r| r.rtype == rtype && msg.bytes(r.owner) == owner);
-                self.push(msg, Kind::Positive, first.owner, rtype, &self.bailiwick_text, members, time, out, drops);
+                self.push(msg, Kind::Positive, first.owner, rtype, zone, members, time, out, drops);
             }
             self.learn_delegations(msg, zone);
             return Ok(());
@@ -330,7 +342,7 @@ impl Extractor {
                 continue;
             }
             let members = records().filter(|r| r.rtype == rtype && msg.bytes(r.owner) == owner);
-            self.push(msg, Kind::Positive, first.owner, rtype, &self.bailiwick_text, members, time, out, drops);
+            self.push(msg, Kind::Positive, first.owner, rtype, zone, members, time, out, drops);
         }
         if negative
             && answers == 0
@@ -341,7 +353,7 @@ impl Extractor {
                 drops.add("out_of_bailiwick");
             } else if self.config.negative {
                 let kind = if rcode == NXDOMAIN { Kind::NxDomain } else { Kind::NoData };
-                self.push(msg, kind, qname, qtype, &self.bailiwick_text, soa, time, out, drops);
+                self.push(msg, kind, qname, qtype, zone, soa, time, out, drops);
             } else {
                 drops.add("negative");
             }
@@ -361,7 +373,7 @@ impl Extractor {
         kind: Kind,
         owner: Span,
         rtype: u16,
-        bailiwick: &str,
+        bailiwick: &[u8],
         records: impl Iterator<Item = &'r Rec>,
         time: u64,
         out: &mut Vec<Observation>,
@@ -375,7 +387,7 @@ impl Extractor {
         let mut spare = self.spare.take();
         let mut o = spare.pop().unwrap_or_else(|| Observation {
             kind,
-            rrset: Rrset { rrname: String::new(), rrtype: 0, bailiwick: String::new(), rdata: Vec::new() },
+            rrset: WireRrset { owner: Vec::new(), rrtype: 0, bailiwick: Vec::new(), rdata: Vec::new() },
             time,
         });
         let r = &mut o.rrset;
@@ -405,10 +417,10 @@ impl Extractor {
         r.rdata.truncate(n);
         r.rdata.sort_unstable();
         r.rdata.dedup();
-        r.rrname.clear();
-        push_wire_name(owner, &mut r.rrname);
+        r.owner.clear();
+        r.owner.extend_from_slice(owner);
         r.bailiwick.clear();
-        r.bailiwick.push_str(bailiwick);
+        r.bailiwick.extend_from_slice(bailiwick);
         r.rrtype = rtype;
         (o.kind, o.time) = (kind, time);
         out.push(o);
@@ -593,7 +605,7 @@ mod tests {
 
     /// An authoritative answer for `www.zN.test.` from `zN.Test.` (its `query_zone`).
     fn answer(zone: usize) -> Bytes {
-        let owner = wire_name(&["www", &format!("z{zone}"), "test"]);
+        let owner = wire_name(&["wWw", &format!("Z{zone}"), "tEst"]);
         let mut m = vec![0x12, 0x34, 0x84, 0x00, 0, 1, 0, 1, 0, 0, 0, 0];
         m.extend_from_slice(&owner);
         m.extend_from_slice(&[0, 1, 0, 1]);
@@ -601,24 +613,24 @@ mod tests {
         resolver_response(m, &format!("z{zone}.Test."))
     }
 
-    /// Bailiwicks kept as text stay within their bound, and each frame's RRsets get their
-    /// own, lower-cased, whether written anew or found again.
+    /// Each frame's RRsets get its own bailiwick and owner, lower-cased, in wire format, also
+    /// when the observations they are written into held other (longer, shorter) names.
     #[test]
-    fn bailiwicks_kept_as_text_are_bounded_and_right() {
+    fn owners_and_bailiwicks_are_each_frames_own_and_lower_cased() {
         let mut x = extractor(1_000);
         let mut out = Vec::new();
-        for zone in (0..BAILIWICKS_MAX + 500).chain(0..600).chain(BAILIWICKS_MAX..BAILIWICKS_MAX + 10) {
+        for zone in (0..600).chain([5, 100_000, 7, 12_345_678, 3]) {
             let frame = answer(zone);
             let tap = crate::dnstap::view(&frame).unwrap().unwrap();
             x.recycle(&mut out);
             x.extract(&tap, &mut out, &mut Tally::default()).unwrap();
-            let got: Vec<(&str, &str)> =
-                out.iter().map(|o| (o.rrset.rrname.as_str(), o.rrset.bailiwick.as_str())).collect();
-            let (owner, zone) = (format!("www.z{zone}.test."), format!("z{zone}.test."));
-            assert_eq!(got, [(owner.as_str(), zone.as_str())]);
-            assert!(x.bailiwicks.len() <= BAILIWICKS_MAX);
+            let text = format!("z{zone}");
+            let (owner, bailiwick) = (wire_name(&["www", &text, "test"]), wire_name(&[&text, "test"]));
+            let got: Vec<(&[u8], &[u8])> = out.iter().map(|o| (&o.rrset.owner[..], &o.rrset.bailiwick[..])).collect();
+            assert_eq!(got, [(&owner[..], &bailiwick[..])]);
+            let r = out[0].rrset.to_rrset();
+            assert_eq!((r.rrname, r.bailiwick), (format!("www.z{zone}.test."), format!("z{zone}.test.")));
         }
-        assert!(x.bailiwicks.len() < BAILIWICKS_MAX, "emptied when full");
     }
 
     fn learn(x: &mut Extractor, frame: &Bytes) {

@@ -1,8 +1,8 @@
 //! The aggregation window: each distinct RRset seen since the last flush with its first seen,
 //! last seen and count.
 //!
-//! An RRset is kept as one byte string (kind, type, owner, bailiwick, rdata, each
-//! length-prefixed) instead of its owned strings, and the strings are not allocated one by
+//! An RRset is kept as one byte string (kind, type, owner and bailiwick in wire format, rdata,
+//! each length-prefixed) instead of its owned strings, and the strings are not allocated one by
 //! one: each is a *record* written after the one before into chunks of [`CHUNK`] bytes,
 //! `[hash u64][first u64][last u64][count u64][key length u32][key]`, all little-endian. An
 //! open-addressing table of `u64` slots finds them: each slot holds the record's place and 23
@@ -23,7 +23,8 @@ use std::hash::BuildHasher;
 use foldhash::SharedSeed;
 use foldhash::quality::SeedableRandomState;
 
-use super::extract::{Kind, Rrset};
+use super::extract::{Kind, Rrset, WireRrset};
+use crate::dns::push_wire_name;
 use crate::store::Delta;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,7 +141,7 @@ pub(crate) fn seeded() -> SeedableRandomState {
 
 impl Window {
     /// Counts one observation of `rrset` at `time` (in a batch: [`Window::apply`]).
-    pub fn add(&mut self, kind: Kind, rrset: &Rrset, time: u64) {
+    pub fn add(&mut self, kind: Kind, rrset: &WireRrset, time: u64) {
         let start = self.pending.len();
         encode(kind, rrset, &mut self.pending);
         let hash = self.hasher.hash_one(&self.pending[start..]);
@@ -354,20 +355,20 @@ fn kind_byte(kind: Kind) -> u8 {
     }
 }
 
-fn push_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
+fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
 }
 
 /// Appends the RRset's key to `out`.
-fn encode(kind: Kind, rrset: &Rrset, out: &mut Vec<u8>) {
+fn encode(kind: Kind, rrset: &WireRrset, out: &mut Vec<u8>) {
     out.push(kind_byte(kind));
     out.extend_from_slice(&rrset.rrtype.to_le_bytes());
-    push_str(out, &rrset.rrname);
-    push_str(out, &rrset.bailiwick);
+    push_bytes(out, &rrset.owner);
+    push_bytes(out, &rrset.bailiwick);
     out.extend_from_slice(&(rrset.rdata.len() as u32).to_le_bytes());
     for r in &rrset.rdata {
-        push_str(out, r);
+        push_bytes(out, r.as_bytes());
     }
 }
 
@@ -383,11 +384,21 @@ impl<'a> Reader<'a> {
         v
     }
 
-    fn str(&mut self) -> &'a str {
+    fn bytes(&mut self) -> &'a [u8] {
         let n = self.u32() as usize;
-        let s = std::str::from_utf8(&self.key[self.at..self.at + n]).expect("the window's own UTF-8");
+        let b = &self.key[self.at..self.at + n];
         self.at += n;
-        s
+        b
+    }
+
+    fn str(&mut self) -> &'a str {
+        std::str::from_utf8(self.bytes()).expect("the window's own UTF-8")
+    }
+
+    /// A name in wire format, written as text into `s`.
+    fn name_into(&mut self, s: &mut String) {
+        s.clear();
+        push_wire_name(self.bytes(), s);
     }
 }
 
@@ -396,9 +407,9 @@ impl<'a> Reader<'a> {
 pub fn key_start(key: &[u8], out: &mut Vec<u8>) {
     let rrtype = u16::from_le_bytes([key[1], key[2]]);
     let mut r = Reader { key, at: 3 };
-    let owner = r.str();
-    let bailiwick = r.str();
-    crate::store::keys::rrset_key_start(out, owner, rrtype, bailiwick);
+    let owner = r.bytes();
+    let bailiwick = r.bytes();
+    crate::store::keys::rrset_key_start_wire(out, owner, rrtype, bailiwick);
 }
 
 /// The store delta of a window entry.
@@ -420,8 +431,8 @@ pub fn delta_into(Entry { key, agg: a }: Entry, d: &mut Delta) {
     };
     d.rrset.rrtype = u16::from_le_bytes([key[1], key[2]]);
     let mut r = Reader { key, at: 3 };
-    set(&mut d.rrset.rrname, r.str());
-    set(&mut d.rrset.bailiwick, r.str());
+    r.name_into(&mut d.rrset.rrname);
+    r.name_into(&mut d.rrset.bailiwick);
     let n = r.u32() as usize;
     d.rrset.rdata.truncate(n);
     for i in 0..n {
@@ -443,11 +454,22 @@ fn set(s: &mut String, v: &str) {
 mod tests {
     use super::*;
 
-    fn rrset(name: &str, rdata: &[&str]) -> Rrset {
-        Rrset {
-            rrname: name.into(),
+    /// A name given as text without escapes, in wire format.
+    fn wire(name: &str) -> Vec<u8> {
+        let mut w = Vec::new();
+        for label in name.split('.').filter(|l| !l.is_empty()) {
+            w.push(label.len() as u8);
+            w.extend_from_slice(label.as_bytes());
+        }
+        w.push(0);
+        w
+    }
+
+    fn rrset(name: &str, rdata: &[&str]) -> WireRrset {
+        WireRrset {
+            owner: wire(name),
             rrtype: 1,
-            bailiwick: "example.com.".into(),
+            bailiwick: wire("example.com."),
             rdata: rdata.iter().map(|r| r.to_string()).collect(),
         }
     }
@@ -474,7 +496,7 @@ mod tests {
             let r = rrset(&format!("n{i}.example.com."), &[&format!("192.0.2.{}", i % 250), &big]);
             let time = 1_000 + next() % 10_000;
             w.add(Kind::Positive, &r, time);
-            let a = reference.entry(r).or_insert(Agg { first: time, last: time, count: 0 });
+            let a = reference.entry(r.to_rrset()).or_insert(Agg { first: time, last: time, count: 0 });
             (a.first, a.last, a.count) = (a.first.min(time), a.last.max(time), a.count + 1);
             // Counted in batches: after `apply`, every observation so far.
             if step % 7 == 0 {
@@ -529,6 +551,8 @@ mod tests {
         deltas.sort_by_key(|d| d.first);
         let got: Vec<(Kind, Rrset, u64, u64, u64)> =
             deltas.into_iter().map(|d| (d.kind, d.rrset, d.first, d.last, d.count)).collect();
+        let (a, b, c) = (a.to_rrset(), b.to_rrset(), c.to_rrset());
+        assert_eq!((a.rrname.as_str(), a.bailiwick.as_str()), ("www.example.com.", "example.com."));
         assert_eq!(
             got,
             [

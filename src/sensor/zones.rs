@@ -134,7 +134,7 @@ impl ZoneMap {
             if o.kind != Kind::Positive || !matches!(rtype, RecordType::A | RecordType::AAAA) {
                 continue;
             }
-            let Some(owner) = crate::dns::name_from_text(&o.rrset.rrname) else { continue };
+            let Some(owner) = super::wire::to_name(&o.rrset.owner) else { continue };
             let addrs: Vec<IpAddr> = o.rrset.rdata.iter().filter_map(|r| r.parse().ok()).collect();
             self.learn_address(owner, addrs);
         }

@@ -142,6 +142,32 @@ pub fn rrset_key_start(k: &mut Vec<u8>, owner: &str, rrtype: u16, bailiwick: &st
     k.push(0);
 }
 
+/// [`rrset_key_start`] of an owner and a bailiwick in wire format (uncompressed, as the
+/// sensor's window keeps them), without writing them as text first: the same bytes.
+pub fn rrset_key_start_wire(k: &mut Vec<u8>, owner: &[u8], rrtype: u16, bailiwick: &[u8]) {
+    // Where each label starts: at most 127 in a name of 255 bytes.
+    let mut starts = [0u8; 128];
+    let mut n = 0;
+    let mut p = 0;
+    while let Some(&len) = owner.get(p) {
+        if len == 0 || n == starts.len() {
+            break;
+        }
+        starts[n] = p as u8;
+        n += 1;
+        p += 1 + usize::from(len);
+    }
+    for &start in starts[..n].iter().rev() {
+        let start = usize::from(start);
+        let end = (start + 1 + usize::from(owner[start])).min(owner.len());
+        crate::dns::push_label_bytes(&owner[start + 1..end], k);
+    }
+    k.push(0);
+    k.extend_from_slice(&rrtype.to_be_bytes());
+    crate::dns::push_wire_name_bytes(bailiwick, k);
+    k.push(0);
+}
+
 /// The key prefix of every RRset owned by exactly `name`.
 pub fn owner_prefix(name: &str) -> Vec<u8> {
     let mut k = reverse_name(name).into_bytes();
@@ -251,6 +277,42 @@ impl<'a> Parser<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The key start written from names in wire format is the one written from their text:
+    /// escapes, the root, long labels, more labels than [`reverse_name_into`] keeps in place.
+    #[test]
+    fn key_starts_from_wire_and_from_text_are_the_same() {
+        let names: Vec<Vec<&[u8]>> = vec![
+            vec![],
+            vec![b"com"],
+            vec![b"www", b"example", b"com"],
+            vec![b"a.b", b"ex\\ample", b"q\"(x);@$", b"test"],
+            vec![b"\x00\x1f \x7f\x80\xff", b"x"],
+            vec![&[b'm'; 63], &[b'n'; 63], &[b'o'; 63], &[b'p'; 61]],
+            (0..40).map(|_| &b"l"[..]).collect(),
+        ];
+        let wire = |labels: &[&[u8]]| {
+            let mut w = Vec::new();
+            for l in labels {
+                w.push(l.len() as u8);
+                w.extend_from_slice(l);
+            }
+            w.push(0);
+            w
+        };
+        for owner in &names {
+            for bailiwick in &names[..4] {
+                let (owner, bailiwick) = (wire(owner), wire(bailiwick));
+                let (mut owner_text, mut bailiwick_text) = (String::new(), String::new());
+                crate::dns::push_wire_name(&owner, &mut owner_text);
+                crate::dns::push_wire_name(&bailiwick, &mut bailiwick_text);
+                let (mut from_text, mut from_wire) = (vec![7], vec![7]);
+                rrset_key_start(&mut from_text, &owner_text, 28, &bailiwick_text);
+                rrset_key_start_wire(&mut from_wire, &owner, 28, &bailiwick);
+                assert_eq!(from_wire, from_text, "{owner_text} {bailiwick_text}");
+            }
+        }
+    }
 
     #[test]
     fn reversed_names_group_zones() {
