@@ -79,6 +79,7 @@ struct RawStore {
     compression: Option<bool>,
     cache_mb: Option<u64>,
     compact_when_idle: Option<bool>,
+    idle_priority: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,6 +125,8 @@ pub struct SensorConfig {
     pub cache_mb: u64,
     /// Merges leave compaction for when the load eases (`Store::merge_under_load`).
     pub compact_when_idle: bool,
+    /// The store thread runs at idle CPU priority while it is ahead (`sensor::priority`).
+    pub idle_priority: bool,
     /// Forward the outbox to a collector or relay (implies the outbox).
     pub forward: Option<ForwardConfig>,
     pub metrics: Option<SocketAddr>,
@@ -284,6 +287,7 @@ impl SensorConfig {
             compression,
             cache_mb,
             compact_when_idle: raw.store.compact_when_idle.unwrap_or(true),
+            idle_priority: raw.store.idle_priority.unwrap_or(true),
             forward,
             metrics,
             api,

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod extract;
 pub mod filter;
+mod priority;
 mod window;
 pub(crate) mod wire;
 pub mod zones;
@@ -60,6 +61,8 @@ pub struct SensorStats {
     pub frames_deferred: Gauge,
     pub flushes: Counter,
     pub flush_errors: Counter,
+    /// Windows the stages had ready while the store thread was still writing the last one.
+    pub store_waits: Counter,
     pub keys_new: Counter,
     pub keys_updated: Counter,
     /// Observations written to the store (the sum of the flushed counts).
@@ -143,6 +146,13 @@ impl Metrics for SensorStats {
             "counter",
             "Failed flushes (retried).",
             self.flush_errors.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_store_waits_total"),
+            "counter",
+            "Windows ready while the store thread was still writing the last one (the stages waited).",
+            self.store_waits.get(),
         );
         write_metric(
             out,
@@ -243,7 +253,13 @@ impl Pipeline {
             window_age: config.window,
             window_keys: config.window_keys,
             window_bytes: usize::try_from(config.window_mb << 20).unwrap_or(usize::MAX),
-            flusher: Flusher::start(store.clone(), config.outbox, config.compact_when_idle, stats.clone()),
+            flusher: Flusher::start(
+                store.clone(),
+                config.outbox,
+                config.compact_when_idle,
+                priority::StorePriority::new(config.idle_priority),
+                stats.clone(),
+            ),
             store,
             stats,
             scratch: Vec::new(),
@@ -414,8 +430,12 @@ impl Pipeline {
 /// [`IDLE_COMPACT_STEP`] entries until none is due, taking the next window between two steps;
 /// not once closing (the last window), nor while a window waits. Without it, every merge
 /// compacts a step (`Store::merge`).
+///
+/// With `[store] idle_priority` (the default), the thread runs at idle CPU priority while
+/// nothing waits for it, and at normal priority while a window does ([`priority`]).
 struct Flusher {
     tx: Option<std::sync::mpsc::SyncSender<Handed>>,
+    priority: Arc<priority::StorePriority>,
     thread: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
     closing: Arc<std::sync::atomic::AtomicBool>,
     store: Store,
@@ -437,11 +457,18 @@ struct Handed {
 const IDLE_COMPACT_STEP: u64 = 100_000;
 
 impl Flusher {
-    fn start(store: Store, outbox: bool, when_idle: bool, stats: Arc<SensorStats>) -> Self {
+    fn start(
+        store: Store,
+        outbox: bool,
+        when_idle: bool,
+        priority: priority::StorePriority,
+        stats: Arc<SensorStats>,
+    ) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Handed>(0);
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let priority = Arc::new(priority);
         let thread = {
-            let (store, stats, closing) = (store.clone(), stats.clone(), closing.clone());
+            let (store, stats, closing, priority) = (store.clone(), stats.clone(), closing.clone(), priority.clone());
             std::thread::Builder::new()
                 .name("sensor-flush".into())
                 .spawn(move || {
@@ -450,6 +477,8 @@ impl Flusher {
                     // Compaction left by merges under load, or by an earlier run of the sensor.
                     let mut catch_up = when_idle;
                     loop {
+                        // Nothing waits for the thread, or the window waiting is taken now.
+                        priority.lower();
                         let w = if catch_up && !closing.load(std::sync::atomic::Ordering::Relaxed) {
                             match rx.try_recv() {
                                 Ok(w) => w,
@@ -472,16 +501,27 @@ impl Flusher {
                 })
                 .expect("spawn the flush thread")
         };
-        Self { tx: Some(tx), thread: Some(thread), closing, store, outbox, when_idle, stats }
+        Self { tx: Some(tx), priority, thread: Some(thread), closing, store, outbox, when_idle, stats }
     }
 
     fn send(&mut self, w: Handed) -> Result<(), StoreError> {
+        use std::sync::mpsc::TrySendError;
         match &self.tx {
-            Some(tx) => match tx.send(w) {
-                Ok(()) => Ok(()),
+            Some(tx) => {
+                let sent = match tx.try_send(w) {
+                    Ok(()) => Ok(()),
+                    Err(TrySendError::Full(w)) => {
+                        // Still writing the last window: the stages wait for it, at normal
+                        // priority.
+                        self.stats.store_waits.inc();
+                        self.priority.raise(false);
+                        tx.send(w).map_err(drop)
+                    }
+                    Err(TrySendError::Disconnected(_)) => Err(()),
+                };
                 // The thread has given up (only when closing): report why.
-                Err(std::sync::mpsc::SendError(_)) => self.close(),
-            },
+                if sent.is_err() { self.close() } else { Ok(()) }
+            }
             // After close: write synchronously.
             None => write_window(
                 &self.store,
@@ -498,6 +538,7 @@ impl Flusher {
     /// Waits until everything sent is written.
     fn close(&mut self) -> Result<(), StoreError> {
         self.closing.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.priority.raise(true);
         self.tx = None;
         match self.thread.take() {
             Some(t) => t.join().unwrap_or_else(|_| Err(StoreError::FlushPanicked)),
