@@ -433,7 +433,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 /// What every long-running command starts with: shutdown on SIGTERM/SIGINT, a metrics
 /// registry, and its `/metrics` endpoint when asked for.
 async fn service(metrics: Option<SocketAddr>) -> anyhow::Result<(CancellationToken, Registry)> {
-    let shutdown = shutdown_on_signals()?;
+    let shutdown = shutdown_on_signals();
     let registry = Registry::default();
     if let Some(addr) = metrics {
         dnsledger::metrics::spawn_endpoint(addr, registry.clone(), shutdown.clone())
@@ -443,8 +443,7 @@ async fn service(metrics: Option<SocketAddr>) -> anyhow::Result<(CancellationTok
     Ok((shutdown, registry))
 }
 
-fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
-    let grace = shutdown_grace()?;
+fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
@@ -459,36 +458,8 @@ fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
         }
         tracing::info!("shutting down");
         t.cancel();
-        // Whatever holds up the exit (a store that can no longer be written: sled's last
-        // flush then waits for good), it does not hold it up past the grace period, nor past
-        // a second signal.
-        std::thread::spawn(move || {
-            std::thread::sleep(grace);
-            tracing::error!(grace_seconds = grace.as_secs(), "shutdown did not finish in time: exiting now");
-            std::process::exit(1);
-        });
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::error!("second signal: exiting now");
-        std::process::exit(1);
     });
-    Ok(token)
-}
-
-/// How long a shutdown may take after the first SIGTERM or SIGINT:
-/// `DNSLEDGER_SHUTDOWN_GRACE` seconds (default 60, under systemd's 90 s stop timeout).
-fn shutdown_grace() -> anyhow::Result<std::time::Duration> {
-    let secs = match std::env::var("DNSLEDGER_SHUTDOWN_GRACE") {
-        Err(_) => 60,
-        Ok(v) => v
-            .parse()
-            .ok()
-            .filter(|&s| s > 0)
-            .with_context(|| format!("DNSLEDGER_SHUTDOWN_GRACE={v:?}: a number of seconds, at least 1"))?,
-    };
-    Ok(std::time::Duration::from_secs(secs))
+    token
 }
 
 fn sensor_config(a: &SensorArgs) -> anyhow::Result<dnsledger::sensor::SensorConfig> {
@@ -839,7 +810,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(addr)) => Target::Tcp(addr),
                 (None, None) => bail!("--unix or --tcp is required"),
             };
-            let shutdown = shutdown_on_signals()?;
+            let shutdown = shutdown_on_signals();
             tap::replay(&a.file, target, a.rate, &Registry::default(), shutdown).await?;
         }
     }

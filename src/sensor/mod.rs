@@ -61,7 +61,8 @@ pub struct SensorStats {
     pub frames_deferred: Gauge,
     pub flushes: Counter,
     pub flush_errors: Counter,
-    /// Windows the stages had ready while the store thread was still writing the last one.
+    /// Windows the stages had ready while the store thread was busy (writing the last one,
+    /// or compacting): they waited.
     pub store_waits: Counter,
     pub keys_new: Counter,
     pub keys_updated: Counter,
@@ -151,7 +152,7 @@ impl Metrics for SensorStats {
             out,
             &format!("{p}_store_waits_total"),
             "counter",
-            "Windows ready while the store thread was still writing the last one (the stages waited).",
+            "Windows ready while the store thread was busy writing or compacting (the stages waited).",
             self.store_waits.get(),
         );
         write_metric(
@@ -442,6 +443,8 @@ struct Flusher {
     outbox: bool,
     when_idle: bool,
     stats: Arc<SensorStats>,
+    /// Writes were given up on (closing with a failing store): every later close says so.
+    gave_up: Option<String>,
 }
 
 /// A window handed to the flusher thread.
@@ -476,13 +479,13 @@ impl Flusher {
                     let mut pool = Vec::new();
                     // Compaction left by merges under load, or by an earlier run of the sensor.
                     let mut catch_up = when_idle;
+                    priority.register();
                     loop {
-                        // Nothing waits for the thread, or the window waiting is taken now.
-                        priority.lower();
                         let w = if catch_up && !closing.load(std::sync::atomic::Ordering::Relaxed) {
                             match rx.try_recv() {
                                 Ok(w) => w,
                                 Err(TryRecvError::Empty) => {
+                                    priority.lower();
                                     catch_up = store.compact_step(IDLE_COMPACT_STEP);
                                     continue;
                                 }
@@ -494,14 +497,21 @@ impl Flusher {
                                 Err(_) => break,
                             }
                         };
-                        write_window(&store, &w.entries, &mut pool, outbox, when_idle, &stats, &closing)?;
+                        // Nothing waits for the thread while it writes this one (until the
+                        // stages have the next).
+                        priority.took();
+                        if let Err(e) = write_window(&store, &w.entries, &mut pool, outbox, when_idle, &stats, &closing)
+                        {
+                            store.abandon();
+                            return Err(e);
+                        }
                         catch_up = when_idle && !w.full;
                     }
                     Ok(())
                 })
                 .expect("spawn the flush thread")
         };
-        Self { tx: Some(tx), priority, thread: Some(thread), closing, store, outbox, when_idle, stats }
+        Self { tx: Some(tx), priority, thread: Some(thread), closing, store, outbox, when_idle, stats, gave_up: None }
     }
 
     fn send(&mut self, w: Handed) -> Result<(), StoreError> {
@@ -531,7 +541,11 @@ impl Flusher {
                 self.when_idle,
                 &self.stats,
                 &self.closing,
-            ),
+            )
+            .inspect_err(|e| {
+                self.store.abandon();
+                self.gave_up.get_or_insert_with(|| e.to_string());
+            }),
         }
     }
 
@@ -540,8 +554,15 @@ impl Flusher {
         self.closing.store(true, std::sync::atomic::Ordering::Relaxed);
         self.priority.raise(true);
         self.tx = None;
-        match self.thread.take() {
-            Some(t) => t.join().unwrap_or_else(|_| Err(StoreError::FlushPanicked)),
+        if let Some(t) = self.thread.take() {
+            let written = t.join().unwrap_or_else(|_| Err(StoreError::FlushPanicked));
+            if let Err(e) = &written {
+                self.gave_up.get_or_insert_with(|| e.to_string());
+            }
+            return written;
+        }
+        match &self.gave_up {
+            Some(e) => Err(StoreError::Backend(format!("writes given up on: {e}"))),
             None => Ok(()),
         }
     }
@@ -549,7 +570,9 @@ impl Flusher {
 
 impl Drop for Flusher {
     fn drop(&mut self) {
-        if let Err(e) = self.close() {
+        if self.thread.is_some()
+            && let Err(e) = self.close()
+        {
             tracing::error!(error = %e, "store writes lost at shutdown");
         }
     }

@@ -6,33 +6,34 @@
 //! waits. At idle priority it writes in the CPU time they leave, and it lowers nothing that
 //! matters for counts: windows are written in order, and as soon as the stages have a window
 //! for it while it is still writing the last one (they would wait), it is raised to normal
-//! priority until it takes that window. On a host too busy to leave it any CPU it therefore
-//! writes as it did at normal priority, with the stages waiting for it instead of running
-//! beside it.
+//! priority until it takes that window. On a host whose cores other work keeps busy it
+//! writes little until it is raised, so the stages wait for most of each write instead of
+//! filling the next window beside it: less overlap, the same counts.
 //!
 //! A thread may lower itself to `SCHED_IDLE`, but raising it back needs `CAP_SYS_NICE` or an
 //! `RLIMIT_NICE` of at least 20 (nice 0): without them a lowered thread could never be raised,
 //! so the sensor probes this once, on a thread of its own, and stays at normal priority when
 //! it cannot (logged).
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering::SeqCst};
 
-/// The store thread's priority, shared by the thread and the stages.
+/// The store thread's priority, shared by the thread and the stages. Lock-free: the stages
+/// never wait on the store thread to raise it.
 #[derive(Debug)]
 pub(crate) struct StorePriority {
-    state: Mutex<State>,
-}
-
-#[derive(Debug)]
-struct State {
     /// Lowering is configured and possible.
     enabled: bool,
-    /// The store thread's id, once it has registered.
-    tid: Option<libc::pid_t>,
-    idle: bool,
-    /// Closing: normal priority from here on.
-    for_good: bool,
+    /// The store thread's id once it has registered at normal priority (0: never lowered).
+    tid: AtomicI32,
+    /// [`WANTED`] and [`CLOSING`].
+    state: AtomicU8,
 }
+
+/// A window waits for the store thread: normal priority until it takes it.
+const WANTED: u8 = 1;
+/// Closing: normal priority from here on.
+const CLOSING: u8 = 2;
 
 impl StorePriority {
     /// With `idle`, the store thread is lowered whenever it is ahead (if the process may raise
@@ -47,38 +48,57 @@ impl StorePriority {
                  needs CAP_SYS_NICE or RLIMIT_NICE of at least 20 (docs/OPERATIONS.md)"
             );
         }
-        Self { state: Mutex::new(State { enabled, tid: None, idle: false, for_good: false }) }
+        Self { enabled, tid: AtomicI32::new(0), state: AtomicU8::new(0) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Called once on the store thread as it starts. A thread given another policy than the
+    /// normal one (`chrt`, systemd's `CPUSchedulingPolicy=`) is left with it.
+    pub(crate) fn register(&self) {
+        if self.enabled && policy(0) == libc::SCHED_OTHER {
+            self.tid.store(gettid(), SeqCst);
+        }
     }
 
-    /// Called on the store thread when nothing waits for it (before it takes the next
-    /// window): idle priority.
+    /// Called on the store thread as it takes a window: what waited is taken, it is ahead.
+    pub(crate) fn took(&self) {
+        self.state.fetch_and(!WANTED, SeqCst);
+        self.lower();
+    }
+
+    /// Called on the store thread when it works with nothing waiting for it: idle priority,
+    /// unless a window waits (or the sensor is closing).
     pub(crate) fn lower(&self) {
-        let mut s = self.lock();
-        if !s.enabled || s.for_good || s.idle {
+        let tid = self.tid.load(SeqCst);
+        if tid == 0 || self.state.load(SeqCst) != 0 {
             return;
         }
-        // SAFETY: gettid has no preconditions.
-        let tid = *s.tid.get_or_insert_with(|| unsafe { libc::gettid() });
-        if set_policy(tid, libc::SCHED_IDLE) {
-            s.idle = true;
+        set_policy(tid, libc::SCHED_IDLE);
+        // A raise between the check and the change may have come before it: undo it.
+        if self.state.load(SeqCst) != 0 {
+            set_policy(tid, libc::SCHED_OTHER);
         }
     }
 
     /// Called by the stages when a window is about to wait for the store thread, and when
-    /// closing (`for_good`: it stays at normal priority).
-    pub(crate) fn raise(&self, for_good: bool) {
-        let mut s = self.lock();
-        s.for_good |= for_good;
-        if let (true, Some(tid)) = (s.idle, s.tid)
-            && set_policy(tid, libc::SCHED_OTHER)
-        {
-            s.idle = false;
+    /// closing (`closing`: it stays at normal priority).
+    pub(crate) fn raise(&self, closing: bool) {
+        self.state.fetch_or(if closing { WANTED | CLOSING } else { WANTED }, SeqCst);
+        let tid = self.tid.load(SeqCst);
+        if tid != 0 {
+            set_policy(tid, libc::SCHED_OTHER);
         }
     }
+}
+
+fn gettid() -> libc::pid_t {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// The scheduling policy of thread `tid` (0: the calling thread).
+fn policy(tid: libc::pid_t) -> libc::c_int {
+    // SAFETY: no preconditions; an unknown thread gives -1.
+    unsafe { libc::sched_getscheduler(tid) }
 }
 
 /// Sets the scheduling policy of thread `tid` (priority 0, as the non-real-time policies take).
@@ -105,55 +125,73 @@ fn can_raise() -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::mpsc::{Receiver, Sender, channel};
+
     use super::*;
 
-    fn policy(tid: libc::pid_t) -> libc::c_int {
-        // SAFETY: no preconditions.
-        unsafe { libc::sched_getscheduler(tid) }
+    type Step = fn(&StorePriority);
+
+    /// A thread standing in for the store thread: runs each step sent to it on `p`.
+    fn store_thread(p: Arc<StorePriority>) -> (libc::pid_t, Sender<Step>, Receiver<()>) {
+        let (to_thread, steps) = channel::<Step>();
+        let (to_test, done) = channel();
+        let (tid_tx, tid_rx) = channel();
+        std::thread::spawn(move || {
+            tid_tx.send(gettid()).unwrap();
+            while let Ok(step) = steps.recv() {
+                step(&p);
+                to_test.send(()).unwrap();
+            }
+        });
+        (tid_rx.recv().unwrap(), to_thread, done)
     }
 
-    /// The thread is idle after `lower`, normal after `raise`, and normal for good once
-    /// closing; without the setting (or where it cannot be raised back) always normal.
+    /// Idle while ahead; normal from a raise until the window that waited is taken, whatever
+    /// the thread does meanwhile; normal for good once closing; never lowered without the
+    /// setting, where it could not be raised back, or when given another policy.
     #[test]
     fn the_store_thread_is_idle_only_while_nothing_waits_for_it() {
+        let raisable = can_raise();
         for configured in [true, false] {
-            let p = std::sync::Arc::new(StorePriority::new(configured));
-            let lowers = configured && can_raise();
-            assert_eq!(p.lock().enabled, lowers);
-            let (to_thread, steps) = std::sync::mpsc::channel::<()>();
-            let (to_test, tids) = std::sync::mpsc::channel();
-            let thread = {
-                let p = p.clone();
-                std::thread::spawn(move || {
-                    // SAFETY: no preconditions.
-                    to_test.send(unsafe { libc::gettid() }).unwrap();
-                    while steps.recv().is_ok() {
-                        p.lower();
-                        to_test.send(0).unwrap();
-                    }
-                })
+            let p = Arc::new(StorePriority::new(configured));
+            let (tid, steps, done) = store_thread(p.clone());
+            let on_thread = |step: Step| {
+                steps.send(step).unwrap();
+                done.recv().unwrap();
             };
-            let tid = tids.recv().unwrap();
-            let lower = || {
-                to_thread.send(()).unwrap();
-                tids.recv().unwrap();
-            };
-            let idle_if_lowered = if lowers { libc::SCHED_IDLE } else { libc::SCHED_OTHER };
-            assert_eq!(policy(tid), libc::SCHED_OTHER);
-            lower();
-            assert_eq!(policy(tid), idle_if_lowered);
-            lower();
-            assert_eq!(policy(tid), idle_if_lowered);
+            let idle = if configured && raisable { libc::SCHED_IDLE } else { libc::SCHED_OTHER };
+            on_thread(StorePriority::register);
+            assert_eq!(policy(tid), libc::SCHED_OTHER, "normal until it is ahead");
+            on_thread(StorePriority::lower);
+            assert_eq!(policy(tid), idle);
             p.raise(false);
-            assert_eq!(policy(tid), libc::SCHED_OTHER);
-            lower();
-            assert_eq!(policy(tid), idle_if_lowered);
+            assert_eq!(policy(tid), libc::SCHED_OTHER, "raised while a window waits");
+            on_thread(StorePriority::lower);
+            assert_eq!(policy(tid), libc::SCHED_OTHER, "still waited for: not lowered");
+            on_thread(StorePriority::took);
+            assert_eq!(policy(tid), idle, "the window taken: idle again");
+            on_thread(StorePriority::took);
+            assert_eq!(policy(tid), idle);
             p.raise(true);
             assert_eq!(policy(tid), libc::SCHED_OTHER);
-            lower();
+            on_thread(StorePriority::took);
+            on_thread(StorePriority::lower);
             assert_eq!(policy(tid), libc::SCHED_OTHER, "closing: never lowered again");
-            drop(to_thread);
-            thread.join().unwrap();
+        }
+        // A thread the operator put at another policy keeps it.
+        if raisable {
+            let p = Arc::new(StorePriority::new(true));
+            let (tid, steps, done) = store_thread(p.clone());
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: a valid sched_param for the call.
+            assert_eq!(unsafe { libc::sched_setscheduler(tid, libc::SCHED_BATCH, &param) }, 0);
+            for step in [StorePriority::register, StorePriority::lower, StorePriority::took] {
+                steps.send(step).unwrap();
+                done.recv().unwrap();
+            }
+            p.raise(false);
+            assert_eq!(policy(tid), libc::SCHED_BATCH);
         }
     }
 }

@@ -901,6 +901,15 @@ impl Store {
         Ok(())
     }
 
+    /// For a store given up on (its writes keep failing): leaves sled's own last flush, when
+    /// the last handle is dropped, out of the process's exit. After a write that failed
+    /// half-way (a file sled could not create, its directory removed under it) that flush
+    /// waits for good, and the process would never end. What was synced before stays.
+    pub fn abandon(&self) {
+        std::mem::forget(self.db.clone());
+        std::mem::forget(self.t.clone());
+    }
+
     /// Number of stored RRsets (positive).
     pub fn len(&self) -> usize {
         self.t.get(META_RRSETS).ok().flatten().map(|v| u64_of(&v) as usize).unwrap_or(0)
