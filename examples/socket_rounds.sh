@@ -9,22 +9,26 @@
 # of SENSOR_VARIANT (TOML lines, default `[store]\nidle_priority = false`; empty: none).
 # Per run: the replay's wall time, its own user and kernel CPU and blocking waits
 # (voluntary context switches), and for the sensor the frames it counted and its threads'
-# CPU (clock ticks as ms). Ends with the medians and each run's median ratio to fstrm_capture of its round.
-# Needs fstrm-bin and a release build (`cargo build --release`; DNSLEDGER_BIN overrides).
+# CPU. Ends with each listener's median time and its median ratio to fstrm_capture's time
+# in the same round.
+# Needs fstrm-bin, curl, GNU time (/usr/bin/time) and a release build (`cargo build
+# --release`; DNSLEDGER_BIN overrides); the sensor's metrics use 127.0.0.1:9199.
 set -euo pipefail
 rounds=${1:-8}
 frames=${2:-2000000}
 bin=$(realpath "${DNSLEDGER_BIN:-target/release/dnsledger}")
 variant=${SENSOR_VARIANT-$'[store]\nidle_priority = false'}
 dir=$(mktemp -d)
-trap 'pkill -TERM -P $$ || true; rm -rf "$dir"' EXIT
+ticks=$(getconf CLK_TCK)
+# The listener of the run under way, stopped before its directory goes.
+pid=""
+trap 'if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; rm -rf "$dir"' EXIT
 cd "$dir"
 "$bin" tap generate --frames "$frames" in.fstrm >/dev/null 2>&1
 
 # One run: $1 = label, $2 = "capture" or the sensor's extra TOML. Appends "label seconds".
 run() {
     rm -rf db s.sock out.fstrm
-    local pid
     if [ "$2" = capture ]; then
         fstrm_capture -t protobuf:dnstap.Dnstap -u s.sock -w out.fstrm 2>/dev/null &
         pid=$!
@@ -41,17 +45,20 @@ run() {
     if [ "$2" != capture ]; then
         sleep 0.5
         local got threads=""
-        got=$(curl -s 127.0.0.1:9199/metrics | awk '/^dnsledger_sensor_frames_in_total/ {print $2}')
-        for task in /proc/$pid/task/*; do
-            read -r -a st < <(cut -d' ' -f14,15 "$task/stat")
-            if (( st[0] + st[1] > 0 )); then threads+=" $(cat "$task/comm") $(( (st[0] + st[1]) * 10 )) ms"; fi
+        got=$(curl -s 127.0.0.1:9199/metrics | awk '/^dnsledger_sensor_frames_in_total/ {print $2}' || true)
+        for task in /proc/"$pid"/task/*; do
+            # User and kernel ticks: fields 14 and 15, counted after the name's closing ")".
+            local cpu
+            cpu=$(sed 's/.*) //' "$task/stat" 2>/dev/null | awk -v t="$ticks" '{print int(($12 + $13) * 1000 / t)}' || true)
+            if [ "${cpu:-0}" -gt 0 ]; then threads+=" $(cat "$task/comm" 2>/dev/null) $cpu ms"; fi
         done
         line+=", frames in $got/$frames, threads:$threads"
     fi
     echo "$line"
     echo "$1 ${t%% *}" >>times
-    kill -TERM "$pid"
+    kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" || true
+    pid=""
 }
 
 for r in $(seq "$rounds"); do
