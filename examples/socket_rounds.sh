@@ -50,7 +50,7 @@ run() {
             # User and kernel ticks: fields 14 and 15, counted after the name's closing ")".
             local cpu
             cpu=$(sed 's/.*) //' "$task/stat" 2>/dev/null | awk -v t="$ticks" '{print int(($12 + $13) * 1000 / t)}' || true)
-            if [ "${cpu:-0}" -gt 0 ]; then threads+=" $(cat "$task/comm" 2>/dev/null) $cpu ms"; fi
+            if [ "${cpu:-0}" -gt 0 ]; then threads+=" $(cat "$task/comm" 2>/dev/null || true) $cpu ms"; fi
         done
         line+=", frames in $got/$frames, threads:$threads"
     fi

@@ -384,7 +384,7 @@ impl Pipeline {
         }
         let entries = self.window.take();
         self.stats.window_keys.set(0);
-        self.flusher.send(Handed { entries, full })
+        self.flusher.send(Handed { entries, full, seq: 0 })
     }
 
     /// End of input: what still has no bailiwick is dropped, the window written, and this
@@ -392,6 +392,8 @@ impl Pipeline {
     pub fn finish(&mut self) -> Result<(), StoreError> {
         self.expire_deferred(Duration::ZERO);
         self.publish();
+        // The last window is written at normal priority.
+        self.flusher.priority.raise_for_good();
         self.flush(false)?;
         self.flusher.close()
     }
@@ -443,8 +445,11 @@ struct Flusher {
     outbox: bool,
     when_idle: bool,
     stats: Arc<SensorStats>,
-    /// Writes were given up on (closing with a failing store): every later close says so.
+    /// Writes were given up on (closing with a failing store): every later window and close
+    /// says so, and nothing more is written.
     gave_up: Option<String>,
+    /// Windows handed over so far.
+    sent: u64,
 }
 
 /// A window handed to the flusher thread.
@@ -452,6 +457,17 @@ struct Handed {
     entries: window::Taken,
     /// It reached its size bound.
     full: bool,
+    /// Its number, from 1 (set by `Flusher::send`).
+    seq: u64,
+}
+
+/// Unregisters the store thread from its priority when it ends, however it ends.
+struct Unregister<'a>(&'a priority::StorePriority);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0.unregister();
+    }
 }
 
 /// Entries of runs the flusher thread compacts between two looks for a window, when the load
@@ -480,6 +496,7 @@ impl Flusher {
                     // Compaction left by merges under load, or by an earlier run of the sensor.
                     let mut catch_up = when_idle;
                     priority.register();
+                    let _unregister = Unregister(&priority);
                     loop {
                         let w = if catch_up && !closing.load(std::sync::atomic::Ordering::Relaxed) {
                             match rx.try_recv() {
@@ -499,23 +516,35 @@ impl Flusher {
                         };
                         // Nothing waits for the thread while it writes this one (until the
                         // stages have the next).
-                        priority.took();
-                        if let Err(e) = write_window(&store, &w.entries, &mut pool, outbox, when_idle, &stats, &closing)
-                        {
-                            store.abandon();
-                            return Err(e);
-                        }
+                        priority.took(w.seq);
+                        write_window(&store, &w.entries, &mut pool, outbox, when_idle, &stats, &closing)?;
                         catch_up = when_idle && !w.full;
                     }
                     Ok(())
                 })
                 .expect("spawn the flush thread")
         };
-        Self { tx: Some(tx), priority, thread: Some(thread), closing, store, outbox, when_idle, stats, gave_up: None }
+        Self {
+            tx: Some(tx),
+            priority,
+            thread: Some(thread),
+            closing,
+            store,
+            outbox,
+            when_idle,
+            stats,
+            gave_up: None,
+            sent: 0,
+        }
     }
 
-    fn send(&mut self, w: Handed) -> Result<(), StoreError> {
+    fn send(&mut self, mut w: Handed) -> Result<(), StoreError> {
         use std::sync::mpsc::TrySendError;
+        if let Some(e) = &self.gave_up {
+            return Err(StoreError::Backend(format!("writes given up on: {e}")));
+        }
+        self.sent += 1;
+        w.seq = self.sent;
         match &self.tx {
             Some(tx) => {
                 let sent = match tx.try_send(w) {
@@ -524,7 +553,7 @@ impl Flusher {
                         // Still writing the last window: the stages wait for it, at normal
                         // priority.
                         self.stats.store_waits.inc();
-                        self.priority.raise(false);
+                        self.priority.raise(w.seq);
                         tx.send(w).map_err(drop)
                     }
                     Err(TrySendError::Disconnected(_)) => Err(()),
@@ -552,11 +581,13 @@ impl Flusher {
     /// Waits until everything sent is written.
     fn close(&mut self) -> Result<(), StoreError> {
         self.closing.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.priority.raise(true);
+        self.priority.raise_for_good();
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let written = t.join().unwrap_or_else(|_| Err(StoreError::FlushPanicked));
             if let Err(e) = &written {
+                // Given up on (or the thread panicked): the store is not flushed at exit.
+                self.store.abandon();
                 self.gave_up.get_or_insert_with(|| e.to_string());
             }
             return written;
@@ -923,9 +954,10 @@ impl Stages {
         let result = batch.drain(..).try_for_each(|f| p.frame(f));
         p.publish();
         if let Err(e) = result {
-            // Only when the store thread has given up (shutting down with a failing store);
-            // frames after it in this batch are not processed.
+            // Only when the store thread has given up (shutting down with a failing store):
+            // frames after it in this batch are not processed, and the connection stops.
             tracing::error!(error = %e, "store writes failing");
+            return false;
         }
         true
     }

@@ -16,24 +16,24 @@
 //! it cannot (logged).
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::SeqCst};
 
 /// The store thread's priority, shared by the thread and the stages. Lock-free: the stages
-/// never wait on the store thread to raise it.
+/// never wait on the store thread to raise it. Windows are numbered from 1 as they are
+/// handed over.
 #[derive(Debug)]
 pub(crate) struct StorePriority {
     /// Lowering is configured and possible.
     enabled: bool,
-    /// The store thread's id once it has registered at normal priority (0: never lowered).
+    /// The store thread's id while it runs, registered at normal priority (0: never lowered).
     tid: AtomicI32,
-    /// [`WANTED`] and [`CLOSING`].
-    state: AtomicU8,
+    /// The highest window that had to wait for the store thread (0: none).
+    wanted: AtomicU64,
+    /// The last window the store thread took.
+    taken: AtomicU64,
+    /// Closing: normal priority from here on.
+    closing: AtomicBool,
 }
-
-/// A window waits for the store thread: normal priority until it takes it.
-const WANTED: u8 = 1;
-/// Closing: normal priority from here on.
-const CLOSING: u8 = 2;
 
 impl StorePriority {
     /// With `idle`, the store thread is lowered whenever it is ahead (if the process may raise
@@ -48,20 +48,33 @@ impl StorePriority {
                  needs CAP_SYS_NICE or RLIMIT_NICE of at least 20 (docs/OPERATIONS.md)"
             );
         }
-        Self { enabled, tid: AtomicI32::new(0), state: AtomicU8::new(0) }
+        Self {
+            enabled,
+            tid: AtomicI32::new(0),
+            wanted: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+        }
     }
 
-    /// Called once on the store thread as it starts. A thread given another policy than the
-    /// normal one (`chrt`, systemd's `CPUSchedulingPolicy=`) is left with it.
+    /// Called once on the store thread as it starts. A thread that starts with another policy
+    /// than the normal one (the process's, set by `chrt` or systemd's `CPUSchedulingPolicy=`)
+    /// is left with it.
     pub(crate) fn register(&self) {
         if self.enabled && policy(0) == libc::SCHED_OTHER {
             self.tid.store(gettid(), SeqCst);
         }
     }
 
-    /// Called on the store thread as it takes a window: what waited is taken, it is ahead.
-    pub(crate) fn took(&self) {
-        self.state.fetch_and(!WANTED, SeqCst);
+    /// Called on the store thread as it ends: its id is not raised any more.
+    pub(crate) fn unregister(&self) {
+        self.tid.store(0, SeqCst);
+    }
+
+    /// Called on the store thread as it takes window `seq`: ahead, unless a later window
+    /// waits already.
+    pub(crate) fn took(&self, seq: u64) {
+        self.taken.store(seq, SeqCst);
         self.lower();
     }
 
@@ -69,20 +82,34 @@ impl StorePriority {
     /// unless a window waits (or the sensor is closing).
     pub(crate) fn lower(&self) {
         let tid = self.tid.load(SeqCst);
-        if tid == 0 || self.state.load(SeqCst) != 0 {
+        if tid == 0 || self.waited_for() {
             return;
         }
         set_policy(tid, libc::SCHED_IDLE);
         // A raise between the check and the change may have come before it: undo it.
-        if self.state.load(SeqCst) != 0 {
+        if self.waited_for() {
             set_policy(tid, libc::SCHED_OTHER);
         }
     }
 
-    /// Called by the stages when a window is about to wait for the store thread, and when
-    /// closing (`closing`: it stays at normal priority).
-    pub(crate) fn raise(&self, closing: bool) {
-        self.state.fetch_or(if closing { WANTED | CLOSING } else { WANTED }, SeqCst);
+    fn waited_for(&self) -> bool {
+        self.closing.load(SeqCst) || self.wanted.load(SeqCst) > self.taken.load(SeqCst)
+    }
+
+    /// Called by the stages when window `seq` is about to wait for the store thread: normal
+    /// priority until it takes it.
+    pub(crate) fn raise(&self, seq: u64) {
+        self.wanted.fetch_max(seq, SeqCst);
+        self.set_normal();
+    }
+
+    /// Called when closing, before the last window is handed over: normal priority from here on.
+    pub(crate) fn raise_for_good(&self) {
+        self.closing.store(true, SeqCst);
+        self.set_normal();
+    }
+
+    fn set_normal(&self) {
         let tid = self.tid.load(SeqCst);
         if tid != 0 {
             set_policy(tid, libc::SCHED_OTHER);
@@ -130,7 +157,7 @@ mod tests {
 
     use super::*;
 
-    type Step = fn(&StorePriority);
+    type Step = Box<dyn FnOnce(&StorePriority) + Send>;
 
     /// A thread standing in for the store thread: runs each step sent to it on `p`.
     fn store_thread(p: Arc<StorePriority>) -> (libc::pid_t, Sender<Step>, Receiver<()>) {
@@ -148,8 +175,9 @@ mod tests {
     }
 
     /// Idle while ahead; normal from a raise until the window that waited is taken, whatever
-    /// the thread does meanwhile; normal for good once closing; never lowered without the
-    /// setting, where it could not be raised back, or when given another policy.
+    /// the thread does meanwhile (taking an earlier window included); normal for good once
+    /// closing; never lowered without the setting, where it could not be raised back, or
+    /// when it starts with another policy.
     #[test]
     fn the_store_thread_is_idle_only_while_nothing_waits_for_it() {
         let raisable = can_raise();
@@ -161,36 +189,39 @@ mod tests {
                 done.recv().unwrap();
             };
             let idle = if configured && raisable { libc::SCHED_IDLE } else { libc::SCHED_OTHER };
-            on_thread(StorePriority::register);
+            on_thread(Box::new(|p| p.register()));
             assert_eq!(policy(tid), libc::SCHED_OTHER, "normal until it is ahead");
-            on_thread(StorePriority::lower);
+            on_thread(Box::new(|p| p.took(1)));
             assert_eq!(policy(tid), idle);
-            p.raise(false);
-            assert_eq!(policy(tid), libc::SCHED_OTHER, "raised while a window waits");
-            on_thread(StorePriority::lower);
+            p.raise(2);
+            assert_eq!(policy(tid), libc::SCHED_OTHER, "raised while window 2 waits");
+            on_thread(Box::new(|p| p.lower()));
             assert_eq!(policy(tid), libc::SCHED_OTHER, "still waited for: not lowered");
-            on_thread(StorePriority::took);
-            assert_eq!(policy(tid), idle, "the window taken: idle again");
-            on_thread(StorePriority::took);
-            assert_eq!(policy(tid), idle);
-            p.raise(true);
+            // Window 3 waits before the thread has run past taking window 2.
+            p.raise(3);
+            on_thread(Box::new(|p| p.took(2)));
+            assert_eq!(policy(tid), libc::SCHED_OTHER, "window 3 still waits");
+            on_thread(Box::new(|p| p.took(3)));
+            assert_eq!(policy(tid), idle, "the windows taken: idle again");
+            p.raise_for_good();
             assert_eq!(policy(tid), libc::SCHED_OTHER);
-            on_thread(StorePriority::took);
-            on_thread(StorePriority::lower);
+            on_thread(Box::new(|p| p.took(4)));
+            on_thread(Box::new(|p| p.lower()));
             assert_eq!(policy(tid), libc::SCHED_OTHER, "closing: never lowered again");
         }
-        // A thread the operator put at another policy keeps it.
+        // A thread that starts at another policy keeps it.
         if raisable {
             let p = Arc::new(StorePriority::new(true));
             let (tid, steps, done) = store_thread(p.clone());
             let param = libc::sched_param { sched_priority: 0 };
             // SAFETY: a valid sched_param for the call.
             assert_eq!(unsafe { libc::sched_setscheduler(tid, libc::SCHED_BATCH, &param) }, 0);
-            for step in [StorePriority::register, StorePriority::lower, StorePriority::took] {
+            let run: [Step; 3] = [Box::new(|p| p.register()), Box::new(|p| p.took(1)), Box::new(|p| p.lower())];
+            for step in run {
                 steps.send(step).unwrap();
                 done.recv().unwrap();
             }
-            p.raise(false);
+            p.raise(2);
             assert_eq!(policy(tid), libc::SCHED_BATCH);
         }
     }

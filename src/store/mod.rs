@@ -58,6 +58,10 @@ pub enum StoreError {
     Backend(String),
     #[error("store: the flush thread panicked")]
     FlushPanicked,
+    #[error(
+        "store: a write failed with an I/O error earlier, after which sled may never finish a flush: restart to reopen the store"
+    )]
+    Broken,
 }
 
 /// One stored RRset with its counters.
@@ -221,6 +225,9 @@ pub struct Store {
     feed_retain: u64,
     /// The last feed number a sync made durable (shared by clones).
     feed_durable: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// A merge or compaction failed with an I/O error (shared by clones): [`Store::sync`]
+    /// refuses from then on.
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Public suffixes, for the feed's new domains.
     suffixes: std::sync::Arc<crate::psl::SuffixList>,
     /// Keep per-day rows (`days.rs`).
@@ -413,6 +420,7 @@ impl Store {
             merge_lock: Default::default(),
             feed_retain: 0,
             feed_durable: Default::default(),
+            broken: Default::default(),
             suffixes: Default::default(),
             days: false,
             copies: false,
@@ -512,6 +520,7 @@ impl Store {
             Err(e) => {
                 self.runs.compaction_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(error = %e, "store: compaction failed; tried again later");
+                self.failed_write(&e);
                 false
             }
         }
@@ -684,6 +693,35 @@ impl Store {
     }
 
     fn merge_with(
+        &self,
+        deltas: &[Delta],
+        outbox: bool,
+        batch: sled::Batch,
+        contributors: Option<(&str, bool)>,
+        under_load: bool,
+    ) -> Result<MergeStats, StoreError> {
+        let merged = self.merge_unchecked(deltas, outbox, batch, contributors, under_load);
+        if let Err(e) = &merged {
+            self.failed_write(e);
+        }
+        merged
+    }
+
+    /// After a write that failed with an I/O error, sled may never finish a flush: when it
+    /// could not create the file for a large value (its directory removed, say), the space it
+    /// had reserved in its log is never filled, and every flush waits for it for good. Which
+    /// errors do that cannot be told from outside, so any I/O error of a merge or compaction
+    /// stops [`Store::sync`] until the store is reopened; a writer that retries then holds
+    /// its data and reports, rather than hang.
+    fn failed_write(&self, e: &StoreError) {
+        if matches!(e, StoreError::Sled(sled::Error::Io(_)))
+            && !self.broken.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            tracing::error!(error = %e, "store: a write failed with an I/O error; no more syncs until it is reopened");
+        }
+    }
+
+    fn merge_unchecked(
         &self,
         deltas: &[Delta],
         outbox: bool,
@@ -895,6 +933,9 @@ impl Store {
     /// Makes everything merged so far durable. Retry this, never the merge, when it fails:
     /// the merge is applied already.
     pub fn sync(&self) -> Result<(), StoreError> {
+        if self.broken.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(StoreError::Broken);
+        }
         let written = self.feed_written()?;
         self.db.flush()?;
         self.feed_durable.fetch_max(written, std::sync::atomic::Ordering::AcqRel);
@@ -1374,6 +1415,26 @@ mod tests {
 
     fn delta(r: Rrset, first: u64, last: u64, count: u64) -> Delta {
         Delta { kind: Kind::Positive, rrset: r, first, last, count, sensors: Vec::new() }
+    }
+
+    /// A merge that fails with an I/O error (here: sled cannot create the file for the
+    /// outbox entry, a value too large for its log, because the store's directory is gone)
+    /// stops syncs with an error; sled's flush would wait for good.
+    #[test]
+    fn a_write_failed_with_an_io_error_stops_syncs_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let s = Store::open(&db).unwrap();
+        let deltas: Vec<Delta> = (0..20_000)
+            .map(|i| delta(rr(&format!("www{i}.example.com."), 1, "example.com.", &["192.0.2.1"]), 1, 2, 1))
+            .collect();
+        s.merge(&deltas[..10], true).unwrap();
+        s.sync().unwrap();
+        std::fs::remove_dir_all(&db).unwrap();
+        let failed = s.merge(&deltas, true).unwrap_err();
+        assert!(matches!(failed, StoreError::Sled(sled::Error::Io(_))), "{failed}");
+        assert!(matches!(s.sync(), Err(StoreError::Broken)));
+        s.abandon();
     }
 
     #[test]
