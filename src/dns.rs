@@ -95,14 +95,12 @@ pub fn push_name(name: &Name, out: &mut String) {
 
 /// [`push_name`] for a name in wire format without compression.
 pub(crate) fn push_wire_name(wire: &[u8], out: &mut String) {
-    let mut labels = 0;
-    for label in crate::sensor::wire::labels(wire) {
-        labels += 1;
-        push_label(label, out);
-    }
-    if labels == 0 {
-        out.push('.');
-    }
+    escape_wire_name(wire, |b| out.push(char::from(b)));
+}
+
+/// [`push_wire_name`] into bytes.
+pub(crate) fn push_wire_name_bytes(wire: &[u8], out: &mut Vec<u8>) {
+    escape_wire_name(wire, |b| out.push(b));
 }
 
 /// One label and its dot, escaped as [`push_name`] says.
@@ -117,15 +115,17 @@ pub(crate) fn push_label_bytes(label: &[u8], out: &mut Vec<u8>) {
     out.push(b'.');
 }
 
-/// [`push_wire_name`] into bytes.
-pub(crate) fn push_wire_name_bytes(wire: &[u8], out: &mut Vec<u8>) {
+/// The name's characters as [`push_name`] writes them (all ASCII), one at a time.
+#[inline(always)]
+fn escape_wire_name(wire: &[u8], mut push: impl FnMut(u8)) {
     let mut labels = 0;
     for label in crate::sensor::wire::labels(wire) {
         labels += 1;
-        push_label_bytes(label, out);
+        escape_label(label, &mut push);
+        push(b'.');
     }
     if labels == 0 {
-        out.push(b'.');
+        push(b'.');
     }
 }
 

@@ -384,7 +384,7 @@ impl Pipeline {
         }
         let entries = self.window.take();
         self.stats.window_keys.set(0);
-        self.flusher.send(Handed { entries, full, seq: 0 })
+        self.flusher.send(entries, full)
     }
 
     /// End of input: what still has no bailiwick is dropped, the window written, and this
@@ -457,7 +457,7 @@ struct Handed {
     entries: window::Taken,
     /// It reached its size bound.
     full: bool,
-    /// Its number, from 1 (set by `Flusher::send`).
+    /// Its number, from 1.
     seq: u64,
 }
 
@@ -538,13 +538,11 @@ impl Flusher {
         }
     }
 
-    fn send(&mut self, mut w: Handed) -> Result<(), StoreError> {
+    fn send(&mut self, entries: window::Taken, full: bool) -> Result<(), StoreError> {
         use std::sync::mpsc::TrySendError;
-        if let Some(e) = &self.gave_up {
-            return Err(StoreError::Backend(format!("writes given up on: {e}")));
-        }
+        self.given_up()?;
         self.sent += 1;
-        w.seq = self.sent;
+        let w = Handed { entries, full, seq: self.sent };
         match &self.tx {
             Some(tx) => {
                 let sent = match tx.try_send(w) {
@@ -571,10 +569,21 @@ impl Flusher {
                 &self.stats,
                 &self.closing,
             )
-            .inspect_err(|e| {
-                self.store.abandon();
-                self.gave_up.get_or_insert_with(|| e.to_string());
-            }),
+            .inspect_err(|e| self.give_up(e)),
+        }
+    }
+
+    /// Writes are given up on (closing with a failing store, or the thread panicked): the
+    /// store is not flushed at exit, and every later window and close says so.
+    fn give_up(&mut self, e: &StoreError) {
+        self.store.abandon();
+        self.gave_up.get_or_insert_with(|| e.to_string());
+    }
+
+    fn given_up(&self) -> Result<(), StoreError> {
+        match &self.gave_up {
+            Some(e) => Err(StoreError::Backend(format!("writes given up on: {e}"))),
+            None => Ok(()),
         }
     }
 
@@ -586,16 +595,11 @@ impl Flusher {
         if let Some(t) = self.thread.take() {
             let written = t.join().unwrap_or_else(|_| Err(StoreError::FlushPanicked));
             if let Err(e) = &written {
-                // Given up on (or the thread panicked): the store is not flushed at exit.
-                self.store.abandon();
-                self.gave_up.get_or_insert_with(|| e.to_string());
+                self.give_up(e);
             }
             return written;
         }
-        match &self.gave_up {
-            Some(e) => Err(StoreError::Backend(format!("writes given up on: {e}"))),
-            None => Ok(()),
-        }
+        self.given_up()
     }
 }
 
