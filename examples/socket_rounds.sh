@@ -11,13 +11,21 @@
 # (voluntary context switches), and for the sensor the frames it counted and its threads'
 # CPU. Ends with each listener's median time and its median ratio to fstrm_capture's time
 # in the same round.
-# Needs fstrm-bin, curl, GNU time (/usr/bin/time) and a release build (`cargo build
-# --release`; DNSLEDGER_BIN overrides); the sensor's metrics use 127.0.0.1:9199.
+# With SENDER_CPU and LISTENER_CPU set (CPU numbers or lists, as `taskset -c` takes them),
+# the replay runs on the first and each listener, all its threads, on the second: each has
+# cores of its own, and the scheduler cannot place the listener's reading thread beside the
+# sender for a while, which on two cores it does more often to a listener with more threads.
+# Needs fstrm-bin, curl, GNU time (/usr/bin/time), taskset (util-linux) and a release build
+# (`cargo build --release`; DNSLEDGER_BIN overrides); the sensor's metrics use 127.0.0.1:9199.
 set -euo pipefail
 rounds=${1:-8}
 frames=${2:-2000000}
 bin=$(realpath "${DNSLEDGER_BIN:-target/release/dnsledger}")
 variant=${SENSOR_VARIANT-$'[store]\nidle_priority = false'}
+sender=()
+listener=()
+if [ -n "${SENDER_CPU:-}" ]; then sender=(taskset -c "$SENDER_CPU"); fi
+if [ -n "${LISTENER_CPU:-}" ]; then listener=(taskset -c "$LISTENER_CPU"); fi
 dir=$(mktemp -d)
 ticks=$(getconf CLK_TCK)
 # The listener of the run under way, stopped before its directory goes.
@@ -30,17 +38,17 @@ cd "$dir"
 run() {
     rm -rf db s.sock out.fstrm
     if [ "$2" = capture ]; then
-        fstrm_capture -t protobuf:dnstap.Dnstap -u s.sock -w out.fstrm 2>/dev/null &
+        "${listener[@]}" fstrm_capture -t protobuf:dnstap.Dnstap -u s.sock -w out.fstrm 2>/dev/null &
         pid=$!
     else
         printf 'db = "%s/db"\n[listen]\nunix = ["%s/s.sock"]\n%s\n' "$dir" "$dir" "$2" >sensor.toml
-        "$bin" sensor -q -c sensor.toml --metrics 127.0.0.1:9199 2>sensor.log &
+        "${listener[@]}" "$bin" sensor -q -c sensor.toml --metrics 127.0.0.1:9199 2>sensor.log &
         pid=$!
     fi
     for _ in $(seq 200); do [ -S s.sock ] && break; sleep 0.05; done
     sleep 0.3
     local t
-    t=$( { /usr/bin/time -f "%e %U %S %c %w" fstrm_replay -t protobuf:dnstap.Dnstap -u s.sock -r in.fstrm; } 2>&1 | tail -1)
+    t=$( { /usr/bin/time -f "%e %U %S %c %w" "${sender[@]}" fstrm_replay -t protobuf:dnstap.Dnstap -u s.sock -r in.fstrm; } 2>&1 | tail -1)
     local line="$1: replay ${t%% *} s (user, kernel, waits: $(echo "$t" | cut -d' ' -f2,3,5))"
     if [ "$2" != capture ]; then
         sleep 0.5
