@@ -798,7 +798,8 @@ impl Store {
                     self.day_add(&mut batch, &rkey, d)?;
                 }
                 let new = !known && !new_prints.contains(&print);
-                if positive {
+                // A known RRset's index entries are there already; only copies need writing.
+                if positive && (new || self.copies) {
                     index(entries, &d.rrset, &rkey, value, len, new, self.copies);
                 }
                 if !new {
