@@ -8,8 +8,8 @@
 # `fstrm_capture`, `dnsledger sensor` with its defaults, and the sensor with each setting
 # of SENSOR_VARIANT (TOML lines, default `[store]\nidle_priority = false`; empty: none).
 # Per run: the replay's wall time, its own user and kernel CPU and blocking waits
-# (voluntary context switches), and for the sensor the frames it counted and its threads'
-# CPU. Ends with each listener's median time and its median ratio to fstrm_capture's time
+# (voluntary context switches), and for the sensor the frames it counted, the windows that
+# waited for its store thread and its threads' CPU. Ends with each listener's median time and its median ratio to fstrm_capture's time
 # in the same round.
 # With SENDER_CPU and LISTENER_CPU set (CPU numbers or lists, as `taskset -c` takes them),
 # the replay runs on the first and each listener, all its threads, on the second: each has
@@ -52,15 +52,18 @@ run() {
     local line="$1: replay ${t%% *} s (user, kernel, waits: $(echo "$t" | cut -d' ' -f2,3,5))"
     if [ "$2" != capture ]; then
         sleep 0.5
-        local got threads=""
-        got=$(curl -s 127.0.0.1:9199/metrics | awk '/^dnsledger_sensor_frames_in_total/ {print $2}' || true)
+        local metrics got waited threads=""
+        metrics=$(curl -s 127.0.0.1:9199/metrics || true)
+        got=$(echo "$metrics" | awk '/^dnsledger_sensor_frames_in_total/ {print $2}')
+        # Windows that waited for the store thread (it was raised to normal priority).
+        waited=$(echo "$metrics" | awk '/^dnsledger_sensor_store_waits_total/ {print $2}')
         for task in /proc/"$pid"/task/*; do
             # User and kernel ticks: fields 14 and 15, counted after the name's closing ")".
             local cpu
             cpu=$(sed 's/.*) //' "$task/stat" 2>/dev/null | awk -v t="$ticks" '{print int(($12 + $13) * 1000 / t)}' || true)
             if [ "${cpu:-0}" -gt 0 ]; then threads+=" $(cat "$task/comm" 2>/dev/null || true) $cpu ms"; fi
         done
-        line+=", frames in $got/$frames, threads:$threads"
+        line+=", frames in $got/$frames, store waits ${waited:-?}, threads:$threads"
     fi
     echo "$line"
     echo "$1 ${t%% *}" >>times
