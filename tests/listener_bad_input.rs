@@ -112,7 +112,18 @@ fn started(ct: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn each_bad_input_is_counted_and_only_its_connection_closes() {
-    let mut h = start(ListenerConfig { stall_timeout: Duration::from_millis(300), ..Default::default() }, 64).await;
+    each_bad_input(false).await;
+}
+
+/// The same once each stream has started is read with blocking reads (as the sensor reads).
+#[tokio::test]
+async fn each_bad_input_is_counted_and_only_its_connection_closes_with_blocking_reads() {
+    each_bad_input(true).await;
+}
+
+async fn each_bad_input(blocking_reads: bool) {
+    let config = ListenerConfig { stall_timeout: Duration::from_millis(300), blocking_reads, ..Default::default() };
+    let mut h = start(config, 64).await;
     // A good stream runs alongside every bad one, drained as it flows (the listener applies
     // backpressure, so an unread channel would hold the sender back).
     let long = tokio::spawn(good_stream(h.addr, 1, 20_000));
@@ -211,7 +222,16 @@ async fn random_bytes_never_take_the_listener_down() {
 
 #[tokio::test]
 async fn two_hundred_concurrent_connections_all_delivered() {
-    let mut h = start(ListenerConfig::default(), 16).await;
+    two_hundred_concurrent(false).await;
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_connections_all_delivered_with_blocking_reads() {
+    two_hundred_concurrent(true).await;
+}
+
+async fn two_hundred_concurrent(blocking_reads: bool) {
+    let mut h = start(ListenerConfig { blocking_reads, ..Default::default() }, 16).await;
     let senders: Vec<_> = (0..200).map(|tag| tokio::spawn(good_stream(h.addr, tag, 50))).collect();
     let frames = collect(&mut h.rx, 200 * 50).await;
     for s in senders {
@@ -233,9 +253,15 @@ async fn two_hundred_concurrent_connections_all_delivered() {
 struct Copying(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
 
 impl listener::FrameSink for Copying {
+    const BLOCKING: bool = true;
+
     fn deliver(&self, batch: &mut Vec<Bytes>) -> impl std::future::Future<Output = bool> + Send {
+        std::future::ready(self.deliver_blocking(batch))
+    }
+
+    fn deliver_blocking(&self, batch: &mut Vec<Bytes>) -> bool {
         self.0.lock().unwrap().extend(batch.drain(..).map(|f| f.to_vec()));
-        std::future::ready(true)
+        true
     }
 }
 
@@ -244,6 +270,15 @@ impl listener::FrameSink for Copying {
 /// (the stages, which leave the buffer to be reused).
 #[tokio::test]
 async fn frames_cut_anywhere_arrive_whole_whatever_their_size() {
+    frames_cut_anywhere(false).await;
+}
+
+#[tokio::test]
+async fn frames_cut_anywhere_arrive_whole_whatever_their_size_with_blocking_reads() {
+    frames_cut_anywhere(true).await;
+}
+
+async fn frames_cut_anywhere(blocking_reads: bool) {
     let sizes: Vec<usize> = (0..3000u64)
         .map(|i| match i % 500 {
             // Not first: the small frames before it run through a buffer of the configured
@@ -259,7 +294,7 @@ async fn frames_cut_anywhere_arrive_whole_whatever_their_size() {
         stream.extend(data(&payload(i, n)));
     }
     stream.extend(control(ControlType::Stop, None));
-    let config = ListenerConfig { read_buffer: 1024, batch_frames: 7, ..Default::default() };
+    let config = ListenerConfig { read_buffer: 1024, batch_frames: 7, blocking_reads, ..Default::default() };
 
     // Kept downstream.
     let mut h = start(config.clone(), 4).await;
@@ -293,8 +328,17 @@ async fn frames_cut_anywhere_arrive_whole_whatever_their_size() {
 
 #[tokio::test]
 async fn slow_downstream_means_backpressure_not_loss() {
+    slow_downstream(false).await;
+}
+
+#[tokio::test]
+async fn slow_downstream_means_backpressure_not_loss_with_blocking_reads() {
+    slow_downstream(true).await;
+}
+
+async fn slow_downstream(blocking_reads: bool) {
     // One-batch channel and a consumer that sleeps before reading anything.
-    let mut h = start(ListenerConfig { batch_frames: 16, ..Default::default() }, 1).await;
+    let mut h = start(ListenerConfig { batch_frames: 16, blocking_reads, ..Default::default() }, 1).await;
     let sender = tokio::spawn(good_stream(h.addr, 3, 50_000));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!sender.is_finished(), "the sender must be held back while downstream is full");

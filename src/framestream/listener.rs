@@ -3,7 +3,9 @@
 //!
 //! A connection decodes frames with the codec, drives the reader handshake and hands data
 //! frames downstream in batches to a [`FrameSink`]: a bounded channel, or the sensor's stages
-//! run in place. When downstream is slow the hand-over waits, so the connection stops reading
+//! run in place. With [`ListenerConfig::blocking_reads`], a unix or plain TCP connection whose
+//! stream has started is read with blocking reads on a thread of the runtime's blocking pool
+//! ([`IntoBlocking`] says why). When downstream is slow the hand-over waits, so the connection stops reading
 //! and the kernel pushes back on the peer: nothing is dropped for lack of room. An oversized
 //! frame is counted and skipped; a protocol violation (bad control frame, data before START,
 //! wrong content type) closes that connection only.
@@ -51,6 +53,9 @@ pub struct ListenerConfig {
     pub batch_frames: usize,
     /// A handshake, or a frame once begun, must complete within this time.
     pub stall_timeout: Duration,
+    /// Once its stream has started, a unix or plain TCP connection is read with blocking
+    /// reads on a thread of its own (see [`IntoBlocking`]), if the sink can take batches there.
+    pub blocking_reads: bool,
 }
 
 impl Default for ListenerConfig {
@@ -62,6 +67,7 @@ impl Default for ListenerConfig {
             read_buffer: 256 * 1024,
             batch_frames: 256,
             stall_timeout: Duration::from_secs(30),
+            blocking_reads: false,
         }
     }
 }
@@ -181,16 +187,32 @@ impl Metrics for ListenerStats {
 
 /// Where a connection hands its data frames: a batch at a time, in order per connection.
 pub trait FrameSink: Clone + Send + Sync + 'static {
+    /// Whether [`FrameSink::deliver_blocking`] may be called (from a thread outside the
+    /// runtime, by a connection read with blocking reads).
+    const BLOCKING: bool = false;
+
     /// Takes every frame out of `batch` (whose room the connection reuses), waiting while
     /// downstream has no room. False when downstream has gone away: the connection then ends.
     fn deliver(&self, batch: &mut Vec<Bytes>) -> impl Future<Output = bool> + Send;
+
+    /// [`FrameSink::deliver`], blocking the calling thread. Only called when `BLOCKING`.
+    fn deliver_blocking(&self, batch: &mut Vec<Bytes>) -> bool {
+        batch.clear();
+        false
+    }
 }
 
 /// A bounded channel: the send waits for room.
 impl FrameSink for mpsc::Sender<Vec<Bytes>> {
+    const BLOCKING: bool = true;
+
     fn deliver(&self, batch: &mut Vec<Bytes>) -> impl Future<Output = bool> + Send {
         let frames = std::mem::take(batch);
         async move { self.send(frames).await.is_ok() }
+    }
+
+    fn deliver_blocking(&self, batch: &mut Vec<Bytes>) -> bool {
+        self.blocking_send(std::mem::take(batch)).is_ok()
     }
 }
 
@@ -369,147 +391,374 @@ async fn send_control<S: AsyncWrite + Unpin>(stream: &mut S, frame: &ControlFram
     stream.flush().await
 }
 
-/// Reads one connection to its end. Returns Ok on STOP, on a peer that closes between
-/// frames, and on shutdown.
-async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    config: &ListenerConfig,
-    out: &impl FrameSink,
-    stats: &ListenerStats,
-    shutdown: &CancellationToken,
-) -> Result<(), ConnError> {
-    let mut codec = FrameCodec::new(config.max_frame);
-    let mut handshake = ReaderHandshake::new(&config.content_type);
-    let mut buf = BytesMut::with_capacity(config.read_buffer);
-    // Whether `buf` has grown past twice its size (for a large frame).
-    let mut grown = false;
-    let mut batch: Vec<Bytes> = Vec::new();
-    loop {
-        // Decode everything already buffered.
+/// A connection's reading state: the codec, the handshake, the read buffer and the batch
+/// being gathered.
+struct Conn {
+    codec: FrameCodec,
+    handshake: ReaderHandshake,
+    buf: BytesMut,
+    /// Whether `buf` has grown past twice its size (for a large frame).
+    grown: bool,
+    batch: Vec<Bytes>,
+}
+
+/// What decoding the buffered bytes came to.
+enum Decoded {
+    /// Everything buffered is decoded: read more.
+    More,
+    /// The batch is full: hand it over, then decode on.
+    Full,
+    /// This control frame is to be sent back, then decoding goes on.
+    Reply(ControlFrame),
+    /// The stream ended (STOP): hand the batch over and send this FINISH, if any.
+    Finished(Option<ControlFrame>),
+}
+
+impl Conn {
+    fn new(config: &ListenerConfig) -> Self {
+        Self {
+            codec: FrameCodec::new(config.max_frame),
+            handshake: ReaderHandshake::new(&config.content_type),
+            buf: BytesMut::with_capacity(config.read_buffer),
+            grown: false,
+            batch: Vec::new(),
+        }
+    }
+
+    /// Decodes what is buffered into the batch, up to the next thing the connection must do.
+    /// On an error the batch still holds the frames before it (to be handed over).
+    fn decode(&mut self, config: &ListenerConfig, stats: &ListenerStats) -> Result<Decoded, ConnError> {
         loop {
-            let frame = match codec.decode(&mut buf) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => {
-                    deliver(&mut batch, out, stats).await;
-                    return Err(e.into());
-                }
-            };
+            let Some(frame) = self.codec.decode(&mut self.buf)? else { return Ok(Decoded::More) };
             match frame {
                 Frame::Data(payload) => {
-                    if let Err(e) = handshake.on_data() {
-                        deliver(&mut batch, out, stats).await;
-                        return Err(e.into());
-                    }
-                    batch.push(payload);
-                    if batch.len() >= config.batch_frames && !deliver(&mut batch, out, stats).await {
-                        return Ok(());
+                    self.handshake.on_data()?;
+                    self.batch.push(payload);
+                    if self.batch.len() >= config.batch_frames {
+                        return Ok(Decoded::Full);
                     }
                 }
                 Frame::Oversized { len } => {
                     stats.frames_dropped.inc("oversized");
-                    tracing::warn!(len, limit = codec.max_data(), "oversized data frame dropped");
+                    tracing::warn!(len, limit = self.codec.max_data(), "oversized data frame dropped");
                 }
-                Frame::Control(control) => {
-                    let step = handshake.on_control(&control);
-                    let step = match step {
-                        Ok(step) => step,
-                        Err(e) => {
-                            deliver(&mut batch, out, stats).await;
-                            return Err(e.into());
-                        }
-                    };
-                    match step {
-                        ReaderStep::Continue => {}
-                        ReaderStep::Reply(reply) => {
-                            if let Err(e) = send_control(&mut stream, &reply).await {
-                                return Err(ConnError::Frame(e.into()));
-                            }
-                        }
-                        ReaderStep::Finished(finish) => {
-                            deliver(&mut batch, out, stats).await;
-                            stats.streams_finished.inc();
-                            if let Some(finish) = finish {
-                                // unbound closes right after STOP: a failed FINISH is normal.
-                                let _ = send_control(&mut stream, &finish).await;
-                            }
-                            return Ok(());
-                        }
+                Frame::Control(control) => match self.handshake.on_control(&control)? {
+                    ReaderStep::Continue => {}
+                    ReaderStep::Reply(reply) => return Ok(Decoded::Reply(reply)),
+                    ReaderStep::Finished(finish) => {
+                        stats.streams_finished.inc();
+                        return Ok(Decoded::Finished(finish));
                     }
-                }
+                },
             }
         }
-        if grown && buf.len() <= config.read_buffer / 2 {
-            // Grown for a large frame that is out of it now: back to its size, not kept for
-            // the rest of the connection. The frames decoded keep the large one until they
-            // are dropped.
+    }
+
+    /// A buffer grown for a large frame that is out of it now goes back to its size, not kept
+    /// for the rest of the connection (the frames decoded keep the large one until they are
+    /// dropped).
+    fn shrink(&mut self, config: &ListenerConfig, stats: &ListenerStats) {
+        if self.grown && self.buf.len() <= config.read_buffer / 2 {
             let mut small = BytesMut::with_capacity(config.read_buffer);
-            small.extend_from_slice(&buf);
-            buf = small;
-            grown = false;
+            small.extend_from_slice(&self.buf);
+            self.buf = small;
+            self.grown = false;
             stats.buffers_shrunk.inc();
         }
-        // Room for the next read. The frames decoded share the buffer until they are dropped:
-        // handed over first, they leave it to this connection alone, and `reserve` can move
-        // what is left of a frame cut short to its front instead of allocating a new buffer
-        // (which, past glibc's mapping threshold, is mapped and faulted in anew).
+    }
+
+    /// Whether the buffer needs room before the next read ([`Conn::make_room`], after the batch
+    /// is handed over: the frames decoded share the buffer until they are dropped, and handed
+    /// over first they leave it to this connection alone, so that `reserve` can move what is
+    /// left of a frame cut short to its front instead of allocating a new buffer, which, past
+    /// glibc's mapping threshold, is mapped and faulted in anew).
+    fn needs_room(&self, config: &ListenerConfig) -> bool {
+        self.buf.capacity() - self.buf.len() < config.read_buffer / 4
+    }
+
+    fn make_room(&mut self, config: &ListenerConfig) {
         let room = config.read_buffer / 4;
-        if buf.capacity() - buf.len() < room {
-            if !deliver(&mut batch, out, stats).await {
+        self.buf.reserve(config.read_buffer.saturating_sub(self.buf.len()).max(room));
+        self.grown |= self.buf.capacity() > 2 * config.read_buffer;
+    }
+
+    /// The stream ended with the peer closing: fine between frames of a started stream (or
+    /// before anything), a truncated frame otherwise.
+    fn closed(&self, stats: &ListenerStats) -> Result<(), ConnError> {
+        if !self.codec.is_idle(&self.buf) {
+            stats.frames_dropped.inc("truncated");
+            return Err(ConnError::Frame(FrameError::Io(io::ErrorKind::UnexpectedEof.into())));
+        }
+        tracing::debug!(started = self.handshake.is_started(), "peer closed without STOP");
+        Ok(())
+    }
+}
+
+/// Reads one connection to its end. Returns Ok on STOP, on a peer that closes between
+/// frames, and on shutdown. With `config.blocking_reads`, a unix or plain TCP connection
+/// whose stream has started is read on a thread of its own ([`serve_blocking`]).
+async fn serve_connection<S: AsyncRead + AsyncWrite + IntoBlocking + Unpin, O: FrameSink>(
+    mut stream: S,
+    config: &Arc<ListenerConfig>,
+    out: &O,
+    stats: &Arc<ListenerStats>,
+    shutdown: &CancellationToken,
+) -> Result<(), ConnError> {
+    let mut c = Conn::new(config);
+    loop {
+        // Decode everything already buffered.
+        loop {
+            match c.decode(config, stats) {
+                Ok(Decoded::More) => break,
+                Ok(Decoded::Full) => {
+                    if !deliver(&mut c.batch, out, stats).await {
+                        return Ok(());
+                    }
+                }
+                Ok(Decoded::Reply(reply)) => {
+                    if let Err(e) = send_control(&mut stream, &reply).await {
+                        return Err(ConnError::Frame(e.into()));
+                    }
+                }
+                Ok(Decoded::Finished(finish)) => {
+                    deliver(&mut c.batch, out, stats).await;
+                    if let Some(finish) = finish {
+                        // unbound closes right after STOP: a failed FINISH is normal.
+                        let _ = send_control(&mut stream, &finish).await;
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    deliver(&mut c.batch, out, stats).await;
+                    return Err(e);
+                }
+            }
+        }
+        if config.blocking_reads && O::BLOCKING && S::CAN && c.handshake.is_started() {
+            if !deliver(&mut c.batch, out, stats).await {
                 return Ok(());
             }
-            buf.reserve(config.read_buffer.saturating_sub(buf.len()).max(room));
-            grown |= buf.capacity() > 2 * config.read_buffer;
+            let socket = stream.into_blocking().map_err(|e| ConnError::Frame(e.into()))?;
+            let (config, out, stats, shutdown) = (config.clone(), out.clone(), stats.clone(), shutdown.clone());
+            return tokio::task::spawn_blocking(move || serve_blocking(socket, c, &config, &out, &stats, &shutdown))
+                .await
+                .unwrap_or_else(|e| Err(ConnError::Frame(FrameError::Io(io::Error::other(e)))));
         }
-        if !batch.is_empty() {
+        c.shrink(config, stats);
+        if c.needs_room(config) {
+            if !deliver(&mut c.batch, out, stats).await {
+                return Ok(());
+            }
+            c.make_room(config);
+        }
+        if !c.batch.is_empty() {
             // Senders such as fstrm_replay write one frame per syscall: keep reading what is
             // already in the socket and hand over only when it is empty (or the batch full),
             // so that downstream is woken once per batch, not once per frame.
-            match read_ready(&mut stream, &mut buf).await {
+            match read_ready(&mut stream, &mut c.buf).await {
                 Some(Ok(n)) if n > 0 => continue,
                 Some(Ok(_)) | Some(Err(_)) | None => {}
             }
-            if !deliver(&mut batch, out, stats).await {
+            if !deliver(&mut c.batch, out, stats).await {
                 return Ok(());
             }
         }
         // Between frames of a started stream a quiet peer may wait forever; inside a frame or
         // the handshake it must make progress.
-        let between_frames = codec.is_idle(&buf) && handshake.is_started();
+        let between_frames = c.codec.is_idle(&c.buf) && c.handshake.is_started();
         let read = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             r = async {
                 if between_frames {
-                    Ok(stream.read_buf(&mut buf).await)
+                    Ok(stream.read_buf(&mut c.buf).await)
                 } else {
-                    tokio::time::timeout(config.stall_timeout, stream.read_buf(&mut buf)).await
+                    tokio::time::timeout(config.stall_timeout, stream.read_buf(&mut c.buf)).await
                 }
             } => r,
         };
         match read {
             Err(_) => {
-                if !codec.is_idle(&buf) {
+                if !c.codec.is_idle(&c.buf) {
                     stats.frames_dropped.inc("truncated");
                 }
                 return Err(ConnError::Stalled(config.stall_timeout));
             }
-            Ok(Ok(0)) => {
-                if !codec.is_idle(&buf) {
-                    stats.frames_dropped.inc("truncated");
-                    return Err(ConnError::Frame(FrameError::Io(io::ErrorKind::UnexpectedEof.into())));
-                }
-                tracing::debug!(started = handshake.is_started(), "peer closed without STOP");
-                return Ok(());
-            }
+            Ok(Ok(0)) => return c.closed(stats),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                if !codec.is_idle(&buf) {
+                if !c.codec.is_idle(&c.buf) {
                     stats.frames_dropped.inc("truncated");
                 }
                 return Err(ConnError::Frame(e.into()));
             }
         }
     }
+}
+
+/// A stream that can be read with blocking reads on a thread of its own: a unix or TCP socket,
+/// taken out of the runtime (not TLS).
+///
+/// The runtime keeps every socket it reads registered with its `epoll` instance, and then
+/// every write of the sender runs the kernel's `epoll` callback for it, whether or not the
+/// reader waits. A reader blocked in `recv` only is woken when it waits: with a minimal
+/// reader in C doing 0.7 µs of work per frame, `fstrm_replay` sent 2M frames in 2.48 s to
+/// the blocking one against 2.63 s to the `epoll` one (medians of 6; `fstrm_capture` 2.62 s;
+/// docs/BENCHMARKS.md, seventeenth session).
+pub trait IntoBlocking: Sized {
+    /// Whether the stream can be read so (false for TLS, read through the runtime).
+    const CAN: bool;
+    type Blocking: std::os::fd::AsRawFd + std::io::Write + Send + 'static;
+
+    /// The socket taken out of the runtime, in blocking mode.
+    fn into_blocking(self) -> io::Result<Self::Blocking>;
+}
+
+impl IntoBlocking for tokio::net::UnixStream {
+    const CAN: bool = true;
+    type Blocking = std::os::unix::net::UnixStream;
+
+    fn into_blocking(self) -> io::Result<Self::Blocking> {
+        let s = self.into_std()?;
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(BLOCKING_WAIT))?;
+        s.set_write_timeout(Some(BLOCKING_WAIT))?;
+        Ok(s)
+    }
+}
+
+impl IntoBlocking for tokio::net::TcpStream {
+    const CAN: bool = true;
+    type Blocking = std::net::TcpStream;
+
+    fn into_blocking(self) -> io::Result<Self::Blocking> {
+        let s = self.into_std()?;
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(BLOCKING_WAIT))?;
+        s.set_write_timeout(Some(BLOCKING_WAIT))?;
+        Ok(s)
+    }
+}
+
+impl<S> IntoBlocking for tokio_rustls::server::TlsStream<S> {
+    const CAN: bool = false;
+    type Blocking = std::os::unix::net::UnixStream;
+
+    fn into_blocking(self) -> io::Result<Self::Blocking> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// How long a blocking read waits before the connection looks at shutdown and stalls.
+const BLOCKING_WAIT: Duration = Duration::from_millis(100);
+
+/// [`serve_connection`] from the start of the stream on, with blocking reads on this thread
+/// (one of the runtime's blocking pool): read what the socket holds, decode it, hand the batch
+/// over once a read has emptied the socket (or the batch is full), read again. Control frames,
+/// errors and the peer closing are handled as [`serve_connection`] handles them; a frame begun
+/// must complete within `stall_timeout`; shutdown is seen within [`BLOCKING_WAIT`].
+fn serve_blocking<T: std::os::fd::AsRawFd + std::io::Write, O: FrameSink>(
+    mut socket: T,
+    mut c: Conn,
+    config: &ListenerConfig,
+    out: &O,
+    stats: &ListenerStats,
+    shutdown: &CancellationToken,
+) -> Result<(), ConnError> {
+    // Whether the last read emptied the socket, and since when a frame begun has waited.
+    let (mut drained, mut stalled) = (false, None::<std::time::Instant>);
+    loop {
+        loop {
+            match c.decode(config, stats) {
+                Ok(Decoded::More) => break,
+                Ok(Decoded::Full) => {
+                    if !deliver_blocking(&mut c.batch, out, stats) {
+                        return Ok(());
+                    }
+                }
+                Ok(Decoded::Reply(reply)) => {
+                    write_control(&mut socket, &reply).map_err(|e| ConnError::Frame(e.into()))?;
+                }
+                Ok(Decoded::Finished(finish)) => {
+                    deliver_blocking(&mut c.batch, out, stats);
+                    if let Some(finish) = finish {
+                        // unbound closes right after STOP: a failed FINISH is normal.
+                        let _ = write_control(&mut socket, &finish);
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    deliver_blocking(&mut c.batch, out, stats);
+                    return Err(e);
+                }
+            }
+        }
+        c.shrink(config, stats);
+        if (drained || c.needs_room(config) || shutdown.is_cancelled()) && !deliver_blocking(&mut c.batch, out, stats) {
+            return Ok(());
+        }
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        if c.needs_room(config) {
+            c.make_room(config);
+        }
+        let room = c.buf.capacity() - c.buf.len();
+        match recv_blocking(socket.as_raw_fd(), &mut c.buf) {
+            Ok(0) => {
+                deliver_blocking(&mut c.batch, out, stats);
+                return c.closed(stats);
+            }
+            Ok(n) => (drained, stalled) = (n < room, None),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                drained = true;
+                if c.codec.is_idle(&c.buf) {
+                    stalled = None;
+                } else if stalled.get_or_insert_with(std::time::Instant::now).elapsed() >= config.stall_timeout {
+                    deliver_blocking(&mut c.batch, out, stats);
+                    stats.frames_dropped.inc("truncated");
+                    return Err(ConnError::Stalled(config.stall_timeout));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                deliver_blocking(&mut c.batch, out, stats);
+                if !c.codec.is_idle(&c.buf) {
+                    stats.frames_dropped.inc("truncated");
+                }
+                return Err(ConnError::Frame(e.into()));
+            }
+        }
+    }
+}
+
+/// A blocking `recv` into `buf`'s spare room (at least one byte of it): the bytes read, 0 when
+/// the peer has closed, `WouldBlock` when the socket's read timeout passed first.
+fn recv_blocking(fd: std::os::fd::RawFd, buf: &mut BytesMut) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`; recv writes at
+    // most that many, and `fd` is the open socket of the stream that lends it.
+    let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), 0) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: recv initialised the first `n` bytes of the spare room.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+fn write_control(socket: &mut impl std::io::Write, frame: &ControlFrame) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(64);
+    encode_control(frame, &mut buf).map_err(io::Error::other)?;
+    socket.write_all(&buf)?;
+    socket.flush()
+}
+
+/// [`deliver`] from a blocking thread.
+fn deliver_blocking(batch: &mut Vec<Bytes>, out: &impl FrameSink, stats: &ListenerStats) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    stats.frames_received.add(batch.len() as u64);
+    stats.bytes_received.add(batch.iter().map(|f| f.len() as u64).sum());
+    out.deliver_blocking(batch)
 }
 
 /// Reads only if data is already waiting: `None` when the read would block. (Dropping a

@@ -2,14 +2,16 @@
 //! into sled.
 //!
 //! ```text
-//! ingest thread: listeners (unix, TCP), each connection in turn:
+//! ingest thread: listeners (unix, TCP): accept, handshake (and TLS connections throughout)
+//! connection threads (a started unix or plain TCP stream), each:
 //!     read -> decode -> classify/authoritative/bailiwick/scrub/RRsets (extract) -> aggregate window
 //! store thread: flush: Store::merge (RRsets, indexes, outbox) -> sync
 //! ```
 //!
-//! The listeners and the stages share one thread (see `Stages` for why); a connection does
-//! not read while its frames go through the stages, so a slow pipeline pushes back on the
-//! sender through the socket. A window is flushed when it holds `window_keys` distinct RRsets
+//! Each connection runs the frames it reads through the stages itself (see `Stages` for why),
+//! on the ingest thread or, once its stream has started, with blocking reads on a thread of
+//! its own (`ListenerConfig::blocking_reads`); a connection does not read while its frames go
+//! through the stages, so a slow pipeline pushes back on the sender through the socket. A window is flushed when it holds `window_keys` distinct RRsets
 //! or `window_mb` of them, or is `window_seconds` old, and on shutdown, in atomic store batches
 //! of `FLUSH_CHUNK` RRsets.
 
@@ -801,6 +803,7 @@ pub async fn run_on(
     let lconfig = Arc::new(ListenerConfig {
         max_frame: config.max_frame,
         max_connections: config.max_connections,
+        blocking_reads: true,
         ..ListenerConfig::default()
     });
     let mut endpoints: Vec<Endpoint> =
@@ -881,7 +884,9 @@ fn ingest(
     feed: Option<mpsc::Receiver<Vec<Bytes>>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Totals> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Connections whose stream has started are read on threads of the runtime's blocking pool
+    // (`ListenerConfig::blocking_reads`), named for it.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().thread_name("sensor-conn").build()?;
     runtime.block_on(async {
         let listeners = listeners.into_iter().map(Listener::into_current_runtime).collect::<Result<Vec<_>, _>>()?;
         let mut tasks: Vec<_> = listeners
@@ -938,8 +943,9 @@ fn ingest(
     Ok(totals(&p.stats, p.store()))
 }
 
-/// The stages, run by each connection on the frames it has read (all connections share the
-/// ingest thread, so the lock is never contended). A connection reads what its socket holds
+/// The stages, run by each connection on the frames it has read, on the thread that reads it
+/// (connections read on threads of their own take the lock in turn, a batch at a time). A
+/// connection reads what its socket holds
 /// (up to a batch), runs it through the stages and only then reads again: while the stages run,
 /// the sender's frames pile up in the socket and the next read takes them all in one call.
 /// Handing each read to another thread instead cost a wake-up and a task switch per read, and
@@ -977,8 +983,14 @@ impl Stages {
 }
 
 impl FrameSink for Stages {
+    const BLOCKING: bool = true;
+
     fn deliver(&self, batch: &mut Vec<Bytes>) -> impl Future<Output = bool> + Send {
         std::future::ready(self.run(batch))
+    }
+
+    fn deliver_blocking(&self, batch: &mut Vec<Bytes>) -> bool {
+        self.run(batch)
     }
 }
 
