@@ -885,8 +885,14 @@ fn ingest(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Totals> {
     // Connections whose stream has started are read on threads of the runtime's blocking pool
-    // (`ListenerConfig::blocking_reads`), named for it.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().thread_name("sensor-conn").build()?;
+    // (`ListenerConfig::blocking_reads`), named for it, each for as long as it lasts: room for
+    // as many as may be open, up to `max_connections` per listener (a connection past the
+    // pool's size would wait for a thread).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("sensor-conn")
+        .max_blocking_threads(config.max_connections.max(1) * listeners.len().max(1) + 1)
+        .build()?;
     runtime.block_on(async {
         let listeners = listeners.into_iter().map(Listener::into_current_runtime).collect::<Result<Vec<_>, _>>()?;
         let mut tasks: Vec<_> = listeners
