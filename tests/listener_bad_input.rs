@@ -191,6 +191,7 @@ async fn each_bad_input(blocking_reads: bool) {
         assert!(frames.iter().any(|f| f.as_ref() == want), "{:?} not delivered", String::from_utf8_lossy(want));
     }
     assert_eq!(frames.len(), 20_004, "exactly the good frames");
+    assert_eq!(h.stats.connections_blocking.get() > 0, blocking_reads, "read with blocking reads");
     assert!(!h.task.is_finished(), "listener still running");
     h.shutdown.cancel();
     h.task.await.unwrap();
@@ -198,9 +199,19 @@ async fn each_bad_input(blocking_reads: bool) {
 
 #[tokio::test]
 async fn random_bytes_never_take_the_listener_down() {
+    random_bytes(false).await;
+}
+
+#[tokio::test]
+async fn random_bytes_never_take_the_listener_down_with_blocking_reads() {
+    random_bytes(true).await;
+}
+
+async fn random_bytes(blocking_reads: bool) {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
-    let mut h = start(ListenerConfig { stall_timeout: Duration::from_millis(100), ..Default::default() }, 64).await;
+    let config = ListenerConfig { stall_timeout: Duration::from_millis(100), blocking_reads, ..Default::default() };
+    let mut h = start(config, 64).await;
     let mut runner = TestRunner::new(Config { cases: 64, ..Config::default() });
     let strategy = proptest::collection::vec(any::<u8>(), 0..2048);
     let inputs: Vec<Vec<u8>> =
@@ -216,6 +227,7 @@ async fn random_bytes_never_take_the_listener_down() {
     good_stream(h.addr, 7, 100).await;
     let frames = collect(&mut h.rx, 100).await;
     assert!(frames.iter().any(|f| f.as_ref() == b"7:99"));
+    assert_eq!(h.stats.connections_blocking.get() > 0, blocking_reads, "read with blocking reads");
     h.shutdown.cancel();
     h.task.await.unwrap();
 }
@@ -243,6 +255,7 @@ async fn two_hundred_concurrent(blocking_reads: bool) {
     distinct.dedup();
     assert_eq!(distinct.len(), 10_000, "no frame duplicated or lost");
     wait_for_counter("finished", || h.stats.streams_finished.get(), 200).await;
+    assert_eq!(h.stats.connections_blocking.get() > 0, blocking_reads, "read with blocking reads");
     h.shutdown.cancel();
     h.task.await.unwrap();
 }
@@ -317,8 +330,9 @@ async fn frames_cut_anywhere(blocking_reads: bool) {
     }
     assert_eq!(stats.frames_dropped.total() + h.stats.frames_dropped.total(), 0);
     // The buffer grown for each of the six large frames went back to its size after it.
-    for shrunk in [stats.buffers_shrunk.get(), h.stats.buffers_shrunk.get()] {
-        assert!(shrunk >= 6, "{shrunk} shrinks");
+    for s in [&stats, &h.stats] {
+        assert!(s.buffers_shrunk.get() >= 6, "{} shrinks", s.buffers_shrunk.get());
+        assert_eq!(s.connections_blocking.get() > 0, blocking_reads, "read with blocking reads");
     }
     for (shutdown, task) in [(h.shutdown, h.task), (shutdown, task)] {
         shutdown.cancel();
@@ -347,6 +361,7 @@ async fn slow_downstream(blocking_reads: bool) {
     assert_eq!(frames.len(), 50_000);
     assert_eq!(frames.last().unwrap().as_ref(), b"3:49999");
     assert_eq!(h.stats.frames_dropped.total(), 0);
+    assert_eq!(h.stats.connections_blocking.get() > 0, blocking_reads, "read with blocking reads");
     h.shutdown.cancel();
     h.task.await.unwrap();
 }

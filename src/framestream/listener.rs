@@ -121,6 +121,8 @@ pub struct ListenerStats {
     pub frames_dropped: ReasonCounter,
     /// Read buffers grown for a large frame and shrunk back once it was out of them.
     pub buffers_shrunk: Counter,
+    /// Connections read with blocking reads on a thread of their own once started.
+    pub connections_blocking: Counter,
 }
 
 impl Metrics for ListenerStats {
@@ -181,6 +183,13 @@ impl Metrics for ListenerStats {
             "counter",
             "Read buffers grown for a large frame and shrunk back after it.",
             self.buffers_shrunk.get(),
+        );
+        write_metric(
+            out,
+            &format!("{p}_connections_blocking_total"),
+            "counter",
+            "Connections read with blocking reads on a thread of their own once their stream started.",
+            self.connections_blocking.get(),
         );
     }
 }
@@ -402,6 +411,11 @@ struct Conn {
     batch: Vec<Bytes>,
 }
 
+/// The least room a read is given: a quarter of the read buffer, at least a byte.
+fn min_room(config: &ListenerConfig) -> usize {
+    (config.read_buffer / 4).max(1)
+}
+
 /// What decoding the buffered bytes came to.
 enum Decoded {
     /// Everything buffered is decoded: read more.
@@ -445,10 +459,7 @@ impl Conn {
                 Frame::Control(control) => match self.handshake.on_control(&control)? {
                     ReaderStep::Continue => {}
                     ReaderStep::Reply(reply) => return Ok(Decoded::Reply(reply)),
-                    ReaderStep::Finished(finish) => {
-                        stats.streams_finished.inc();
-                        return Ok(Decoded::Finished(finish));
-                    }
+                    ReaderStep::Finished(finish) => return Ok(Decoded::Finished(finish)),
                 },
             }
         }
@@ -473,11 +484,11 @@ impl Conn {
     /// left of a frame cut short to its front instead of allocating a new buffer, which, past
     /// glibc's mapping threshold, is mapped and faulted in anew).
     fn needs_room(&self, config: &ListenerConfig) -> bool {
-        self.buf.capacity() - self.buf.len() < config.read_buffer / 4
+        self.buf.capacity() - self.buf.len() < min_room(config)
     }
 
     fn make_room(&mut self, config: &ListenerConfig) {
-        let room = config.read_buffer / 4;
+        let room = min_room(config);
         self.buf.reserve(config.read_buffer.saturating_sub(self.buf.len()).max(room));
         self.grown |= self.buf.capacity() > 2 * config.read_buffer;
     }
@@ -522,6 +533,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + IntoBlocking + Unpin, O: F
                 }
                 Ok(Decoded::Finished(finish)) => {
                     deliver(&mut c.batch, out, stats).await;
+                    stats.streams_finished.inc();
                     if let Some(finish) = finish {
                         // unbound closes right after STOP: a failed FINISH is normal.
                         let _ = send_control(&mut stream, &finish).await;
@@ -539,6 +551,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + IntoBlocking + Unpin, O: F
                 return Ok(());
             }
             let socket = stream.into_blocking().map_err(|e| ConnError::Frame(e.into()))?;
+            stats.connections_blocking.inc();
             let (config, out, stats, shutdown) = (config.clone(), out.clone(), stats.clone(), shutdown.clone());
             return tokio::task::spawn_blocking(move || serve_blocking(socket, c, &config, &out, &stats, &shutdown))
                 .await
@@ -680,6 +693,7 @@ fn serve_blocking<T: std::os::fd::AsRawFd + std::io::Write, O: FrameSink>(
                 }
                 Ok(Decoded::Finished(finish)) => {
                     deliver_blocking(&mut c.batch, out, stats);
+                    stats.streams_finished.inc();
                     if let Some(finish) = finish {
                         // unbound closes right after STOP: a failed FINISH is normal.
                         let _ = write_control(&mut socket, &finish);
@@ -709,7 +723,8 @@ fn serve_blocking<T: std::os::fd::AsRawFd + std::io::Write, O: FrameSink>(
                 return c.closed(stats);
             }
             Ok(n) => (drained, stalled) = (n < room, None),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            // The read timeout passed (EAGAIN); a TCP timeout (ETIMEDOUT) is an error below.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 drained = true;
                 if c.codec.is_idle(&c.buf) {
                     stalled = None;

@@ -891,7 +891,7 @@ fn ingest(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("sensor-conn")
-        .max_blocking_threads(config.max_connections.max(1) * listeners.len().max(1) + 1)
+        .max_blocking_threads(config.max_connections.max(1).saturating_mul(listeners.len().max(1)).saturating_add(1))
         .build()?;
     runtime.block_on(async {
         let listeners = listeners.into_iter().map(Listener::into_current_runtime).collect::<Result<Vec<_>, _>>()?;
