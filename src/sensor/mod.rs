@@ -11,9 +11,9 @@
 //! Each connection runs the frames it reads through the stages itself (see `Stages` for why),
 //! on the ingest thread or, once its stream has started, with blocking reads on a thread of
 //! its own (`ListenerConfig::blocking_reads`); a connection does not read while its frames go
-//! through the stages, so a slow pipeline pushes back on the sender through the socket. A window is flushed when it holds `window_keys` distinct RRsets
-//! or `window_mb` of them, or is `window_seconds` old, and on shutdown, in atomic store batches
-//! of `FLUSH_CHUNK` RRsets.
+//! through the stages, so a slow pipeline pushes back on the sender through the socket. A
+//! window is flushed when it holds `window_keys` distinct RRsets or `window_mb` of them, or is
+//! `window_seconds` old, and on shutdown, in atomic store batches of `FLUSH_CHUNK` RRsets.
 
 pub mod config;
 pub mod extract;
@@ -951,12 +951,12 @@ fn ingest(
 
 /// The stages, run by each connection on the frames it has read, on the thread that reads it
 /// (connections read on threads of their own take the lock in turn, a batch at a time). A
-/// connection reads what its socket holds
-/// (up to a batch), runs it through the stages and only then reads again: while the stages run,
-/// the sender's frames pile up in the socket and the next read takes them all in one call.
-/// Handing each read to another thread instead cost a wake-up and a task switch per read, and
-/// a sender that writes a frame per syscall (`fstrm_replay`) was read in smaller pieces: 6,291
-/// reads against 1,646 in 2 s of a replay (`strace -c`, docs/BENCHMARKS.md).
+/// connection reads what its socket holds (up to a batch), runs it through the stages and
+/// only then reads again: while the stages run, the sender's frames pile up in the socket and
+/// the next read takes them all in one call. Handing each read to another thread instead cost
+/// a wake-up and a task switch per read, and a sender that writes a frame per syscall
+/// (`fstrm_replay`) was read in smaller pieces: 6,291 reads against 1,646 in 2 s of a replay
+/// (`strace -c`, docs/BENCHMARKS.md).
 #[derive(Clone)]
 struct Stages(Arc<Mutex<Pipeline>>);
 
