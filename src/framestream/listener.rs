@@ -394,10 +394,20 @@ async fn accept_failed(e: io::Error) {
 }
 
 async fn send_control<S: AsyncWrite + Unpin>(stream: &mut S, frame: &ControlFrame) -> io::Result<()> {
+    stream.write_all(&control_bytes(frame)?).await?;
+    stream.flush().await
+}
+
+/// [`send_control`] on a blocking socket.
+fn write_control(socket: &mut impl std::io::Write, frame: &ControlFrame) -> io::Result<()> {
+    socket.write_all(&control_bytes(frame)?)?;
+    socket.flush()
+}
+
+fn control_bytes(frame: &ControlFrame) -> io::Result<BytesMut> {
     let mut buf = BytesMut::with_capacity(64);
     encode_control(frame, &mut buf).map_err(io::Error::other)?;
-    stream.write_all(&buf).await?;
-    stream.flush().await
+    Ok(buf)
 }
 
 /// A connection's reading state: the codec, the handshake, the read buffer and the batch
@@ -626,31 +636,25 @@ pub trait IntoBlocking: Sized {
     fn into_blocking(self) -> io::Result<Self::Blocking>;
 }
 
-impl IntoBlocking for tokio::net::UnixStream {
-    const CAN: bool = true;
-    type Blocking = std::os::unix::net::UnixStream;
+/// A tokio socket and its std form, which have the same methods but no trait for them.
+macro_rules! into_blocking {
+    ($tokio:ty, $std:ty) => {
+        impl IntoBlocking for $tokio {
+            const CAN: bool = true;
+            type Blocking = $std;
 
-    fn into_blocking(self) -> io::Result<Self::Blocking> {
-        let s = self.into_std()?;
-        s.set_nonblocking(false)?;
-        s.set_read_timeout(Some(BLOCKING_WAIT))?;
-        s.set_write_timeout(Some(BLOCKING_WAIT))?;
-        Ok(s)
-    }
+            fn into_blocking(self) -> io::Result<Self::Blocking> {
+                let s = self.into_std()?;
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(BLOCKING_WAIT))?;
+                s.set_write_timeout(Some(BLOCKING_WAIT))?;
+                Ok(s)
+            }
+        }
+    };
 }
-
-impl IntoBlocking for tokio::net::TcpStream {
-    const CAN: bool = true;
-    type Blocking = std::net::TcpStream;
-
-    fn into_blocking(self) -> io::Result<Self::Blocking> {
-        let s = self.into_std()?;
-        s.set_nonblocking(false)?;
-        s.set_read_timeout(Some(BLOCKING_WAIT))?;
-        s.set_write_timeout(Some(BLOCKING_WAIT))?;
-        Ok(s)
-    }
-}
+into_blocking!(tokio::net::UnixStream, std::os::unix::net::UnixStream);
+into_blocking!(tokio::net::TcpStream, std::net::TcpStream);
 
 impl<S> IntoBlocking for tokio_rustls::server::TlsStream<S> {
     const CAN: bool = false;
@@ -666,7 +670,7 @@ const BLOCKING_WAIT: Duration = Duration::from_millis(100);
 
 /// [`serve_connection`] from the start of the stream on, with blocking reads on this thread
 /// (one of the runtime's blocking pool): read what the socket holds, decode it, hand the batch
-/// over once a read has emptied the socket (or the batch is full), read again. Control frames,
+/// over (each read takes all the socket holds, up to its room), read again. Control frames,
 /// errors and the peer closing are handled as [`serve_connection`] handles them; a frame begun
 /// must complete within `stall_timeout`; shutdown is seen within [`BLOCKING_WAIT`].
 fn serve_blocking<T: std::os::fd::AsRawFd + std::io::Write, O: FrameSink>(
@@ -677,8 +681,8 @@ fn serve_blocking<T: std::os::fd::AsRawFd + std::io::Write, O: FrameSink>(
     stats: &ListenerStats,
     shutdown: &CancellationToken,
 ) -> Result<(), ConnError> {
-    // Whether the last read emptied the socket, and since when a frame begun has waited.
-    let (mut drained, mut stalled) = (false, None::<std::time::Instant>);
+    // Since when a frame begun has waited.
+    let mut stalled = None::<std::time::Instant>;
     loop {
         loop {
             match c.decode(config, stats) {
@@ -707,36 +711,27 @@ fn serve_blocking<T: std::os::fd::AsRawFd + std::io::Write, O: FrameSink>(
             }
         }
         c.shrink(config, stats);
-        if (drained || c.needs_room(config) || shutdown.is_cancelled()) && !deliver_blocking(&mut c.batch, out, stats) {
-            return Ok(());
-        }
-        if shutdown.is_cancelled() {
+        // No batch waits across a read (which may block): the arms below have none to hand over.
+        if !deliver_blocking(&mut c.batch, out, stats) || shutdown.is_cancelled() {
             return Ok(());
         }
         if c.needs_room(config) {
             c.make_room(config);
         }
-        let room = c.buf.capacity() - c.buf.len();
         match recv_blocking(socket.as_raw_fd(), &mut c.buf) {
-            Ok(0) => {
-                deliver_blocking(&mut c.batch, out, stats);
-                return c.closed(stats);
-            }
-            Ok(n) => (drained, stalled) = (n < room, None),
+            Ok(0) => return c.closed(stats),
+            Ok(_) => stalled = None,
             // The read timeout passed (EAGAIN); a TCP timeout (ETIMEDOUT) is an error below.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                drained = true;
                 if c.codec.is_idle(&c.buf) {
                     stalled = None;
                 } else if stalled.get_or_insert_with(std::time::Instant::now).elapsed() >= config.stall_timeout {
-                    deliver_blocking(&mut c.batch, out, stats);
                     stats.frames_dropped.inc("truncated");
                     return Err(ConnError::Stalled(config.stall_timeout));
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                deliver_blocking(&mut c.batch, out, stats);
                 if !c.codec.is_idle(&c.buf) {
                     stats.frames_dropped.inc("truncated");
                 }
@@ -759,21 +754,12 @@ fn recv_blocking(fd: std::os::fd::RawFd, buf: &mut BytesMut) -> io::Result<usize
     Ok(n)
 }
 
-fn write_control(socket: &mut impl std::io::Write, frame: &ControlFrame) -> io::Result<()> {
-    let mut buf = BytesMut::with_capacity(64);
-    encode_control(frame, &mut buf).map_err(io::Error::other)?;
-    socket.write_all(&buf)?;
-    socket.flush()
-}
-
 /// [`deliver`] from a blocking thread.
 fn deliver_blocking(batch: &mut Vec<Bytes>, out: &impl FrameSink, stats: &ListenerStats) -> bool {
-    if batch.is_empty() {
-        return true;
+    batch.is_empty() || {
+        count_received(batch, stats);
+        out.deliver_blocking(batch)
     }
-    stats.frames_received.add(batch.len() as u64);
-    stats.bytes_received.add(batch.iter().map(|f| f.len() as u64).sum());
-    out.deliver_blocking(batch)
 }
 
 /// Reads only if data is already waiting: `None` when the read would block. (Dropping a
@@ -794,7 +780,11 @@ async fn deliver(batch: &mut Vec<Bytes>, out: &impl FrameSink, stats: &ListenerS
     if batch.is_empty() {
         return true;
     }
+    count_received(batch, stats);
+    out.deliver(batch).await
+}
+
+fn count_received(batch: &[Bytes], stats: &ListenerStats) {
     stats.frames_received.add(batch.len() as u64);
     stats.bytes_received.add(batch.iter().map(|f| f.len() as u64).sum());
-    out.deliver(batch).await
 }
